@@ -1,0 +1,10 @@
+"""hardkit roles: one module per control family, each an @deploy function with documented data keys.
+
+`ROLE_MODULES` lists them in the order `deploy/site.py` applies them; the inventory validator
+collects every module's `KEYS` from here, so a role that adds a key is validated automatically.
+"""
+
+ROLE_MODULES = [
+    "roles.access_data",
+    "roles.baseline",
+]

@@ -1,0 +1,210 @@
+"""`hardkit`: the operator's command line.
+
+    hardkit sandbox image | up | down | status | ssh      the local lab of disposable Debian 12 VPSs
+    hardkit deploy INVENTORY [--limit GROUP|HOST] [--dry] [--json]
+    hardkit verify INVENTORY [--report-dir DIR] [--junit FILE]
+
+Every error an operator can fix is printed as a sentence and exits non-zero; a traceback
+means a bug in hardkit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_BAD_INPUT
+    from deploy.inventory import InventoryError
+    from sandbox.errors import LabError
+
+    try:
+        return args.func(args)
+    except InventoryError as e:
+        print(f"error: {e.render()}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except LabError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hardkit", description="Provision and verify hardened Debian 12 VPSs.")
+    sub = p.add_subparsers(metavar="COMMAND")
+
+    sb = sub.add_parser("sandbox", help="the local lab of disposable Debian 12 VPSs").add_subparsers(metavar="VERB")
+    s = sb.add_parser("image", help="build or refresh the cached Debian 12 lab image")
+    s.add_argument("--force", action="store_true", help="rebuild even if the recipe did not change")
+    s.set_defaults(func=cmd_sandbox_image)
+    s = sb.add_parser("up", help="boot pristine targets; prints the inventory path it wrote")
+    s.add_argument("--count", type=int, default=1)
+    s.add_argument("--tier", choices=["nspawn", "vm"], default="nspawn")
+    s.add_argument("--name", default="lab", help="lab name (prefix of target names), default 'lab'")
+    s.set_defaults(func=cmd_sandbox_up)
+    s = sb.add_parser("down", help="remove targets and everything they made")
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument("--name", help="the lab to remove")
+    g.add_argument("--all", action="store_true", help="remove every lab")
+    s.set_defaults(func=cmd_sandbox_down)
+    s = sb.add_parser("status", help="list lab targets")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_sandbox_status)
+    s = sb.add_parser("ssh", help="ssh into a target: hardkit sandbox ssh NAME [-- CMD]")
+    s.add_argument("target")
+    s.add_argument("--user", default=None, help="log in as this user (default: the admin if deployed, else root)")
+    s.add_argument("command", nargs=argparse.REMAINDER)
+    s.set_defaults(func=cmd_sandbox_ssh)
+
+    s = sub.add_parser("deploy", help="converge every host of an inventory")
+    s.add_argument("inventory")
+    s.add_argument("--limit", help="only these groups or hosts (comma-separated)")
+    s.add_argument("--dry", action="store_true", help="show what would change, change nothing")
+    s.add_argument("--json", action="store_true", help="print the run's results as JSON on stdout")
+    s.set_defaults(func=cmd_deploy)
+
+    s = sub.add_parser("verify", help="run the compliance checks against every host of an inventory")
+    s.add_argument("inventory")
+    s.add_argument("--limit", help="only these groups or hosts (comma-separated)")
+    s.add_argument("--report-dir", default=None, help="where compliance.json/.md go (default reports/<inventory>)")
+    s.add_argument("--junit", default=None, help="also write JUnit XML here")
+    s.add_argument("-k", dest="select", default=None, help="only checks matching this pytest expression")
+    s.set_defaults(func=cmd_verify)
+    return p
+
+
+# --- sandbox -------------------------------------------------------------------------------------
+
+def cmd_sandbox_image(args) -> int:
+    from sandbox import image
+
+    image.build(force=args.force)
+    return EXIT_OK
+
+
+def cmd_sandbox_up(args) -> int:
+    from sandbox import lab
+
+    path = lab.up(count=args.count, tier=args.tier, prefix=args.name, log=lambda m: print(m, file=sys.stderr))
+    print(path)
+    return EXIT_OK
+
+
+def cmd_sandbox_down(args) -> int:
+    from sandbox import lab
+
+    n = lab.down(None if args.all else args.name, log=lambda m: print(m, file=sys.stderr))
+    print(f"removed {n} target(s)", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_sandbox_status(args) -> int:
+    from sandbox import lab
+
+    rows = lab.status()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif not rows:
+        print("no lab targets")
+    else:
+        for r in rows:
+            print(f"{r['name']:<12} {r['tier']:<7} {r['ssh']:<17} {r['lab']:<36} "
+                  f"{'running' if r['running'] else 'STOPPED'}")
+    return EXIT_OK
+
+
+def cmd_sandbox_ssh(args) -> int:
+    from sandbox import lab
+
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    user = args.user or _lab_login_user(args.target)
+    lab.exec_ssh(args.target, command, user=user)
+    return EXIT_OK  # not reached: exec
+
+
+def _lab_login_user(name: str) -> str:
+    """The admin once the target has been deployed, root before (as for any VPS)."""
+    from deploy import connect
+    from deploy.inventory import load
+    from sandbox import lab, lab_inventory
+
+    t = lab.find(name)
+    inv = load(lab_inventory.inventory_path(t.prefix))
+    host = next(h for h in inv.hosts if h.name == name)
+    return connect.resolve(host).user
+
+
+def _inventory_label(path: Path) -> str:
+    """A lab's inventory is always `inventory.py`: name its reports after the lab folder instead."""
+    return path.resolve().parent.name if path.stem == "inventory" else path.stem
+
+
+# --- deploy and verify ---------------------------------------------------------------------------
+
+def cmd_deploy(args) -> int:
+    from deploy import runner
+    from deploy.inventory import load
+
+    inv = load(args.inventory)
+    hosts = inv.limit(args.limit)
+    result = runner.deploy(inv, hosts, dry=args.dry)
+    if args.json:
+        print(json.dumps({
+            "ok": result.ok,
+            "hosts": {n: {"login": h.login, "changed": h.changed, "unchanged": len(h.unchanged),
+                          "failed": h.failed, "refused": h.error} for n, h in result.hosts.items()},
+            "pyinfra": result.raw,
+        }, indent=2))
+    _print_deploy_summary(result, dry=args.dry)
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def _print_deploy_summary(result, dry: bool) -> None:
+    out = sys.stderr
+    print("\nhardkit deploy" + (" (dry run: nothing changed)" if dry else "") + ":", file=out)
+    for name, h in sorted(result.hosts.items()):
+        if h.error:
+            print(f"  REFUSED {name}: {h.error}", file=out)
+        elif h.failed:
+            print(f"  FAILED  {name}: {len(h.failed)} operation(s) failed: {', '.join(h.failed)}", file=out)
+        else:
+            verb = "would change" if dry else "changed"
+            print(f"  OK      {name} as {h.login}: {len(h.changed)} {verb}, {len(h.unchanged)} unchanged", file=out)
+
+
+def cmd_verify(args) -> int:
+    from deploy.inventory import load
+
+    inv = load(args.inventory)  # bad input is reported before any connection
+    hosts = inv.limit(args.limit)
+    report_dir = Path(args.report_dir or REPO_ROOT / "reports" / _inventory_label(Path(args.inventory)))
+    cmd = [sys.executable, "-m", "pytest", str(REPO_ROOT / "tests" / "compliance"), "-p", "deploy.report",
+           "--hardkit-inventory", str(Path(args.inventory).resolve()), "--hardkit-report-dir", str(report_dir),
+           "-q", "--no-header", "-rfE", "-o", "console_output_style=classic", "-p", "no:cacheprovider"]
+    if args.limit:
+        cmd += ["--hardkit-limit", ",".join(h.name for h in hosts)]
+    if args.junit:
+        cmd += ["--junitxml", args.junit, "-o", "junit_family=xunit1"]
+    if args.select:
+        cmd += ["-k", args.select]
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run(cmd, cwd=str(REPO_ROOT), env=env).returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""How hardkit logs in to a host, decided per host and per run.
+
+A provider hands a VPS over as root with a key; after the first deploy root may no longer log
+in and the named admin (with sudo) is the way in. So each run probes: the admin first (it must
+also pass `sudo -n`), then the bootstrap user. The probe uses paramiko — the same SSH stack
+pyinfra uses — with strict host-key checking, so a crypto policy that locks paramiko out is
+caught here and not half-way through a deploy. The probe also reports the address the host
+sees the controller connecting from, which the lockout pre-flight checks against the allow-list.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import paramiko
+
+from deploy.inventory import Host
+from roles.access_data import ADMIN_USER, BOOTSTRAP_USER
+
+CONNECT_TIMEOUT = 15.0
+
+
+@dataclass
+class Login:
+    host: str
+    user: str  # who we log in as
+    sudo: bool  # whether commands need sudo (True for the admin)
+    client_address: str  # the controller's address as the host sees it
+
+
+class LoginError(Exception):
+    pass
+
+
+def known_hosts_file(h: Host) -> Path:
+    return Path(h.data.get("ssh_known_hosts_file") or Path.home() / ".ssh" / "known_hosts").expanduser()
+
+
+def open_client(h: Host, user: str, timeout: float = CONNECT_TIMEOUT) -> paramiko.SSHClient:
+    """An authenticated paramiko client to `h` as `user`, host key checked against known_hosts."""
+    client = paramiko.SSHClient()
+    kh = known_hosts_file(h)
+    if kh.exists():
+        client.load_host_keys(str(kh))
+    if h.data.get("ssh_strict_host_key_checking", "yes") == "accept-new":
+        client.set_missing_host_key_policy(_AcceptNewAndSave(kh))
+    else:
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    client.connect(
+        h.data["ssh_hostname"], port=int(h.data.get("ssh_port", 22)), username=user,
+        key_filename=str(Path(h.data["ssh_key"]).expanduser()), look_for_keys=False, allow_agent=False,
+        timeout=timeout, banner_timeout=timeout, auth_timeout=timeout)
+    return client
+
+
+class _AcceptNewAndSave(paramiko.MissingHostKeyPolicy):
+    """Trust on first use: record an unknown key, but still refuse a changed one (paramiko does that)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def missing_host_key(self, client, hostname, key):
+        client.get_host_keys().add(hostname, key.get_name(), key)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        client.save_host_keys(str(self.path))
+
+
+def run(client: paramiko.SSHClient, command: str, timeout: float = 60.0) -> tuple[int, str, str]:
+    _, stdout, stderr = client.exec_command(command, timeout=timeout)
+    out = stdout.read().decode(errors="replace")
+    err = stderr.read().decode(errors="replace")
+    return stdout.channel.recv_exit_status(), out, err
+
+
+def _try(h: Host, user: str, need_sudo: bool) -> tuple[Login | None, str]:
+    try:
+        client = open_client(h, user)
+    except paramiko.BadHostKeyException as e:
+        raise LoginError(f"{h.name}: the host key changed ({e}); refusing to connect (possible MITM)") from None
+    except paramiko.SSHException as e:
+        if "not found in known_hosts" in str(e):
+            raise LoginError(f"{h.name}: host key unknown and ssh_strict_host_key_checking=yes: {e}") from None
+        return None, f"{user}: {e}"
+    except (OSError, socket.timeout) as e:
+        raise LoginError(f"{h.name}: cannot reach {h.data['ssh_hostname']}:{h.data.get('ssh_port', 22)}: {e}") from None
+    try:
+        check = 'echo "$SSH_CONNECTION"' + ("; sudo -n true" if need_sudo else "")
+        rc, out, err = run(client, check, timeout=30)
+    finally:
+        client.close()
+    if rc != 0:
+        return None, f"{user}: logged in but `sudo -n` failed ({err.strip() or rc})"
+    address = out.split()[0] if out.split() else ""
+    return Login(h.name, user, need_sudo, _normalise(address)), ""
+
+
+def resolve(h: Host) -> Login:
+    """Log in as the admin if that works (with sudo), otherwise as the bootstrap user."""
+    admin, bootstrap = h.get(ADMIN_USER), h.get(BOOTSTRAP_USER)
+    login, why_admin = _try(h, admin, need_sudo=True)
+    if login:
+        return login
+    login, why_boot = _try(h, bootstrap, need_sudo=bootstrap != "root")
+    if login:
+        return login
+    raise LoginError(f"{h.name}: cannot log in as the admin or the bootstrap user ({why_admin}; {why_boot})")
+
+
+def _normalise(address: str) -> str:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        return str(ip.ipv4_mapped)
+    return str(ip)
+
+
+def address_allowed(address: str, allow_from: list[str]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in ipaddress.ip_network(net) for net in allow_from)

@@ -1,0 +1,118 @@
+"""The compliance report: one row per (host, control id), as a table, JSON and Markdown.
+
+A pytest plugin (`-p deploy.report`): every compliance check carries `@pytest.mark.control(ID)`
+and runs once per host; this plugin gathers the outcomes and writes `compliance.json` and
+`compliance.md` to the report folder (JUnit XML comes from pytest's own `--junitxml`).
+A control is PASS only if every check tagged with it passed on that host; WAIVED and SKIP keep
+their reason, so nothing is silently left out.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+#: Worst first: a control with several checks reports its worst outcome.
+ORDER = {"FAIL": 0, "ERROR": 1, "SKIP": 2, "WAIVED": 3, "PASS": 4}
+_rows: dict[tuple[str, str], dict] = {}
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("hardkit")
+    group.addoption("--hardkit-report-dir", default=None, help="folder for compliance.json and compliance.md")
+
+
+def _control_of(item) -> tuple[str, str] | None:
+    marker = item.get_closest_marker("control")
+    if marker is None:
+        return None
+    doc = (item.function.__doc__ or "").strip().splitlines()
+    return marker.args[0], (doc[0] if doc else item.originalname)
+
+
+def pytest_runtest_setup(item):
+    ctl = _control_of(item)
+    host = getattr(item, "callspec", None) and item.callspec.params.get("target")
+    if ctl and host:
+        item.user_properties.append(("hardkit_control", ctl[0]))
+        item.user_properties.append(("hardkit_title", ctl[1]))
+        item.user_properties.append(("hardkit_host", host))
+
+
+def pytest_runtest_logreport(report):
+    props = dict(report.user_properties)
+    if "hardkit_control" not in props:
+        return
+    if report.when != "call" and report.passed:
+        return
+    key = (props["hardkit_host"], props["hardkit_control"])
+    if report.passed:
+        status, detail = "PASS", ""
+    elif report.skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        status = "WAIVED" if reason.startswith("waived:") else "SKIP"
+        detail = reason
+    else:
+        status = "FAIL" if report.when == "call" else "ERROR"
+        detail = _first_line(report)
+    row = _rows.setdefault(key, {"host": key[0], "control": key[1], "title": props["hardkit_title"],
+                                 "status": "PASS", "details": []})
+    if ORDER[status] < ORDER[row["status"]]:  # a control is as bad as its worst check
+        row["status"] = status
+    if detail:
+        row["details"].append(f"{report.head_line}: {detail}")
+
+
+def _first_line(report) -> str:
+    crash = getattr(report.longrepr, "reprcrash", None)
+    text = crash.message if crash else str(report.longrepr)
+    return text.strip().splitlines()[0][:300] if text.strip() else "failed"
+
+
+def rows() -> list[dict]:
+    return sorted(_rows.values(), key=lambda r: (r["host"], r["control"]))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if not _rows:
+        return
+    tr = terminalreporter
+    tr.section("hardkit compliance")
+    width = max(len(r["title"]) for r in rows())
+    for host in sorted({r["host"] for r in rows()}):
+        tr.write_line(f"{host}:")
+        for r in (r for r in rows() if r["host"] == host):
+            note = f"  ({r['details'][0]})" if r["status"] in ("SKIP", "WAIVED") and r["details"] else ""
+            tr.write_line(f"  {r['status']:<6} {r['control']:<14} {r['title']:<{width}}{note}")
+    counts = {}
+    for r in rows():
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    tr.write_line("controls: " + ", ".join(f"{counts[s]} {s.lower()}" for s in sorted(counts, key=ORDER.get)))
+    out = config.getoption("--hardkit-report-dir")
+    if out:
+        paths = write(Path(out))
+        tr.write_line("report: " + ", ".join(str(p) for p in paths))
+
+
+def write(folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    data = {"generated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "controls": rows()}
+    jpath = folder / "compliance.json"
+    jpath.write_text(json.dumps(data, indent=2) + "\n")
+    md = ["# hardkit compliance report", "", f"Generated {data['generated']}.", "",
+          "| host | control | check | result | detail |", "|---|---|---|---|---|"]
+    for r in rows():
+        detail = "; ".join(r["details"]).replace("|", "\\|")[:400]
+        md.append(f"| {r['host']} | {r['control']} | {r['title']} | {r['status']} | {detail} |")
+    mpath = folder / "compliance.md"
+    mpath.write_text("\n".join(md) + "\n")
+    return [jpath, mpath]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+    config.addinivalue_line("markers", "control(id): the compliance control a check proves")

@@ -1,0 +1,148 @@
+"""Runs the pyinfra deploy for an inventory: probe logins, pre-flight, then pyinfra itself.
+
+pyinfra runs as a subprocess on a *resolved* copy of the operator's inventory: the same hosts
+and data plus the login chosen for this run (bootstrap user or admin with sudo). The copy holds
+no secret (only paths and names) and lives in a private temporary folder removed afterwards.
+Results are read from pyinfra's `--json` output, never from its text.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from deploy import connect
+from deploy.inventory import Host, Inventory
+from roles.access_data import SSH_ALLOW_FROM
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SITE = REPO_ROOT / "deploy" / "site.py"
+#: Data keys the runner adds for roles (never set by operators).
+RUN_USER_KEY = "hardkit_login_user"
+
+
+@dataclass
+class HostResult:
+    name: str
+    login: str = ""
+    changed: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    error: str = ""  # set when the host was refused before pyinfra ran
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.error
+
+
+@dataclass
+class RunResult:
+    hosts: dict[str, HostResult]
+    raw: dict | None
+    returncode: int
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and all(h.ok for h in self.hosts.values())
+
+    @property
+    def changed_ops(self) -> int:
+        return sum(len(h.changed) for h in self.hosts.values())
+
+
+def preflight(hosts: list[Host]) -> tuple[dict[str, connect.Login], dict[str, str]]:
+    """Resolve each host's login and check the lockout rules; return (logins, refusals)."""
+    logins: dict[str, connect.Login] = {}
+    refusals: dict[str, str] = {}
+
+    def one(h: Host):
+        try:
+            return h, connect.resolve(h), None
+        except connect.LoginError as e:
+            return h, None, str(e)
+
+    with ThreadPoolExecutor(max_workers=min(16, max(1, len(hosts)))) as pool:
+        for h, login, err in pool.map(one, hosts):
+            if err:
+                refusals[h.name] = err
+                continue
+            allow = h.get(SSH_ALLOW_FROM)
+            if not connect.address_allowed(login.client_address, allow):
+                refusals[h.name] = (
+                    f"{h.name}: refusing to deploy: this controller reaches the host from "
+                    f"{login.client_address or 'an unknown address'}, which is not in ssh_allow_from "
+                    f"{allow}; the firewall would lock you out. Add it to the inventory's ssh_allow_from.")
+                continue
+            logins[h.name] = login
+    return logins, refusals
+
+
+def write_resolved_inventory(inv: Inventory, hosts: list[Host], logins: dict[str, connect.Login], folder: Path) -> Path:
+    groups: dict[str, list] = {}
+    for h in hosts:
+        if h.name not in logins:
+            continue
+        login = logins[h.name]
+        data = {k: v for k, v in h.data.items() if k != "lab"}
+        data.update({"ssh_user": login.user, RUN_USER_KEY: login.user, "_sudo": login.sudo})
+        for g in h.groups:
+            groups.setdefault(g, []).append((h.name, data))
+    lines = [f'"""Resolved copy of {inv.path} for one hardkit run."""']
+    for g, entries in groups.items():
+        lines.append(f"{g} = {entries!r}")
+    path = folder / "inventory.py"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def deploy(inv: Inventory, hosts: list[Host], *, dry: bool = False, extra_args: list[str] | None = None,
+           stream=sys.stderr) -> RunResult:
+    logins, refusals = preflight(hosts)
+    results = {h.name: HostResult(h.name) for h in hosts}
+    for name, why in refusals.items():
+        results[name].error = why
+    for name, login in logins.items():
+        results[name].login = login.user + (" (sudo)" if login.sudo else "")
+    if not logins:
+        return RunResult(results, None, 1)
+    with tempfile.TemporaryDirectory(prefix="hardkit-run-") as tmp:
+        os.chmod(tmp, 0o700)
+        resolved = write_resolved_inventory(inv, hosts, logins, Path(tmp))
+        cmd = [sys.executable, "-m", "pyinfra", str(resolved), str(SITE), "-y", "--json"]
+        if dry:
+            cmd.append("--dry")
+        cmd += extra_args or []
+        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        proc = subprocess.run(cmd, cwd=str(REPO_ROOT), stdout=subprocess.PIPE, stderr=stream, env=env, text=True)
+    raw = _parse_json(proc.stdout)
+    if raw and raw.get("results"):
+        for op in raw["results"]["operations"]:
+            for key, bucket in (("success", "changed"), ("no_change", "unchanged"), ("error", "failed")):
+                for name in op[key]:
+                    if name in results:
+                        getattr(results[name], bucket).append(op["name"])
+        for name in raw["results"].get("failed_hosts", []):
+            if name in results and not results[name].failed:
+                results[name].failed.append("(host failed)")
+    elif proc.returncode != 0:
+        for name in logins:
+            results[name].failed.append("pyinfra exited before reporting results")
+    rc = proc.returncode if not refusals else (proc.returncode or 1)
+    return RunResult(results, raw, rc)
+
+
+def _parse_json(stdout: str) -> dict | None:
+    text = stdout.strip()
+    if not text:
+        return None
+    start = text.find("{")
+    try:
+        return json.loads(text[start:])
+    except json.JSONDecodeError:
+        return None

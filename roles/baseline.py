@@ -1,0 +1,44 @@
+"""Baseline: what every later role relies on — a fresh package index and the kit's own marker.
+
+The marker (`/etc/hardkit/release`) records which hardkit version last converged the host,
+so `hardkit status`/`drift` can tell a host that was never deployed from one that drifted.
+"""
+
+from __future__ import annotations
+
+from pyinfra.api import deploy
+from pyinfra.operations import apt, files
+
+from roles.data import DataKey
+
+#: The kit's version written to the host marker.
+HARDKIT_RELEASE = "0.1.0"
+#: The marker file's path on the host.
+RELEASE_FILE = "/etc/hardkit/release"
+
+APT_CACHE_SECONDS = DataKey(
+    "apt_cache_seconds", 3600,
+    "Skip `apt-get update` when the package index is younger than this (keeps redeploys fast and idempotent).",
+    lambda v: None if isinstance(v, int) and v >= 0 else f"must be a non-negative integer, not {v!r}")
+
+#: Packages every host gets; later roles install their own.
+BASE_PACKAGES = ["ca-certificates"]
+
+KEYS = [APT_CACHE_SECONDS]
+
+
+@deploy("Baseline")
+def baseline():
+    from pyinfra import host
+
+    apt.update(name="Refresh the package index when stale", cache_time=APT_CACHE_SECONDS.value(host.data))
+    apt.packages(name="Install base packages", packages=BASE_PACKAGES)
+    files.directory(name="hardkit state folder", path="/etc/hardkit", user="root", group="root", mode="755")
+    files.put(name="hardkit release marker", src=_release_text(), dest=RELEASE_FILE,
+              user="root", group="root", mode="644")
+
+
+def _release_text():
+    from io import StringIO
+    return StringIO(f"HARDKIT_RELEASE={HARDKIT_RELEASE}\n")
+apply = baseline

@@ -1,0 +1,94 @@
+"""testinfra over the same inventory file the deploy used: one `target` per host.
+
+`hardkit verify INVENTORY` runs this suite with `--hardkit-inventory`. Logins are resolved the
+way the deploy resolves them (admin with sudo, else the bootstrap user), and testinfra talks
+to each host over OpenSSH with strict host-key checking through a generated ssh_config.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+import testinfra
+
+from deploy import connect, ssh_config
+from deploy.inventory import load
+from tests.compliance.target import Target
+from tests.compliance.waivers import load_waivers
+
+
+def pytest_addoption(parser):
+    parser.addoption("--hardkit-inventory", default=os.environ.get("HARDKIT_INVENTORY"),
+                     help="inventory file whose hosts are verified")
+    parser.addoption("--hardkit-limit", default=None, help="only these hosts (comma-separated names)")
+
+
+def _inventory(config):
+    path = config.getoption("--hardkit-inventory")
+    if not path:
+        raise pytest.UsageError("compliance checks need --hardkit-inventory INVENTORY (or HARDKIT_INVENTORY)")
+    if not hasattr(config, "_hardkit_inv"):
+        config._hardkit_inv = load(path)
+    return config._hardkit_inv
+
+
+def pytest_generate_tests(metafunc):
+    if "target" in metafunc.fixturenames:
+        names = [h.name for h in _inventory(metafunc.config).hosts]
+        limit = metafunc.config.getoption("--hardkit-limit")
+        if limit:
+            names = [n for n in names if n in limit.split(",")]
+        metafunc.parametrize("target", names, indirect=True, scope="session")
+
+
+@pytest.fixture(scope="session")
+def _ssh_setup(request):
+    inv = _inventory(request.config)
+    logins, errors = {}, {}
+    for h in inv.hosts:
+        try:
+            logins[h.name] = connect.resolve(h)
+        except connect.LoginError as e:
+            errors[h.name] = str(e)
+    tmp = Path(tempfile.mkdtemp(prefix="hardkit-verify-"))
+    os.chmod(tmp, 0o700)
+    cfg = tmp / "ssh_config"
+    cfg.write_text(ssh_config.render(inv.hosts, logins, tmp))
+    yield inv, logins, errors, cfg
+    for sock in tmp.iterdir():
+        if sock.is_socket():
+            os.system(f"ssh -F {cfg} -O exit -o ControlPath={sock} x >/dev/null 2>&1")
+    for f in tmp.iterdir():
+        f.unlink(missing_ok=True)
+    tmp.rmdir()
+
+
+_targets: dict[str, Target] = {}
+
+
+@pytest.fixture(scope="session")
+def target(request, _ssh_setup) -> Target:
+    inv, logins, errors, cfg = _ssh_setup
+    name = request.param
+    if name in errors:
+        pytest.fail(f"cannot log in: {errors[name]}", pytrace=False)
+    if name not in _targets:
+        login = logins[name]
+        host = testinfra.get_host(f"ssh://{name}", ssh_config=str(cfg), sudo=login.sudo, controlpersist=120)
+        data = next(h for h in inv.hosts if h.name == name).data
+        _targets[name] = Target(name=name, host=host, data=data, login=login)
+    return _targets[name]
+
+
+@pytest.fixture(autouse=True)
+def _apply_waivers(request):
+    marker = request.node.get_closest_marker("control")
+    callspec = getattr(request.node, "callspec", None)
+    if marker is None or callspec is None or "target" not in callspec.params:
+        return
+    waiver = load_waivers().get(marker.args[0])
+    if waiver and waiver.applies_to(callspec.params["target"]):
+        pytest.skip(f"waived: {waiver.reason}")
