@@ -162,7 +162,8 @@ class Engine:
             self.sm.set_transient(f"volatility:{sym}", None)
             self._autoclose.discard(sym)
         st = self.strats[sym]
-        faults.wedge_point("strategy")
+        if self._pos_f:
+            faults.wedge_point("strategy")
         sig = st.on_bar(bar)
         if sym in self._pos_f:
             self.stops.trail(sym, bar.close, st.atr)
@@ -172,7 +173,7 @@ class Engine:
                 and not any(r["instrument"] == sym for r in self.om.live_rows()):
             self._enter(sym, bar, st)
         elif sig is Signal.EXIT_LONG and sym in self._pos_f:
-            self.close_position(sym, "exit", protective=False, key=f"{sym}:{int(bar.ts)}:exit")
+            self.close_position(sym, "exit", protective=False, key=f"{sym}:{int(bar.ts * 1000)}:exit")
 
     def _enter(self, sym: str, bar: Bar, st: TrendATR) -> None:
         inst = self.instruments[sym]
@@ -187,7 +188,7 @@ class Engine:
         qty = size_for_risk(snap_eq, entry, stop, self.limits, inst, self.om.account.free(self.quote), exposure)
         if qty <= 0:
             return
-        intent = Intent(key=f"{sym}:{int(bar.ts)}:enter", instrument=sym, side=Side.BUY, qty=qty, ref_price=entry,
+        intent = Intent(key=f"{sym}:{int(bar.ts * 1000)}:enter", instrument=sym, side=Side.BUY, qty=qty, ref_price=entry,
                         stop_price=stop, take_profit=tp, reason="trend entry")
         self.om.submit(intent, self.quote)
 
@@ -381,5 +382,5 @@ class Engine:
                              "qty": r["qty"], "filled": r["filled"], "status": r["status"]} for r in self.om.live_rows()],
             "limits": [{"name": x.name, "used": round(x.used, 6), "limit": x.limit, "pct": round(x.pct, 2)}
                        for x in self.usages(now)],
-            "pid": os.getpid(), "running": True,
+            "pid": os.getpid(), "running": True, "steps": self.steps,
         }

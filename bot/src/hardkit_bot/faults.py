@@ -2,8 +2,8 @@
 
 HARDKIT_BOT_CRASH_AT=<point>   SIGKILL this process when the order path reaches
                                <point>: after_intent, after_send, after_ack, mid_fill.
-HARDKIT_BOT_WEDGE_AT=strategy  the strategy loop blocks forever (the control
-                               socket must still halt and flatten).
+HARDKIT_BOT_WEDGE_AT=strategy  once a position is open, the strategy loop blocks
+                               forever (the control socket must still halt and flatten).
 They exist so the crash-safety tests kill the real process at exact points of the
 order lifecycle instead of guessing with timers.
 """

@@ -136,6 +136,8 @@ class OrderManager:
                 self.store.update_order(cid, OrderStatus.UNKNOWN, error=str(e), sent=True)
                 return SubmitResult(cid, None, self.resolve(cid))
             faults.crash_point("after_send")
+            log.info("order %s %s %s %s: %s (exchange id %s, filled %s)", cid, intent.side.value, intent.qty,
+                     intent.instrument, eo.status.value, eo.exchange_id, eo.filled)
             self.store.update_order(cid, _ack_status(eo), exchange_order_id=eo.exchange_id, sent=True)
             faults.crash_point("after_ack")
             self._pull_fills(cid, eo)

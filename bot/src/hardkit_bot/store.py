@@ -71,10 +71,9 @@ class Store:
             self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=FULL")
         self.conn.execute("PRAGMA busy_timeout=10000")
+        with self._lock:
+            self.conn.executescript(SCHEMA)
         with self.tx():
-            for stmt in SCHEMA.split(";"):
-                if stmt.strip():
-                    self.conn.execute(stmt)
             if self.conn.execute("SELECT 1 FROM trading_state").fetchone() is None:
                 self.conn.execute("INSERT INTO trading_state VALUES (1, ?, ?, ?)",
                                   (TradingState.ACTIVE.value, "fresh ledger", self.clock()))

@@ -218,7 +218,7 @@ class PaperExchange:
             idx, bar = self._manual_bar[symbol]
             return Decimal(repr(bar.close)), bar.ts + self.bar_seconds, idx + 1
         i = self._index()
-        bar = self._bar(symbol, i - 1)
+        bar = self._bar(symbol, max(i - 1, 0))
         if bar is None:
             raise BadExchangeData(f"{symbol}: the price series has ended")
         return Decimal(repr(bar.close)), bar.ts + self.bar_seconds, i
