@@ -70,7 +70,8 @@ def pytest_runtest_logreport(report):
 def _first_line(report) -> str:
     crash = getattr(report.longrepr, "reprcrash", None)
     text = crash.message if crash else str(report.longrepr)
-    return text.strip().splitlines()[0][:300] if text.strip() else "failed"
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return " / ".join(lines[:3])[:400] if lines else "failed"
 
 
 def rows() -> list[dict]:

@@ -24,5 +24,6 @@ def test_release_marker(target):
 @pytest.mark.control("hk-base-03")
 def test_no_failed_units(target):
     """systemd reports no failed units"""
-    failed = target.check_output("systemctl list-units --state=failed --no-legend --plain").strip()
-    assert failed == "", f"failed units:\n{failed}"
+    lines = target.check_output("systemctl list-units --state=failed --no-legend --plain").splitlines()
+    failed = [line.split()[0] for line in lines if line.strip()]
+    assert not failed, f"failed units: {', '.join(failed)}"

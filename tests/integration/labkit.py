@@ -1,0 +1,79 @@
+"""Helpers for integration tests: boot a lab, deploy to it, verify it, act from its clients.
+
+Each test module uses its own lab name so runs never share targets; every lab a test boots is
+removed by the fixture that booted it, whatever the outcome.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from deploy import runner
+from deploy.inventory import Inventory, load
+from sandbox import lab, lab_inventory
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Lab:
+    prefix: str
+    inventory_path: Path
+
+    @property
+    def inventory(self) -> Inventory:
+        return load(self.inventory_path)
+
+    @property
+    def names(self) -> list[str]:
+        return [h.name for h in self.inventory.hosts]
+
+    def host_data(self, name: str) -> dict:
+        return next(h for h in self.inventory.hosts if h.name == name).data
+
+    def deploy(self, limit: str | None = None, inventory_path: Path | None = None) -> runner.RunResult:
+        inv = load(inventory_path or self.inventory_path)
+        return runner.deploy(inv, inv.limit(limit), stream=subprocess.DEVNULL)
+
+    def verify(self, *extra: str) -> subprocess.CompletedProcess:
+        return hardkit("verify", str(self.inventory_path), *extra)
+
+    def ssh(self, name: str, command: str, user: str = "root", timeout: float = 60) -> subprocess.CompletedProcess:
+        cmd = lab.ssh_command(name, [command], user=user)
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+    def from_client(self, role: str, command: list[str], timeout: float = 30) -> subprocess.CompletedProcess:
+        """Run a command inside the allowed or attacker client's network namespace."""
+        ns = f"hk-{self.prefix}-{role}"
+        return subprocess.run(["ip", "netns", "exec", ns, *command], capture_output=True, text=True, timeout=timeout)
+
+    def lab_address(self, name: str, family: int = 4) -> str:
+        info = self.host_data(name)["lab"]
+        return info["address_v4"] if family == 4 else info["address_v6"]
+
+    def down(self) -> None:
+        lab.down(self.prefix, log=lambda m: None)
+
+
+def hardkit(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "deploy.cli", *args], cwd=str(REPO_ROOT),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def boot(prefix: str, count: int = 1, tier: str = "nspawn") -> Lab:
+    lab.down(prefix, log=lambda m: None)  # a previous crashed run must not leak into this one
+    path = lab.up(count=count, tier=tier, prefix=prefix, log=lambda m: None)
+    return Lab(prefix, path)
+
+
+def tcp_banner_cmd(address: str, port: int = 22, timeout: int = 3) -> list[str]:
+    """A client-side command that prints the SSH banner if the port answers within `timeout` s."""
+    probe = ("import socket,sys; s=socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=%d); "
+             "print(s.recv(64).decode().strip())" % timeout)
+    return ["timeout", str(timeout + 1), sys.executable, "-c", probe, address, str(port)]
+
+
+__all__ = ["Lab", "boot", "hardkit", "tcp_banner_cmd", "lab_inventory"]
