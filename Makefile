@@ -1,0 +1,49 @@
+# The README's commands. Run as root on a Debian 12 machine.
+#   make demo   set up, boot a sandbox VPS, deploy, verify, show the report
+#   make test   set up, build the lab image, run unit + integration tests (nspawn tier and the vm subset)
+#   make bench  benchmarks (figures and ratios, not pass/fail)
+
+VENV := .venv
+HARDKIT := $(VENV)/bin/hardkit
+PYTEST := $(VENV)/bin/python -m pytest
+DEMO := demo
+
+.PHONY: setup image demo demo-down test test-fast test-unit test-integration test-vm bench clean
+
+setup:
+	@bash scripts/setup-host.sh
+
+image: setup
+	@$(HARDKIT) sandbox image
+
+demo: image
+	@inv=$$($(HARDKIT) sandbox up --name $(DEMO)) && echo "inventory: $$inv" && \
+	$(HARDKIT) deploy "$$inv" && \
+	$(HARDKIT) verify "$$inv" --report-dir reports/$(DEMO) --junit reports/$(DEMO)/junit.xml && \
+	echo && echo "report: reports/$(DEMO)/compliance.md" && \
+	echo "explore: $(HARDKIT) sandbox ssh $(DEMO)-1    tear down: make demo-down"
+
+demo-down: setup
+	@$(HARDKIT) sandbox down --name $(DEMO)
+
+test: image
+	@$(PYTEST) -q tests/unit tests/integration
+
+test-fast: image
+	@$(PYTEST) -q -m "not vm" tests/unit tests/integration
+
+test-unit: setup
+	@$(PYTEST) -q tests/unit
+
+test-integration: image
+	@$(PYTEST) -q -m "not vm" tests/integration
+
+test-vm: image
+	@$(PYTEST) -q -m vm tests/integration
+
+bench: image
+	@for b in bench/*.py; do echo "== $$b"; $(VENV)/bin/python $$b || exit 1; done
+
+clean:
+	@$(HARDKIT) sandbox down --all 2>/dev/null || true
+	rm -rf reports .pytest_cache

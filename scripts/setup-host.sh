@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Prepare this machine (Debian 12, root) to run hardkit and its lab: Debian packages the lab
+# and the offline validators need, then a venv with the locked controller dependencies.
+# Safe to run again: it installs only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Tools of the controller: the lab (mmdebstrap, nspawn, slirp4netns, qemu), the real validators
+# rendered configs are checked with (sshd -t, nft -c, fail2ban-client -t, visudo -cf), ssh-keygen.
+DEB_PACKAGES=(
+  mmdebstrap systemd-container slirp4netns iproute2 util-linux e2fsprogs
+  qemu-system-x86 qemu-utils zstd
+  openssh-client openssh-server nftables fail2ban python3-systemd sudo netbase age
+  make python3-venv
+)
+
+missing=()
+for p in "${DEB_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing Debian packages: ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >/dev/null
+  # The validators come from packages whose services must not start on the controller
+  # (nothing of ours may listen here): block service starts while installing.
+  policy=/usr/sbin/policy-rc.d
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod +x "$policy"
+    trap 'rm -f "$policy"' EXIT
+  fi
+  apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv" >&2
+  "$PY" -m venv .venv
+fi
+if [ ! -e .venv/.locked ] || [ requirements/controller.lock -nt .venv/.locked ] || [ pyproject.toml -nt .venv/.locked ]; then
+  echo "setup: installing locked Python dependencies" >&2
+  .venv/bin/pip install -q --disable-pip-version-check --require-hashes --no-deps -r requirements/controller.lock
+  .venv/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e . 2>/dev/null \
+    || .venv/bin/pip install -q --disable-pip-version-check --no-deps -e .
+  if [ -f bot/pyproject.toml ]; then
+    .venv/bin/pip install -q --disable-pip-version-check --no-deps -e bot
+  fi
+  touch .venv/.locked
+fi
+echo "setup: ready (.venv/bin/hardkit)" >&2
