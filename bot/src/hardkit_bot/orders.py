@@ -138,7 +138,7 @@ class OrderManager:
             faults.crash_point("after_send")
             log.info("order %s %s %s %s: %s (exchange id %s, filled %s)", cid, intent.side.value, intent.qty,
                      intent.instrument, eo.status.value, eo.exchange_id, eo.filled)
-            self.store.update_order(cid, _ack_status(eo), exchange_order_id=eo.exchange_id, sent=True)
+            self._record(cid, eo, sent=True)
             faults.crash_point("after_ack")
             self._pull_fills(cid, eo)
             return SubmitResult(cid, None, OrderStatus(self.store.order(cid)["status"]))
@@ -161,7 +161,7 @@ class OrderManager:
         except ExchangeError as e:
             log.warning("resolve %s: %s (will retry)", cid, e)
             return OrderStatus(row["status"])
-        self.store.update_order(cid, _ack_status(eo), exchange_order_id=eo.exchange_id)
+        self._record(cid, eo)
         self._pull_fills(cid, eo)
         return OrderStatus(self.store.order(cid)["status"])
 
@@ -180,8 +180,7 @@ class OrderManager:
             return
         if eo.filled != Decimal(row["filled"]):
             self._pull_fills(cid, eo)
-        if _ack_status(eo).value != self.store.order(cid)["status"]:
-            self.store.update_order(cid, _ack_status(eo), exchange_order_id=eo.exchange_id)
+        self._record(cid, eo)
 
     def sync_all(self) -> None:
         with self.lock:
@@ -205,12 +204,22 @@ class OrderManager:
                 row = self.store.order(cid)
                 if Decimal(row["filled"]) < Decimal(row["qty"]):
                     faults.crash_point("mid_fill")
-        row = self.store.order(cid)
-        if row["status"] != _ack_status(eo).value and Decimal(row["filled"]) >= eo.filled:
-            self.store.update_order(cid, _ack_status(eo), exchange_order_id=eo.exchange_id)
+        self._record(cid, eo)
         if applied:
             self.refresh_account_quietly()
             self.on_fill()
+
+    def _record(self, cid: str, eo: ExchangeOrder, sent: bool = False) -> None:
+        """Store the exchange's view of an order, but never a terminal status while the
+        ledger still lacks some of its fills: the order stays live (and keeps being
+        synced) until every fill is in, so a crash between ack and fills loses nothing."""
+        row = self.store.order(cid)
+        have = Decimal(row["filled"])
+        status = _ack_status(eo)
+        if have < eo.filled:
+            status = OrderStatus.PARTIALLY_FILLED if have > 0 else OrderStatus.OPEN
+        if status.value != row["status"] or sent or row["exchange_order_id"] != eo.exchange_id:
+            self.store.update_order(cid, status, exchange_order_id=eo.exchange_id, sent=sent)
 
     def refresh_account_quietly(self) -> None:
         try:
@@ -228,7 +237,7 @@ class OrderManager:
                 return
             self.activity.record("cancels", self.clock())
             self._pull_fills(cid, eo)
-            self.store.update_order(cid, _ack_status(eo), exchange_order_id=eo.exchange_id)
+            self._record(cid, eo)
 
     def cancel_where(self, pred: Callable[[object], bool]) -> int:
         """Cancel our live, acknowledged orders matching pred; returns how many."""

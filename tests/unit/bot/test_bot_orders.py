@@ -1,0 +1,175 @@
+"""The order path in-process: timeouts, duplicate ids, rejects, partial fills, reconciliation."""
+from decimal import Decimal as D
+
+import pytest
+
+from hardkit_bot.config import parse
+from hardkit_bot.engine import Engine
+from hardkit_bot.exchange.paper import PaperExchange
+from hardkit_bot.model import Intent, OrderStatus, OrderType, Side, TradingState
+from hardkit_bot.risk.pipeline import DenialCode
+from hardkit_bot.store import Store
+
+from conftest import config_text
+
+
+class Rig:
+    def __init__(self, tmp, clock, grace=5.0):
+        self.tmp, self.clock = tmp, clock
+        self.cfg = parse(config_text(bar=1.0, grace=grace))
+        self.ex_path = tmp / "paper.sqlite"
+        self.n = 0
+        self.boot()
+
+    def exchange(self):
+        x = self.cfg.exchange
+        return PaperExchange(self.ex_path, {i.symbol: i for i in self.cfg.instruments}, fee_rate=x["fee_rate"],
+                             slippage_bps=x["slippage_bps"], starting_balance=x["starting_balance"], bar_seconds=1.0,
+                             clock=self.clock)
+
+    def boot(self):
+        self.store = Store(self.tmp / "ledger.sqlite", self.clock)
+        self.ex = self.exchange()
+        self.clock.advance(3)
+        self.eng = Engine(self.cfg, self.store, self.ex, self.clock, live=False)
+        self.report = self.eng.start()
+        self.eng.step()
+
+    def restart(self):
+        self.store.close()
+        self.ex.close()
+        self.boot()
+
+    def buy(self, qty="0.01"):
+        self.n += 1
+        px = self.eng.market.last["BTC/USDT"][0]
+        i = Intent(f"test:{self.n}", "BTC/USDT", Side.BUY, D(qty), px, stop_price=(px * D("0.99")).quantize(D("0.01")),
+                   take_profit=(px * D("1.03")).quantize(D("0.01")))
+        return self.eng.om.submit(i, "USDT")
+
+    def exchange_orders(self, cid=None):
+        return [o for o in self.ex.all_orders() if cid is None or o.client_order_id == cid]
+
+    def assert_books_agree(self):
+        """Ledger fills == exchange trades, and the position == the exchange's BTC balance."""
+        ledger = self.store.fill_ids()
+        trades = {f.trade_id for o in self.ex.all_orders() for f in self.ex.order_trades(o.instrument, o.client_order_id)}
+        assert ledger == trades
+        pos = self.store.positions().get("BTC/USDT")
+        assert (pos.qty if pos else D(0)) == self.ex.balances().total("BTC")
+
+
+@pytest.fixture
+def rig(tmp_path, clock):
+    return Rig(tmp_path, clock)
+
+
+def test_plain_order_fills_with_fees_and_slippage(rig):
+    r = rig.buy()
+    assert r.status is OrderStatus.FILLED
+    [o] = rig.exchange_orders(r.client_order_id)
+    last = rig.eng.market.last["BTC/USDT"][0]
+    assert o.avg_price > last                                    # adverse slippage on a buy
+    [f] = rig.ex.order_trades("BTC/USDT", r.client_order_id)
+    assert f.fee == (f.qty * f.price * D("0.001")).quantize(D("1e-8"))
+    rig.assert_books_agree()
+
+
+def test_timeout_after_accept_is_resolved_by_client_id_not_resent(rig):
+    rig.ex.inject("timeout_accepted")
+    r = rig.buy()
+    assert r.status is OrderStatus.FILLED
+    assert len(rig.exchange_orders(r.client_order_id)) == 1
+    assert len(rig.exchange_orders()) == 1
+    row = rig.store.order(r.client_order_id)
+    assert "timeout" in row["last_error"]
+    rig.assert_books_agree()
+
+
+def test_lost_request_stays_unknown_blocks_entries_then_is_abandoned(rig, clock):
+    rig.ex.inject("timeout_lost")
+    r = rig.buy()
+    assert r.status is OrderStatus.UNKNOWN
+    assert rig.exchange_orders() == []
+    blocked = rig.buy()
+    assert blocked.denial.code is DenialCode.UNRESOLVED_ORDER     # no doubling up while unknown
+    clock.advance(6)                                              # past unknown_grace_s
+    rig.eng.step()
+    assert rig.store.order(r.client_order_id)["status"] == OrderStatus.ABANDONED.value
+    assert rig.exchange_orders() == []                            # never re-sent
+    assert rig.buy().status is OrderStatus.FILLED                 # the instrument is usable again
+
+
+def test_duplicate_id_rejection_means_fetch_it(rig):
+    rig.ex.inject("duplicate_response")
+    r = rig.buy()
+    assert r.status is OrderStatus.FILLED
+    assert len(rig.exchange_orders()) == 1
+    assert rig.store.order(r.client_order_id)["last_error"] == "duplicate client id"
+    rig.assert_books_agree()
+
+
+def test_exchange_enforces_client_id_uniqueness(rig):
+    from hardkit_bot.exchange.base import DuplicateClientOrderId
+    rig.ex.create_order("x-1", "BTC/USDT", Side.BUY, OrderType.MARKET, D("0.01"), None)
+    with pytest.raises(DuplicateClientOrderId):
+        rig.ex.create_order("x-1", "BTC/USDT", Side.BUY, OrderType.MARKET, D("0.01"), None)
+
+
+def test_reject_is_recorded_and_counted(rig):
+    rig.ex.inject("reject")
+    r = rig.buy()
+    assert r.status is OrderStatus.REJECTED and rig.exchange_orders() == []
+    assert rig.eng.activity.count("rejects", rig.clock()) == 1
+
+
+def test_partial_fill_completes_on_the_next_bar(rig, clock):
+    rig.ex.inject("partial", arg=0.5)
+    r = rig.buy("0.02")
+    assert r.status is OrderStatus.PARTIALLY_FILLED
+    assert D(rig.store.order(r.client_order_id)["filled"]) == D("0.01")
+    clock.advance(2)
+    rig.eng.step()
+    row = rig.store.order(r.client_order_id)
+    assert row["status"] == "FILLED" and D(row["filled"]) == D("0.02")
+    assert len(rig.ex.order_trades("BTC/USDT", r.client_order_id)) == 2
+    rig.assert_books_agree()
+
+
+def test_reconcile_marks_foreign_orders_external_and_boots_reducing(rig):
+    rig.ex.create_order("manual-7", "BTC/USDT", Side.BUY, OrderType.LIMIT, D("0.01"), D("100.00"))
+    before = len(rig.exchange_orders())
+    rig.restart()
+    assert rig.eng.sm.effective is TradingState.REDUCING
+    assert "foreign open orders" in rig.eng.sm.view().reason and "manual-7" in rig.eng.sm.view().reason
+    assert rig.store.order("manual-7")["status"] == "EXTERNAL"
+    assert len(rig.exchange_orders()) == before                  # nothing invented, nothing cancelled
+    assert rig.exchange_orders("manual-7")[0].status is OrderStatus.OPEN
+
+
+def test_reconcile_adopts_our_prefix_orders_the_ledger_lost(rig):
+    rig.ex.create_order("hk1-999", "BTC/USDT", Side.BUY, OrderType.LIMIT, D("0.01"), D("100.00"))
+    rig.restart()
+    row = rig.store.order("hk1-999")
+    assert row["intent_key"].startswith("adopted:")
+    assert rig.eng.sm.effective is TradingState.REDUCING and "adopted" in rig.eng.sm.view().reason
+    # REDUCING lets no entry rest: the adopted buy was cancelled on the first iteration, and says so
+    assert row["status"] == "CANCELED" and rig.exchange_orders("hk1-999")[0].status is OrderStatus.CANCELED
+
+
+def test_reconcile_balance_mismatch_halts_and_says_why(rig):
+    rig.buy()
+    with rig.ex._tx():
+        rig.ex.db.execute("UPDATE balances SET free = CAST(free AS REAL) + 0.5 WHERE asset = 'BTC'")
+    n = len(rig.exchange_orders())
+    rig.restart()
+    v = rig.eng.sm.view()
+    assert v.state is TradingState.HALTED and "balance mismatch" in v.reason and "BTC" in v.reason
+    assert len(rig.exchange_orders()) == n
+
+
+def test_clean_restart_after_trading_stays_active(rig):
+    rig.buy()
+    rig.restart()
+    assert rig.eng.sm.effective is TradingState.ACTIVE, rig.eng.sm.view().reason
+    rig.assert_books_agree()
