@@ -110,6 +110,8 @@ class Engine:
                 planned[row["instrument"]] = (Decimal(row["stop_price"]),
                                               Decimal(row["take_profit"]) if row["take_profit"] else None)
         self.stops.sync(self.positions, planned, {s: st.atr for s, st in self.strats.items()})
+        if self.live:
+            self.update_inhibitor()   # exposure changed: tell the OS now, not at the end of the iteration
 
     def run(self, stop: threading.Event) -> None:
         interval = self.cfg.bot["loop_interval_s"]
