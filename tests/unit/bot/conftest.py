@@ -98,11 +98,11 @@ class BotProcess:
         self.procs.append(p)
         return p
 
-    def cli(self, *args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    def cli(self, *args: str, env: dict | None = None, timeout: float = 60, state: bool = True) -> subprocess.CompletedProcess:
         e = {k: v for k, v in os.environ.items() if not k.startswith("HARDKIT_BOT_")}
         e.update(env or {})
-        return subprocess.run([*BOT, *args, "--state-dir", str(self.state)], env=e, capture_output=True,
-                              text=True, timeout=timeout)
+        extra = ["--state-dir", str(self.state)] if state else []
+        return subprocess.run([*BOT, *args, *extra], env=e, capture_output=True, text=True, timeout=timeout)
 
     def logs(self) -> str:
         return "\n".join((self.tmp / f"bot-{i}.log").read_text(errors="replace") for i in range(len(self.procs)))

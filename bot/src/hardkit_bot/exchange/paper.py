@@ -307,8 +307,9 @@ class PaperExchange:
     def ticker(self, symbol: str) -> tuple[Decimal, float]:
         self._sync()
         with self._tx():
-            if self._take_fault(("garbage",)):
-                raise BadExchangeData(f"{symbol}: ticker price NaN")
+            garbage = self._take_fault(("garbage",))
+        if garbage:
+            raise BadExchangeData(f"{symbol}: ticker price NaN")
         price, _, _ = self._last(symbol)
         return price, (self.clock() if not self.manual else self._last(symbol)[1])
 

@@ -1,0 +1,127 @@
+"""Bad input: NaN/negative/stale prices, out-of-order candles, garbage from the exchange.
+
+Each must end in a clear error, a rejected datum, or a halt — never a crash that loses state.
+"""
+from decimal import Decimal as D
+
+import pytest
+
+from hardkit_bot.config import parse
+from hardkit_bot.engine import Engine
+from hardkit_bot.exchange.base import BadExchangeData
+from hardkit_bot.exchange.market import load_csv
+from hardkit_bot.exchange.paper import PaperExchange
+from hardkit_bot.model import Bar, TradingState
+from hardkit_bot.store import Store
+
+from conftest import config_text
+
+
+class Scripted:
+    """Delegates to a real paper exchange, but market data comes from the test."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.tick = None
+        self.bars = []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def ticker(self, symbol):
+        if isinstance(self.tick, Exception):
+            raise self.tick
+        return self.tick
+
+    def candles(self, symbol, since):
+        return self.bars
+
+
+@pytest.fixture
+def rig(tmp_path, clock):
+    cfg = parse(config_text(bar=1.0))
+    store = Store(tmp_path / "ledger.sqlite", clock)
+    inner = PaperExchange(tmp_path / "paper.sqlite", {i.symbol: i for i in cfg.instruments}, bar_seconds=1.0, clock=clock)
+    ex = Scripted(inner)
+    eng = Engine(cfg, store, ex, clock, live=False)
+    ex.tick = (D("30000"), clock())
+    eng.start()
+    return eng, ex, clock, store
+
+
+@pytest.mark.parametrize("bad", [(D("NaN"), 0), (D("-5"), 0), (D("0"), 0), ("garbage", 0), (D("Infinity"), 0)])
+def test_bad_prices_are_rejected_and_stale_data_reduces(rig, bad):
+    eng, ex, clock, store = rig
+    ex.tick = (bad[0], clock())
+    for _ in range(3):
+        eng.step()
+        clock.advance(2)
+    assert "BTC/USDT" not in eng.market.last
+    assert eng.market.rejected >= 3
+    assert eng.sm.effective is TradingState.ACTIVE          # not stale yet (5 s)
+    clock.advance(5)
+    eng.step()
+    v = eng.sm.view()
+    assert v.state is TradingState.REDUCING and "stale or missing market data" in v.reason
+    assert v.latched is TradingState.ACTIVE                 # transient: good data clears it
+    ex.tick = (D("30000"), clock())
+    eng.step()
+    assert eng.sm.effective is TradingState.ACTIVE
+
+
+def test_stale_timestamps_and_out_of_order_candles(rig):
+    eng, ex, clock, store = rig
+    t = clock()
+    ex.tick = (D("30000"), t)
+    ex.bars = [Bar(t - 120, 1, 2, 0.5, 1.5), Bar(t - 60, 1.5, 2, 1, 1.8)]
+    eng.step()
+    fed = eng.strats["BTC/USDT"].n
+    assert fed == 2
+    ex.bars = [Bar(t - 90, 1, 2, 0.5, 1.5), Bar(t - 60, 1, 2, 0.5, 1.5)]        # older / same: rejected
+    ex.tick = (D("30001"), t - 100)                                              # a tick older than the last one
+    eng.step()
+    assert eng.strats["BTC/USDT"].n == fed
+    assert eng.market.last["BTC/USDT"][0] == D("30000")
+    ex.bars = [Bar(t, 1, 0.5, 2, 1.5)]                                           # high below low: inconsistent
+    eng.step()
+    assert eng.strats["BTC/USDT"].n == fed
+
+
+def test_exchange_errors_never_crash_the_loop(rig):
+    eng, ex, clock, store = rig
+    ex.tick = BadExchangeData("ticker: NaN")
+    eng.step()
+    ex.tick = ConnectionResetError("boom")          # not even an ExchangeError: a bug-shaped failure
+    eng.step_safely()
+    v = eng.sm.view()
+    assert v.state is TradingState.HALTED and "internal error" in v.reason and "ConnectionResetError" in v.reason
+    store.close()
+    s2 = Store(store.path)
+    assert s2.get_state()[0] is TradingState.HALTED   # the halt is in the ledger
+
+
+def test_paper_garbage_fault_is_bad_data_not_a_crash(tmp_path, clock):
+    cfg = parse(config_text(bar=1.0))
+    ex = PaperExchange(tmp_path / "p.sqlite", {i.symbol: i for i in cfg.instruments}, bar_seconds=1.0, clock=clock)
+    clock.advance(3)
+    ex.inject("garbage")
+    with pytest.raises(BadExchangeData):
+        ex.ticker("BTC/USDT")
+    assert ex.ticker("BTC/USDT")[0] > 0
+
+
+@pytest.mark.parametrize("body,msg", [
+    ("ts,open,high,low,close\n1,1,2,0.5,1.5\n1,1,2,0.5,1.5\n", "not after the previous"),
+    ("1,1,2,0.5,nan\n", "non-finite"),
+    ("1,1,2,0.5,-1\n", "inconsistent"),
+    ("1,abc,2,0.5,1\n", "could not convert"),
+    ("", "no candles"),
+])
+def test_bad_price_series_files_give_a_clear_error(tmp_path, body, msg, bot):
+    p = tmp_path / "s.csv"
+    p.write_text(body)
+    with pytest.raises(BadExchangeData, match=msg):
+        load_csv(p)
+    bot.write_config(config_text())
+    r = bot.cli("backtest", "--config", str(bot.config), "--csv", str(p), state=False)
+    assert r.returncode == 2 and "cannot read price series" in r.stderr
