@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from sandbox import keys, lab_inventory, network
@@ -47,7 +48,7 @@ def up(count: int = 1, tier: str = "nspawn", prefix: str = "lab", log=print) -> 
     net = network.LabNet(prefix)
     network.ensure_switch(net)
     pub = (Path(str(keys.operator_key()) + ".pub")).read_text()
-    targets = []
+    targets, to_make = [], []
     for index in range(1, count + 1):
         name = f"{prefix}-{index}"
         existing = load(prefix, name)
@@ -60,9 +61,21 @@ def up(count: int = 1, tier: str = "nspawn", prefix: str = "lab", log=print) -> 
         if existing:
             log(f"{name}: not running; recreating it")
             backend(existing.tier).destroy(existing, net)
-        t = be.create(prefix, name, index, net, pub)
-        log(f"{name}: up ({tier}, ssh 127.0.0.1:{t.ssh_port}, lab {t.lab_v4} {t.lab_v6})")
-        targets.append(t)
+        to_make.append((index, name))
+    # Targets boot concurrently: most of a boot is waiting for the guest.
+    with ThreadPoolExecutor(max_workers=max(1, min(len(to_make), getattr(be, "PARALLEL_BOOTS", 1)))) as pool:
+        futures = [pool.submit(be.create, prefix, name, index, net, pub) for index, name in to_make]
+        errors = []
+        for fut in futures:
+            try:
+                t = fut.result()
+            except LabError as e:
+                errors.append(str(e))
+                continue
+            log(f"{t.name}: up ({tier}, ssh 127.0.0.1:{t.ssh_port}, lab {t.lab_v4} {t.lab_v6})")
+            targets.append(t)
+    if errors:
+        raise LabError("\n".join(errors))
     # Targets beyond --count from an earlier, larger `up` stay in the inventory while they run.
     extra = [t for t in all_targets(prefix) if t.index > count and is_running(t)]
     return lab_inventory.write(prefix, sorted(targets + extra, key=lambda t: t.index), net)

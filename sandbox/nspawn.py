@@ -26,6 +26,8 @@ TOOLS = ["systemd-nspawn", "slirp4netns", "ip", "unshare", "ssh-keygen"]
 #: slirp4netns's fixed addresses: the guest is .100, the controller appears as .2, DNS is .3.
 SLIRP_GUEST = "10.0.2.100"
 BOOT_TIMEOUT = 60.0
+#: How many targets `up` boots at once on this tier.
+PARALLEL_BOOTS = 8
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
