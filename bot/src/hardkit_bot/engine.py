@@ -55,7 +55,7 @@ class Engine:
         self.market = MarketData()
         self.om = OrderManager(store, exchange, self.sm, self.limits, self.instruments, cfg.bot["instance_id"],
                                self.market, self.activity, clock, cfg.exchange["unknown_grace_s"],
-                               on_fill=self._on_fill)
+                               on_fill=self._on_fill, on_live=self._on_live)
         self.daily = DailyLoss(store, cfg.tz, float(r["daily_loss_reduce_pct"]), float(r["max_daily_loss_pct"]))
         self.drawdown = Drawdown(store, float(r["max_drawdown_pct"]))
         self.streak = ConsecutiveLosses(store, r["max_consecutive_losses"])
@@ -73,6 +73,7 @@ class Engine:
         self._equity_known = False
         self.equity_f = 0.0
         self._autoclose: set[str] = set()
+        self._stale_flag = False
         self._warm: set[str] = set()
         self._last_snapshot = 0.0
         self._close_seq = 0
@@ -103,15 +104,14 @@ class Engine:
         if acct.balances:
             self._cash_f = float(acct.total(self.quote))
             self._equity_known = True
-        self.streak.update(0, 0)
-        planned = {}
-        for row in self.store.orders()[-50:]:
-            if row["side"] == "buy" and row["stop_price"]:
-                planned[row["instrument"]] = (Decimal(row["stop_price"]),
-                                              Decimal(row["take_profit"]) if row["take_profit"] else None)
-        self.stops.sync(self.positions, planned, {s: st.atr for s, st in self.strats.items()})
+        self.streak.refresh()
+        self.stops.sync(self.positions, self.store.entry_plans(), {s: st.atr for s, st in self.strats.items()})
         if self.live:
             self.update_inhibitor()   # exposure changed: tell the OS now, not at the end of the iteration
+
+    def _on_live(self) -> None:
+        if self.live:
+            self.update_inhibitor()
 
     def run(self, stop: threading.Event) -> None:
         interval = self.cfg.bot["loop_interval_s"]
@@ -216,10 +216,10 @@ class Engine:
     # ---- breakers and enforcement ------------------------------------------------
     def _equity(self) -> float:
         eq = self._cash_f
-        last = self.market.last
+        last = self.market.last_f
         for sym, q in self._pos_f.items():
             lp = last.get(sym)
-            eq += q * (float(lp[0]) if lp else float(self.positions[sym].avg_price))
+            eq += q * (lp if lp is not None else float(self.positions[sym].avg_price))
         return eq
 
     def evaluate(self, now: float) -> None:
@@ -231,7 +231,9 @@ class Engine:
         for st, why in self.streak.update(now, 0.0) + self.activity.update(now, 0.0):
             self.sm.escalate(st, why)
         reason = self.stale.check(now)
-        self.sm.set_transient("stale_data", TradingState.REDUCING if reason else None, reason or "")
+        if reason or self._stale_flag:
+            self.sm.set_transient("stale_data", TradingState.REDUCING if reason else None, reason or "")
+            self._stale_flag = bool(reason)
         self.enforce(now)
         if self.live:
             self._housekeeping(now)
@@ -249,10 +251,10 @@ class Engine:
             if sym in self._pos_f:
                 self.close_position(sym, "volatility auto-close")
         for sym in list(self._pos_f):
-            lp = self.market.last.get(sym)
+            lp = self.market.last_f.get(sym)
             if lp is None:
                 continue
-            hit = self.stops.hit(sym, float(lp[0]))
+            hit = self.stops.hit(sym, lp)
             if hit == "stop":
                 self.close_position(sym, "stop-loss")
             elif hit == "target":

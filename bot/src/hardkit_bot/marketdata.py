@@ -16,12 +16,14 @@ from decimal import Decimal
 from .model import Bar
 
 log = logging.getLogger(__name__)
+_INF = math.inf
 
 
 class MarketData:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.last: dict[str, tuple[Decimal, float]] = {}
+        self.last_f: dict[str, float] = {}       # the same prices as floats, for per-bar monitoring
         self.last_bar_ts: dict[str, float] = {}
         self.rejected = 0
 
@@ -39,16 +41,15 @@ class MarketData:
             if prev is not None and ts < prev[1]:
                 return self._reject(symbol, f"tick at {ts} older than the last one at {prev[1]}")
             self.last[symbol] = (p, ts)
+            self.last_f[symbol] = float(p)
         return True
 
     def accept_bar(self, symbol: str, bar: Bar) -> bool:
         """True if the bar is valid and strictly newer than the last accepted one."""
-        vals = (bar.ts, bar.open, bar.high, bar.low, bar.close)
-        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in vals):
-            return self._reject(symbol, f"candle with non-finite values {vals}")
-        if min(bar.open, bar.high, bar.low, bar.close) <= 0 or bar.high < max(bar.open, bar.close, bar.low) \
-                or bar.low > min(bar.open, bar.close):
-            return self._reject(symbol, f"inconsistent candle {vals}")
+        t, o, h, lo, c = bar.ts, bar.open, bar.high, bar.low, bar.close
+        # written as positive comparisons so that NaN (every comparison False) is rejected too
+        if not (lo > 0 and h >= o and h >= c and lo <= o and lo <= c and h < _INF and t - t == 0):
+            return self._reject(symbol, f"inconsistent or non-finite candle {(t, o, h, lo, c)}")
         last = self.last_bar_ts.get(symbol)
         if last is not None and bar.ts <= last:
             return self._reject(symbol, f"out-of-order candle at {bar.ts} (last {last})")

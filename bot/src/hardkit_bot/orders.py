@@ -45,12 +45,13 @@ class OrderManager:
     def __init__(self, store: Store, exchange, sm: StateMachine, limits: RiskLimits,
                  instruments: dict[str, Instrument], instance_id: str, market: MarketData,
                  activity: ActivityRate, clock, unknown_grace_s: float = 30.0,
-                 on_fill: Callable[[], None] | None = None):
-        # on_fill: called whenever the ledger's exposure changed (new live order, new fill)
+                 on_fill: Callable[[], None] | None = None, on_live: Callable[[], None] | None = None):
+        # on_fill: new fills are in the ledger; on_live: a new live order exists (exposure)
         self.store, self.exchange, self.sm, self.limits = store, exchange, sm, limits
         self.instruments, self.instance_id, self.market = instruments, instance_id, market
         self.activity, self.clock, self.grace = activity, clock, unknown_grace_s
         self.on_fill = on_fill or (lambda: None)
+        self.on_live = on_live or (lambda: None)
         self.lock = threading.RLock()
         self.known_keys = store.intent_keys()
         self.account = AccountView()
@@ -114,7 +115,7 @@ class OrderManager:
             cid = self.store.insert_intent(intent, self.instance_id)
             self.has_live = True
             self.known_keys.add(intent.key)
-            self.on_fill()   # a live order is exposure (reboot inhibitor) from this moment
+            self.on_live()   # a live order is exposure (reboot inhibitor) from this moment
             faults.crash_point("after_intent")
             self.activity.record("orders", self.clock())
             try:

@@ -187,6 +187,14 @@ class Store:
         with self._lock:
             return self.conn.execute("SELECT * FROM orders ORDER BY id").fetchall()
 
+    def entry_plans(self) -> dict[str, tuple[Decimal, Decimal | None]]:
+        """The planned stop and target of the latest entry per instrument."""
+        with self._lock:
+            rows = self.conn.execute(
+                "SELECT instrument, stop_price, take_profit FROM orders WHERE id IN (SELECT MAX(id) FROM orders"
+                " WHERE side = 'buy' AND stop_price IS NOT NULL GROUP BY instrument)").fetchall()
+        return {r[0]: (Decimal(r[1]), _d(r[2])) for r in rows}
+
     def intent_keys(self) -> set[str]:
         with self._lock:
             return {r[0] for r in self.conn.execute("SELECT intent_key FROM orders")}

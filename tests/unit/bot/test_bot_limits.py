@@ -109,16 +109,19 @@ def test_consecutive_losses_are_true_consecutive_and_persisted(ledger, clock):
 
     trip(False)
     trip(False)
+    cl.refresh()
     assert cl.update(0, 0) == []
     trip(True)                                                    # a win resets the streak
     trip(False)
     trip(False)
+    cl.refresh()
     assert cl.update(0, 0) == [] and cl.streak == 2
     store.close()
     store = Store(ledger, clock)
     cl = ConsecutiveLosses(store, 3)
     n = 100
     trip(False)
+    cl.refresh()
     trips = cl.update(0, 0)
     assert trips and trips[0][0] is TradingState.HALTED and cl.streak == 3
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from ..model import TradingState
@@ -52,12 +52,18 @@ class DailyLoss:
         a = store.get_meta("daily_anchor")
         self.day, self.anchor = (a["day"], a["equity"]) if a else (None, None)
         self.loss_pct = 0.0
+        self._day_start = self._day_end = 0.0   # [start, end) of self.day in epoch seconds
 
     def update(self, now: float, equity: float) -> list[Trip]:
-        day = datetime.fromtimestamp(now, self.tz).date().isoformat()
-        if day != self.day:
-            self.day, self.anchor = day, equity
-            self.store.set_meta("daily_anchor", {"day": day, "equity": equity}, audit_kind="daily_anchor")
+        if not (self._day_start <= now < self._day_end):
+            local = datetime.fromtimestamp(now, self.tz)
+            start = local.replace(hour=0, minute=0, second=0, microsecond=0)
+            self._day_start = start.timestamp()
+            self._day_end = (start + timedelta(days=1)).replace(tzinfo=self.tz).timestamp()
+            day = local.date().isoformat()
+            if day != self.day:
+                self.day, self.anchor = day, equity
+                self.store.set_meta("daily_anchor", {"day": day, "equity": equity}, audit_kind="daily_anchor")
         self.loss_pct = max(0.0, (self.anchor - equity) * 100.0 / self.anchor) if self.anchor > 0 else 0.0
         if self.loss_pct >= self.max_pct:
             return [(TradingState.HALTED, f"max daily loss: {self.loss_pct:.2f}% >= {self.max_pct}% since {self.day} 00:00 {self.tz.key}")]
@@ -72,15 +78,21 @@ class DailyLoss:
 class Drawdown:
     """Peak-to-trough on equity (not on a sum of trade returns)."""
 
+    #: The persisted peak may lag the in-memory one by at most this fraction (0.01 %),
+    #: which bounds ledger writes in a rising market; restart understates drawdown by <= 0.01 points.
+    PERSIST_STEP = 1e-4
+
     def __init__(self, store: Store, max_pct: float):
         self.store, self.max_pct = store, max_pct
-        self.peak = store.get_meta("equity_peak")
+        self.peak = self._saved = store.get_meta("equity_peak")
         self.dd_pct = 0.0
 
     def update(self, now: float, equity: float) -> list[Trip]:
         if self.peak is None or equity > self.peak:
             self.peak = equity
-            self.store.set_meta("equity_peak", equity)
+            if self._saved is None or equity > self._saved * (1 + self.PERSIST_STEP):
+                self.store.set_meta("equity_peak", equity)
+                self._saved = equity
         self.dd_pct = (self.peak - equity) * 100.0 / self.peak if self.peak > 0 else 0.0
         if self.dd_pct >= self.max_pct:
             return [(TradingState.HALTED, f"max drawdown: {self.dd_pct:.2f}% >= {self.max_pct}% from peak {self.peak:.2f}")]
@@ -95,10 +107,13 @@ class ConsecutiveLosses:
 
     def __init__(self, store: Store, limit: int):
         self.store, self.limit = store, limit
-        self.streak = 0
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Re-read the streak; the ledger updates it in the same transaction as the closing fill."""
+        self.streak = int(self.store.get_meta("consecutive_losses", 0))
 
     def update(self, now: float, equity: float) -> list[Trip]:
-        self.streak = int(self.store.get_meta("consecutive_losses", 0))
         if self.streak >= self.limit:
             return [(TradingState.HALTED, f"{self.streak} consecutive losing trades >= {self.limit}")]
         return []
@@ -140,7 +155,9 @@ class ActivityRate:
         return len(q)
 
     def update(self, now: float, equity: float) -> list[Trip]:
-        trips = []
+        trips: list[Trip] = []
+        if not any(self.events.values()):
+            return trips
         for kind, limit in self.limits.items():
             n = self.count(kind, now)
             if n >= limit:

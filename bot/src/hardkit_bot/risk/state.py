@@ -89,4 +89,8 @@ class StateMachine:
 
     @property
     def effective(self) -> TradingState:
-        return self.view().state
+        state = self._latched
+        for st, _ in self._transient.values():
+            if st.severity > state.severity:
+                state = st
+        return state
