@@ -57,6 +57,9 @@ FIELDS: dict[str, dict[str, Field]] = {
         "id": Field("str", "", "ccxt exchange id (e.g. binance); required when kind = ccxt."),
         "sandbox": Field("bool", True, "Use the exchange's sandbox/testnet when it has one (ccxt). Default on: real money is opt-in."),
         "timeout_ms": Field("int", 10000, "Per-request timeout; a create that times out becomes UNKNOWN and is resolved by client id.", min=100, max=120000),
+        "api_url": Field("str", "", "ccxt: replace scheme://host[:port] of every API URL (a local test endpoint or a mirror). Empty: the exchange's own."),
+        "ca_bundle": Field("str", "", "ccxt: PEM file of CAs to verify the exchange's TLS certificate against. Verification is always on; empty uses the certifi bundle."),
+        "timeframe": Field("str", "1m", "ccxt: candle timeframe the strategy runs on (ccxt notation: 1m, 5m, 1h, ...).", pattern=r"^[0-9]{1,3}[smhdw]$"),
         "unknown_grace_s": Field("float", 30.0, "How long an UNKNOWN order not found on the exchange is waited for before it is declared ABANDONED.", min=0, max=3600),
         "starting_balance": Field("dec", Decimal("10000"), "Paper: quote balance of a fresh paper account.", min=0),
         "fee_rate": Field("dec", Decimal("0.001"), "Paper: taker fee as a fraction of notional (0.001 = 0.1%).", min=0, max=0.05),
@@ -219,6 +222,10 @@ def _consistency(c: dict[str, dict[str, Any]], instruments: list[dict[str, Any]]
             problems.append(f"bot.timezone: unknown time zone {b['timezone']!r}")
     if x["kind"] == "ccxt" and not x["id"]:
         problems.append("exchange.id: required when exchange.kind = 'ccxt'")
+    if x["api_url"] and not re.fullmatch(r"https://[^/\s]+", x["api_url"]):
+        problems.append(f"exchange.api_url: must be https://host[:port] with no path (TLS is mandatory), got {x['api_url']!r}")
+    if x["ca_bundle"] and not Path(x["ca_bundle"]).is_file():
+        problems.append(f"exchange.ca_bundle: {x['ca_bundle']!r} is not a readable file")
     if x["kind"] == "paper" and ok(x["series"]) and x["series"] != "generated" and not Path(x["series"]).is_file():
         problems.append(f"exchange.series: {x['series']!r} is neither 'generated' nor a readable CSV file")
     if ok(s["fast"], s["slow"]) and s["fast"] >= s["slow"]:

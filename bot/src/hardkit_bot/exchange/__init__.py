@@ -1,11 +1,10 @@
 """Exchange adapters: the built-in paper exchange (default) and ccxt for real venues."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 
-def build(cfg, state_dir: Path, clock, *, ca_bundle: str | None = None, urls: dict | None = None):
+def build(cfg, state_dir: Path, clock):
     """The exchange the config asks for. ccxt credentials come only from $CREDENTIALS_DIRECTORY."""
     x = cfg.exchange
     instruments = {i.symbol: i for i in cfg.instruments}
@@ -20,5 +19,4 @@ def build(cfg, state_dir: Path, clock, *, ca_bundle: str | None = None, urls: di
     key, secret = creds.load()
     creds.install_redaction(key, secret)
     return CcxtExchange(x["id"], key.reveal(), secret.reveal(), sandbox=x["sandbox"], timeout_ms=x["timeout_ms"],
-                        ca_bundle=ca_bundle or os.environ.get("HARDKIT_BOT_CA_BUNDLE") or None,
-                        urls=urls)
+                        ca_bundle=x["ca_bundle"] or None, api_url=x["api_url"] or None, timeframe=x["timeframe"])

@@ -43,14 +43,15 @@ def _pinned_session(ca_bundle: str):
 
 class CcxtExchange:
     def __init__(self, exchange_id: str, api_key: str | None, secret: str | None, *, sandbox: bool = True,
-                 timeout_ms: int = 10000, ca_bundle: str | None = None, urls: dict | None = None,
-                 options: dict | None = None):
+                 timeout_ms: int = 10000, ca_bundle: str | None = None, api_url: str | None = None,
+                 timeframe: str = "1m", options: dict | None = None):
         import ccxt
         self.ccxt = ccxt
         if not hasattr(ccxt, exchange_id):
             raise ExchangeError(f"ccxt has no exchange {exchange_id!r}")
         params: dict = {"enableRateLimit": True, "timeout": timeout_ms,
                         "options": {"fetchCurrencies": False, "fetchMarkets": {"types": ["spot"]},
+                                    "fetchMargins": False, "warnOnFetchOpenOrdersWithoutSymbol": False,
                                     **(options or {})}}
         if api_key is not None:
             params.update(apiKey=api_key, secret=secret)
@@ -61,15 +62,28 @@ class CcxtExchange:
             if not self.client.has.get("sandbox"):
                 raise ExchangeError(f"{exchange_id} has no sandbox/testnet; set exchange.sandbox = false to trade live")
             self.client.set_sandbox_mode(True)
-        if urls:  # tests: point every API family at a local endpoint (after sandbox mode, which swaps urls)
+        if api_url:  # replace scheme://host of every API family, keep the paths (after sandbox mode swapped them)
+            from urllib.parse import urlsplit
             api = self.client.urls["api"]
-            for k in list(api) if isinstance(api, dict) else []:
-                base = urls.get(k, urls.get("*"))
-                if base:
-                    api[k] = base
+            for k, v in (api.items() if isinstance(api, dict) else []):
+                if isinstance(v, str):
+                    api[k] = api_url.rstrip("/") + urlsplit(v).path
+        self.timeframe = timeframe
+        self.bar_seconds = self.client.parse_timeframe(timeframe)
         self.client.verify = True
+        self._secrets = [v for v in (api_key, secret) if v and len(v) >= 4]
         self._lock = threading.Lock()
         self._markets_loaded = False
+
+    def _scrub(self, e: BaseException) -> str:
+        """Exception text without credentials: it may end up in a state reason, the ledger or logs."""
+        text = str(e)
+        cause = e.__cause__ or e.__context__
+        if cause is not None:   # e.g. the SSL error behind a NetworkError: the operator needs it
+            text = f"{text} ({type(cause).__name__}: {str(cause)[:300]})"
+        for v in self._secrets:
+            text = text.replace(v, "***")
+        return text
 
     def _call(self, fn, *a, **kw):
         ccxt = self.ccxt
@@ -80,21 +94,21 @@ class CcxtExchange:
                     self._markets_loaded = True
                 return fn(*a, **kw)
             except ccxt.OrderNotFound as e:
-                raise OrderNotFound(str(e)) from None
+                raise OrderNotFound(self._scrub(e)) from None
             except ccxt.DuplicateOrderId as e:
-                raise DuplicateClientOrderId(str(e)) from None
+                raise DuplicateClientOrderId(self._scrub(e)) from None
             except (ccxt.InvalidOrder, ccxt.InsufficientFunds) as e:
                 if any(m in str(e).lower() for m in _DUPLICATE_MARKERS):
-                    raise DuplicateClientOrderId(str(e)) from None
-                raise OrderRejected(str(e)) from None
+                    raise DuplicateClientOrderId(self._scrub(e)) from None
+                raise OrderRejected(self._scrub(e)) from None
             except ccxt.RequestTimeout as e:
-                raise ExchangeTimeout(str(e)) from None
+                raise ExchangeTimeout(self._scrub(e)) from None
             except ccxt.NetworkError as e:
-                raise ExchangeTimeout(f"network: {e}") from None
+                raise ExchangeTimeout(f"network: {self._scrub(e)}") from None
             except ccxt.BaseError as e:
-                raise ExchangeError(str(e)) from None
+                raise ExchangeError(self._scrub(e)) from None
             except (KeyError, TypeError, ValueError, AttributeError) as e:
-                raise BadExchangeData(f"unparseable exchange response: {type(e).__name__}: {e}") from None
+                raise BadExchangeData(f"unparseable exchange response: {type(e).__name__}: {self._scrub(e)}") from None
 
     # ---- market data ----------------------------------------------------------
     def ticker(self, symbol: str) -> tuple[Decimal, float]:
@@ -104,11 +118,11 @@ class CcxtExchange:
         return price, (ts / 1000.0 if ts else self.client.milliseconds() / 1000.0)
 
     def candles(self, symbol: str, since: float) -> list[Bar]:
-        rows = self._call(self.client.fetch_ohlcv, symbol, "1m", int(since * 1000) + 1, 500)
+        rows = self._call(self.client.fetch_ohlcv, symbol, self.timeframe, int(since * 1000) + 1, 500)
         bars = [sane_bar(r[0] / 1000.0, r[1], r[2], r[3], r[4], r[5] or 0) for r in rows]
         # the last candle is still forming: only closed ones count
         now = self.client.milliseconds() / 1000.0
-        return [b for b in bars if b.ts + 60 <= now]
+        return [b for b in bars if b.ts + self.bar_seconds <= now]
 
     def balances(self) -> AccountView:
         b = self._call(self.client.fetch_balance)

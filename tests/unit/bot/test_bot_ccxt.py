@@ -1,0 +1,142 @@
+"""The ccxt path against a local HTTPS Binance (never the internet), TLS verification on.
+
+Proves: client order ids pass through, a timeout is resolved by client id (the
+create is sent once), a duplicate-id rejection is fetched not re-sent, garbage
+is an error not a crash, and credentials never reach logs, ledger or status.
+"""
+import json
+import time
+from decimal import Decimal as D
+
+import pytest
+
+pytest.importorskip("ccxt", reason="ccxt extra not installed (pip install 'hardkit-bot[ccxt]')")
+
+from hardkit_bot.config import parse  # noqa: E402
+from hardkit_bot.engine import Engine  # noqa: E402
+from hardkit_bot.exchange.base import ExchangeError  # noqa: E402
+from hardkit_bot.exchange.ccxt_adapter import CcxtExchange  # noqa: E402
+from hardkit_bot.exchange.paper import PaperExchange  # noqa: E402
+from hardkit_bot.model import Intent, OrderStatus, Side  # noqa: E402
+from hardkit_bot.store import Store  # noqa: E402
+
+from binance_sim import BinanceSim  # noqa: E402
+from conftest import config_text  # noqa: E402
+
+KEY = "test-api-key-7f3a9c2e41d8"
+SECRET = "test-api-secret-b16e0d4c9a5f2e87"
+
+
+@pytest.fixture
+def sim(tmp_path):
+    cfg = parse(config_text())
+    paper = PaperExchange(tmp_path / "venue.sqlite", {i.symbol: i for i in cfg.instruments}, bar_seconds=0.05)
+    time.sleep(0.12)
+    s = BinanceSim(paper, KEY, SECRET, tmp_path)
+    yield s
+    s.close()
+    paper.close()
+
+
+def adapter(sim, **kw):
+    return CcxtExchange("binance", KEY, SECRET, sandbox=True, timeout_ms=kw.pop("timeout_ms", 1500),
+                        ca_bundle=str(sim.ca), api_url=sim.url, **kw)
+
+
+@pytest.fixture
+def engine(sim, tmp_path):
+    cfg = parse(config_text(grace=5.0))
+    ex = adapter(sim)
+    store = Store(tmp_path / "ledger.sqlite")
+    eng = Engine(cfg, store, ex, live=False)
+    eng.start()
+    eng.step()
+    return eng
+
+
+def buy(eng, n):
+    px = eng.market.last["BTC/USDT"][0]
+    i = Intent(f"t{n}", "BTC/USDT", Side.BUY, D("0.01"), px, stop_price=(px * D("0.99")).quantize(D("0.01")),
+               take_profit=(px * D("1.03")).quantize(D("0.01")))
+    return eng.om.submit(i, "USDT")
+
+
+def posts(sim):
+    return [p for m, path, p in sim.requests if m == "POST" and path == "/api/v3/order"]
+
+
+def test_sandbox_first_and_tls_verification_stays_on(sim):
+    ex = adapter(sim)
+    assert ex.client.isSandboxModeEnabled and ex.client.verify is True
+    assert ex.ticker("BTC/USDT")[0] > 0
+    unpinned = CcxtExchange("binance", KEY, SECRET, sandbox=True, timeout_ms=1500, api_url=sim.url)
+    with pytest.raises(ExchangeError, match="(?i)certificate"):
+        unpinned.ticker("BTC/USDT")               # our CA is not trusted by default: verification is real
+    with pytest.raises(ExchangeError, match="no sandbox"):
+        CcxtExchange("kraken", None, None, sandbox=True)
+
+
+def test_client_order_ids_pass_through(engine, sim):
+    r = buy(engine, 1)
+    assert r.status is OrderStatus.FILLED
+    [sent] = posts(sim)
+    assert sent["newClientOrderId"] == r.client_order_id
+    [o] = [o for o in sim.paper.all_orders()]
+    assert o.client_order_id == r.client_order_id
+    fills = engine.store.fill_ids()
+    assert fills == {f.trade_id for f in sim.paper.order_trades("BTC/USDT", r.client_order_id)}
+
+
+def test_timeout_is_resolved_by_client_id_and_never_resent(engine, sim):
+    sim.delay_create = 2.5                         # accepted, answer after the 1.5 s client timeout
+    r = buy(engine, 1)
+    assert r.status is OrderStatus.FILLED
+    assert len(posts(sim)) == 1                    # the create went out exactly once
+    row = engine.store.order(r.client_order_id)
+    assert "timed out" in row["last_error"] or "timeout" in row["last_error"]
+    lookups = [p for m, path, p in sim.requests if m == "GET" and path == "/api/v3/order"]
+    assert lookups and lookups[0]["origClientOrderId"] == r.client_order_id
+    assert len(sim.paper.all_orders()) == 1
+
+
+def test_duplicate_id_rejection_is_fetched_not_resent(engine, sim):
+    sim.paper.inject("duplicate_response")         # venue accepted it but answers -2010 "Duplicate order sent."
+    r = buy(engine, 1)
+    assert r.status is OrderStatus.FILLED
+    assert len(posts(sim)) == 1
+    assert engine.store.order(r.client_order_id)["last_error"] == "duplicate client id"
+    assert len(sim.paper.all_orders()) == 1
+
+
+def test_garbage_is_an_error_not_a_crash(engine, sim):
+    sim.paper.inject("garbage")                    # the venue fails on the next ticker
+    engine.step()                                  # logged, data not refreshed, no exception
+    assert engine.sm.effective.value == "ACTIVE"
+
+
+def test_secrets_never_reach_logs_ledger_or_status(sim, bot, tmp_path):
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "exchange-api-key").write_text(KEY + "\n")
+    (creds / "exchange-api-secret").write_text(SECRET + "\n")
+    bot.write_config(config_text().replace('kind = "paper"', f'kind = "ccxt"\nid = "binance"\napi_url = "{sim.url}"\n'
+                                           f'ca_bundle = "{sim.ca}"\ntimeout_ms = 2000'))
+    sim.echo_secret_error = True                   # the first answer quotes the secret back
+    p = bot.start(env={"CREDENTIALS_DIRECTORY": str(creds), "HARDKIT_BOT_LOG": "DEBUG"})
+    bot.wait_for((bot.state / "control.sock").exists, what="control socket")
+    bot.wait_for(lambda: any(path == "/api/v3/account" for _, path, _ in sim.requests), what="signed requests")
+    cmdline = (open(f"/proc/{p.pid}/cmdline", "rb").read() + open(f"/proc/{p.pid}/environ", "rb").read()).decode(errors="replace")
+    status = bot.cli("status", "--json")
+    assert status.returncode == 0
+    p.terminate()
+    assert p.wait(20) == 0
+    ledger = b"".join(f.read_bytes() for f in bot.state.iterdir() if f.name.startswith("ledger.sqlite"))
+    text = bot.logs()
+    assert "Illegal characters" in text           # the poisoned error was logged ...
+    for leak in (SECRET, KEY):
+        assert leak not in text                    # ... without the secret
+        assert leak.encode() not in ledger
+        assert leak not in status.stdout + status.stderr
+        assert leak not in cmdline
+    st = json.loads(status.stdout)
+    assert st["state"] in ("ACTIVE", "REDUCING", "HALTED")
