@@ -73,6 +73,7 @@ FIELDS: dict[str, dict[str, Field]] = {
         "kind": Field("str", "trend_atr", "Strategy: trend_atr (EMA crossover entries, ATR stop and target).", choices=("trend_atr",)),
         "fast": Field("int", 20, "Fast EMA period (bars).", min=2, max=10000),
         "slow": Field("int", 50, "Slow EMA period (bars); must exceed fast.", min=3, max=10000),
+        "band_atr": Field("float", 0.5, "Hysteresis: enter when fast EMA - slow EMA > band_atr * ATR, exit below -band_atr * ATR.", min=0, max=20),
         "atr_period": Field("int", 14, "ATR period (bars).", min=2, max=10000),
         "stop_atr": Field("float", 2.0, "Initial and trailing stop distance in ATRs.", min=0.1, max=50),
         "target_atr": Field("float", 4.0, "Take-profit distance in ATRs (sets the reward side of reward:risk).", min=0.1, max=100),

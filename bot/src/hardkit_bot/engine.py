@@ -63,7 +63,7 @@ class Engine:
         self.stale = StaleData(list(self.instruments), r["stale_data_s"], clock())
         self.vol = {sym: Volatility(r["vol_window"], r["vol_z_enter"], r["vol_z_exit"], r["vol_clear_bars"])
                     for sym in self.instruments}
-        self.strats = {sym: TrendATR(s["fast"], s["slow"], s["atr_period"]) for sym in self.instruments}
+        self.strats = {sym: TrendATR(s["fast"], s["slow"], s["atr_period"], s["band_atr"]) for sym in self.instruments}
         self.stops = TrailingStops(store, self.instruments, s["stop_atr"])
         self.inhibitor = inhibitor
         self.metrics_file = metrics_file
@@ -105,7 +105,7 @@ class Engine:
             self._cash_f = float(acct.total(self.quote))
             self._equity_known = True
         self.streak.refresh()
-        self.stops.sync(self.positions, self.store.entry_plans(), {s: st.atr for s, st in self.strats.items()})
+        self.stops.sync(self.positions, self.store.entry_plans, {s: st.atr for s, st in self.strats.items()})
         if self.live:
             self.update_inhibitor()   # exposure changed: tell the OS now, not at the end of the iteration
 
@@ -223,13 +223,16 @@ class Engine:
         return eq
 
     def evaluate(self, now: float) -> None:
+        latched = self.sm.latched.severity
         if self._equity_known:
             eq = self.equity_f = self._equity()
             for trips in (self.daily.update(now, eq), self.drawdown.update(now, eq), self.floor.update(now, eq)):
                 for st, why in trips:
-                    self.sm.escalate(st, why)
+                    if st.severity > latched:
+                        self.sm.escalate(st, why)
         for st, why in self.streak.update(now, 0.0) + self.activity.update(now, 0.0):
-            self.sm.escalate(st, why)
+            if st.severity > latched:
+                self.sm.escalate(st, why)
         reason = self.stale.check(now)
         if reason or self._stale_flag:
             self.sm.set_transient("stale_data", TradingState.REDUCING if reason else None, reason or "")

@@ -39,11 +39,13 @@ class TrailingStops:
         if cand > cur * 1.0000001 and cand > 0:
             self.set(symbol, self._tick(symbol, cand), self.levels[symbol][1])
 
-    def sync(self, positions: dict[str, Position], planned: dict[str, tuple[Decimal | None, Decimal | None]],
-             atr: dict[str, float]) -> None:
+    def sync(self, positions: dict[str, Position], planned, atr: dict[str, float]) -> None:
+        """`planned()` returns {symbol: (stop, take_profit)} of the latest entries; called only when needed."""
+        plans = None
         for sym, pos in positions.items():
             if pos.qty > 0 and sym not in self.levels:
-                stop, tp = planned.get(sym, (None, None))
+                plans = planned() if plans is None else plans
+                stop, tp = plans.get(sym, (None, None))
                 if stop is None:
                     a = atr.get(sym, 0.0)
                     stop = self._tick(sym, max(float(pos.avg_price) - self.k * a, float(pos.avg_price) * 0.5))

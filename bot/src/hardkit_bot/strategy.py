@@ -19,11 +19,16 @@ class Signal(enum.Enum):
 
 
 class TrendATR:
-    def __init__(self, fast: int, slow: int, atr_period: int):
+    """Long when the fast EMA is above the slow one by more than `band_atr` ATRs,
+    out when it falls below by as much: the band is hysteresis against whipsaw
+    (a bare crossover on noise trades constantly and pays fees every time)."""
+
+    def __init__(self, fast: int, slow: int, atr_period: int, band_atr: float = 0.0):
         self.af = 2.0 / (fast + 1)
         self.as_ = 2.0 / (slow + 1)
         self.atr_n = atr_period
         self.warmup = max(slow, atr_period) + 1
+        self.band = band_atr
         self.fast = self.slow = self.atr = 0.0
         self.prev_close = 0.0
         self.n = 0
@@ -41,7 +46,9 @@ class TrendATR:
             self.slow += self.as_ * (c - self.slow)
         self.prev_close = c
         self.n += 1
-        above = self.fast > self.slow
+        spread = self.fast - self.slow
+        width = self.band * self.atr
+        above = spread > width if not self.above else spread >= -width
         crossed_up = above and not self.above
         crossed_down = self.above and not above
         self.above = above

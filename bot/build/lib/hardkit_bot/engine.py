@@ -1,0 +1,390 @@
+"""The engine: wires data, strategy, stops, breakers and the order manager into a loop.
+
+One iteration (`step`): pull and validate market data, feed new bars to the
+strategy, sync live orders and balances, evaluate the breakers, then *enforce*
+the effective state (cancel entries when REDUCING, cancel everything
+non-protective when HALTED, flatten when KILLED, auto-close on the volatility
+breaker, fire stops and targets). Any unexpected exception in an iteration
+latches HALTED with the error as the reason and the loop carries on, so the
+control socket, stops and status keep working; state is never lost because
+every change is already committed to the ledger.
+
+The same object runs backtests (`replay_bar`), so a backtest exercises the very
+same risk code, order manager and paper exchange as a live run.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from datetime import datetime, timezone
+from decimal import ROUND_DOWN, ROUND_UP, Decimal
+
+from . import faults
+from .config import Config
+from .exchange.base import BadExchangeData, ExchangeError
+from .inhibitor import RebootInhibitor
+from .marketdata import MarketData
+from .model import ZERO, Bar, Intent, OrderStatus, OrderType, Position, Side, TradingState
+from .orders import OrderManager
+from .reconcile import ReconcileReport, reconcile
+from .risk.limits import (ActivityRate, ConsecutiveLosses, DailyLoss, Drawdown, EquityFloor, StaleData,
+                          Usage, Volatility)
+from .risk.pipeline import RiskLimits, size_for_risk
+from .risk.state import StateMachine
+from .stops import TrailingStops
+from .store import Store
+from .strategy import Signal, TrendATR
+
+log = logging.getLogger(__name__)
+
+
+class Engine:
+    def __init__(self, cfg: Config, store: Store, exchange, clock=time.time, *, live: bool = True,
+                 inhibitor: RebootInhibitor | None = None, metrics_file: str | None = None):
+        self.cfg, self.store, self.exchange, self.clock, self.live = cfg, store, exchange, clock, live
+        self.instruments = {i.symbol: i for i in cfg.instruments}
+        self.quote = cfg.bot["quote"]
+        r, s = cfg.risk, cfg.strategy
+        self.sm = StateMachine(store, clock)
+        self.limits = RiskLimits.from_config(r, cfg.exchange["fee_rate"])
+        self.activity = ActivityRate({"orders": r["breaker_orders_per_minute"], "rejects": r["breaker_rejects_per_minute"],
+                                      "cancels": r["breaker_cancels_per_minute"]})
+        self._seed_activity()
+        self.market = MarketData()
+        self.om = OrderManager(store, exchange, self.sm, self.limits, self.instruments, cfg.bot["instance_id"],
+                               self.market, self.activity, clock, cfg.exchange["unknown_grace_s"],
+                               on_fill=self._on_fill, on_live=self._on_live)
+        self.daily = DailyLoss(store, cfg.tz, float(r["daily_loss_reduce_pct"]), float(r["max_daily_loss_pct"]))
+        self.drawdown = Drawdown(store, float(r["max_drawdown_pct"]))
+        self.streak = ConsecutiveLosses(store, r["max_consecutive_losses"])
+        self.floor = EquityFloor(float(r["equity_floor"]))
+        self.stale = StaleData(list(self.instruments), r["stale_data_s"], clock())
+        self.vol = {sym: Volatility(r["vol_window"], r["vol_z_enter"], r["vol_z_exit"], r["vol_clear_bars"])
+                    for sym in self.instruments}
+        self.strats = {sym: TrendATR(s["fast"], s["slow"], s["atr_period"]) for sym in self.instruments}
+        self.stops = TrailingStops(store, self.instruments, s["stop_atr"])
+        self.inhibitor = inhibitor
+        self.metrics_file = metrics_file
+        self.positions: dict[str, Position] = store.positions()
+        self._pos_f = {k: float(p.qty) for k, p in self.positions.items() if p.qty}
+        self._cash_f = 0.0
+        self._equity_known = False
+        self.equity_f = 0.0
+        self._autoclose: set[str] = set()
+        self._stale_flag = False
+        self._warm: set[str] = set()
+        self._last_snapshot = 0.0
+        self._close_seq = 0
+        self.started = clock()
+        self.steps = 0
+
+    # ---- lifecycle -----------------------------------------------------------
+    def start(self) -> ReconcileReport:
+        rep = reconcile(self.om, self.cfg.bot["instance_id"])
+        self._on_fill()
+        view = self.sm.view()
+        log.info("started in %s (%s)", view.state.value, view.reason)
+        return rep
+
+    def _seed_activity(self) -> None:
+        """Restore the rolling-minute activity counters from the ledger (a restart is no reset)."""
+        since = self.clock() - 60
+        for row in self.store.orders():
+            if row["sent_at"] and row["sent_at"] >= since:
+                self.activity.record("orders", row["sent_at"])
+            if row["updated_at"] >= since and row["status"] == OrderStatus.REJECTED.value:
+                self.activity.record("rejects", row["updated_at"])
+
+    def _on_fill(self) -> None:
+        self.positions = self.store.positions()
+        self._pos_f = {k: float(p.qty) for k, p in self.positions.items() if p.qty}
+        acct = self.om.account
+        if acct.balances:
+            self._cash_f = float(acct.total(self.quote))
+            self._equity_known = True
+        self.streak.refresh()
+        self.stops.sync(self.positions, self.store.entry_plans(), {s: st.atr for s, st in self.strats.items()})
+        if self.live:
+            self.update_inhibitor()   # exposure changed: tell the OS now, not at the end of the iteration
+
+    def _on_live(self) -> None:
+        if self.live:
+            self.update_inhibitor()
+
+    def run(self, stop: threading.Event) -> None:
+        interval = self.cfg.bot["loop_interval_s"]
+        while not stop.is_set():
+            self.step_safely()
+            stop.wait(interval)
+
+    def step_safely(self) -> None:
+        try:
+            self.step()
+        except Exception as e:  # a bug must not take the guard down with it
+            log.exception("engine iteration failed")
+            self.sm.escalate(TradingState.HALTED, f"internal error in the engine loop: {type(e).__name__}: {e}")
+
+    # ---- one live iteration ----------------------------------------------------
+    def step(self) -> None:
+        now = self.clock()
+        for sym in self.instruments:
+            try:
+                price, ts = self.exchange.ticker(sym)
+                if self.market.on_tick(sym, price, ts):
+                    self.stale.seen(sym, now)
+                since = self.market.last_bar_ts.get(sym, now - 10 ** 7)
+                bars = self.exchange.candles(sym, since)
+            except (BadExchangeData, ExchangeError) as e:
+                log.warning("market data for %s: %s", sym, e)
+                continue
+            act = sym in self._warm
+            for bar in bars:
+                if self.market.accept_bar(sym, bar):
+                    self.on_bar(sym, bar, act=act)
+            self._warm.add(sym)
+        try:
+            self.om.sync_all()
+            self.om.refresh_account()
+            self._on_fill()
+        except ExchangeError as e:
+            log.warning("order/balance sync: %s", e)
+        self.evaluate(self.clock())
+        self.steps += 1
+
+    def on_bar(self, sym: str, bar: Bar, act: bool = True) -> None:
+        v = self.vol[sym]
+        change = v.on_bar(bar.high, bar.low, bar.close)
+        if change is True:
+            self.sm.set_transient(f"volatility:{sym}", TradingState.REDUCING,
+                                  f"abnormal volatility on {sym}: range z-score {v.z:.1f} >= {v.z_enter}")
+            self._autoclose.add(sym)
+        elif change is False:
+            self.sm.set_transient(f"volatility:{sym}", None)
+            self._autoclose.discard(sym)
+        st = self.strats[sym]
+        if self._pos_f:
+            faults.wedge_point("strategy")
+        sig = st.on_bar(bar)
+        if sym in self._pos_f:
+            self.stops.trail(sym, bar.close, st.atr)
+        if not act or sig is Signal.NONE:
+            return
+        if sig is Signal.ENTER_LONG and sym not in self._pos_f and self.sm.effective is TradingState.ACTIVE \
+                and not any(r["instrument"] == sym for r in self.om.live_rows()):
+            self._enter(sym, bar, st)
+        elif sig is Signal.EXIT_LONG and sym in self._pos_f:
+            self.close_position(sym, "exit", protective=False, key=f"{sym}:{int(bar.ts * 1000)}:exit")
+
+    def _enter(self, sym: str, bar: Bar, st: TrendATR) -> None:
+        inst = self.instruments[sym]
+        last = self.market.last.get(sym)
+        entry = last[0] if last else Decimal(repr(bar.close))
+        k, t = Decimal(repr(self.cfg.strategy["stop_atr"])), Decimal(repr(self.cfg.strategy["target_atr"]))
+        atr = Decimal(repr(st.atr))
+        stop = ((entry - k * atr) / inst.tick_size).to_integral_value(rounding=ROUND_DOWN) * inst.tick_size
+        tp = ((entry + t * atr) / inst.tick_size).to_integral_value(rounding=ROUND_UP) * inst.tick_size
+        snap_eq = Decimal(repr(self.equity_f))
+        exposure = sum((Decimal(repr(q)) * self.market.last.get(s, (ZERO, 0))[0] for s, q in self._pos_f.items()), ZERO)
+        qty = size_for_risk(snap_eq, entry, stop, self.limits, inst, self.om.account.free(self.quote), exposure)
+        if qty <= 0:
+            return
+        intent = Intent(key=f"{sym}:{int(bar.ts * 1000)}:enter", instrument=sym, side=Side.BUY, qty=qty, ref_price=entry,
+                        stop_price=stop, take_profit=tp, reason="trend entry")
+        self.om.submit(intent, self.quote)
+
+    def close_position(self, sym: str, why: str, *, protective: bool = True, key: str | None = None) -> str | None:
+        """Sell what we hold of `sym` (minus pending sells), rounded down to the step."""
+        inst = self.instruments[sym]
+        pos = self.positions.get(sym)
+        if pos is None or pos.qty <= 0:
+            return None
+        pending = sum((Decimal(r["qty"]) - Decimal(r["filled"]) for r in self.om.live_rows()
+                       if r["instrument"] == sym and r["side"] == "sell"), ZERO)
+        qty = ((pos.qty - pending) / inst.step_size).to_integral_value(rounding=ROUND_DOWN) * inst.step_size
+        if qty <= 0 or qty < inst.min_qty:
+            return None
+        last = self.market.last.get(sym)
+        ref = last[0] if last else pos.avg_price
+        self._close_seq += 1
+        intent = Intent(key=key or f"{sym}:{why}:{int(self.clock() * 1000)}:{self._close_seq}", instrument=sym,
+                        side=Side.SELL, qty=qty, ref_price=ref, reduce_only=True, protective=protective, reason=why)
+        res = self.om.submit(intent, self.quote)
+        return res.client_order_id
+
+    # ---- breakers and enforcement ------------------------------------------------
+    def _equity(self) -> float:
+        eq = self._cash_f
+        last = self.market.last_f
+        for sym, q in self._pos_f.items():
+            lp = last.get(sym)
+            eq += q * (lp if lp is not None else float(self.positions[sym].avg_price))
+        return eq
+
+    def evaluate(self, now: float) -> None:
+        if self._equity_known:
+            eq = self.equity_f = self._equity()
+            for trips in (self.daily.update(now, eq), self.drawdown.update(now, eq), self.floor.update(now, eq)):
+                for st, why in trips:
+                    self.sm.escalate(st, why)
+        for st, why in self.streak.update(now, 0.0) + self.activity.update(now, 0.0):
+            self.sm.escalate(st, why)
+        reason = self.stale.check(now)
+        if reason or self._stale_flag:
+            self.sm.set_transient("stale_data", TradingState.REDUCING if reason else None, reason or "")
+            self._stale_flag = bool(reason)
+        self.enforce(now)
+        if self.live:
+            self._housekeeping(now)
+
+    def enforce(self, now: float) -> None:
+        state = self.sm.effective
+        if state is not TradingState.ACTIVE and self.om.has_live:
+            # REDUCING: no entries may rest; HALTED and above: nothing but protective orders
+            keep_reduce = state is TradingState.REDUCING
+            self.om.cancel_where(lambda r: not r["protective"] and not (keep_reduce and r["reduce_only"]))
+        if state is TradingState.KILLED:
+            for sym in list(self._pos_f):
+                self.close_position(sym, "killed")
+        for sym in list(self._autoclose):
+            if sym in self._pos_f:
+                self.close_position(sym, "volatility auto-close")
+        for sym in list(self._pos_f):
+            lp = self.market.last_f.get(sym)
+            if lp is None:
+                continue
+            hit = self.stops.hit(sym, lp)
+            if hit == "stop":
+                self.close_position(sym, "stop-loss")
+            elif hit == "target":
+                self.close_position(sym, "take-profit", protective=False)
+
+    def _housekeeping(self, now: float) -> None:
+        if self._equity_known and now - self._last_snapshot >= self.cfg.bot["equity_snapshot_s"]:
+            eq, cash, unreal = self.om.equity(self.quote)
+            self.store.snapshot_equity(now, eq, cash, unreal)
+            self._last_snapshot = now
+        self.update_inhibitor()
+        if self.metrics_file:
+            from .metrics import write_textfile
+            try:
+                write_textfile(self.metrics_file, self.status())
+            except OSError as e:
+                log.warning("metrics file: %s", e)
+
+    def update_inhibitor(self) -> None:
+        if self.inhibitor is None:
+            return
+        live = self.om.live_rows()
+        held = [f"{s} {p.qty}" for s, p in self.positions.items() if p.qty > 0]
+        reason = "; ".join(([f"open positions: {', '.join(held)}"] if held else []) +
+                           ([f"{len(live)} live orders"] if live else []))
+        self.inhibitor.update(bool(held or live), reason)
+
+    # ---- backtest --------------------------------------------------------------------
+    def replay_bar(self, sym: str, bar: Bar, bar_seconds: float) -> None:
+        """Feed one historical bar through the live code path (paper exchange in manual mode)."""
+        self.exchange.feed(sym, bar)
+        end = bar.ts + bar_seconds
+        if self.market.on_tick(sym, bar.close, end):
+            self.stale.seen(sym, end)
+        if self.market.accept_bar(sym, bar):
+            self.on_bar(sym, bar)
+        if self.om.has_live:
+            self.om.sync_all()
+        self.evaluate(end)
+
+    # ---- control operations (called from the control thread) ------------------------
+    def halt(self, reason: str) -> dict:
+        with self.om.lock:
+            self.sm.escalate(TradingState.HALTED, f"operator halt: {reason}")
+            n = self.om.cancel_where(lambda r: not r["protective"])
+        self.update_inhibitor()
+        return {"ok": True, "state": self.sm.effective.value, "cancelled": n}
+
+    def flatten(self, timeout_s: float = 30.0) -> dict:
+        """Halt, cancel everything, sell every position, then verify on the exchange that we are flat."""
+        with self.om.lock:
+            self.sm.escalate(TradingState.HALTED, "operator flatten")
+            self.om.cancel_where(lambda r: True)
+        deadline = time.monotonic() + timeout_s
+        attempts = 0
+        while True:
+            try:
+                self.om.sync_all()
+                self.om.refresh_account()
+                self._on_fill()
+                for sym in list(self._pos_f):
+                    if self.close_position(sym, "flatten"):
+                        attempts += 1
+                self.om.sync_all()
+                self.om.refresh_account()
+                self._on_fill()
+                verdict = self.verify_flat()
+            except ExchangeError as e:
+                verdict = {"flat": False, "error": str(e)}
+            if verdict["flat"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        self.update_inhibitor()
+        with self.store.tx():
+            self.store.audit("flatten", verdict)
+        return {"ok": verdict["flat"], "attempts": attempts, **verdict}
+
+    def verify_flat(self) -> dict:
+        """Ask the exchange, not the ledger: no open orders of ours, no base balance above dust."""
+        acct = self.exchange.balances()
+        open_orders = [o.client_order_id for o in self.exchange.open_orders()
+                       if o.client_order_id and o.client_order_id.startswith(self.cfg.bot["instance_id"] + "-")]
+        held, dust = {}, {}
+        for sym, inst in self.instruments.items():
+            amt = acct.total(inst.base)
+            if amt >= max(inst.min_qty, inst.step_size):
+                held[inst.base] = str(amt)
+            elif amt > 0:
+                dust[inst.base] = str(amt)
+        return {"flat": not held and not open_orders, "holdings": held, "dust": dust, "open_orders": open_orders}
+
+    def reset(self, note: str) -> dict:
+        prev = self.sm.reset(note)
+        return {"ok": True, "from": prev.value, "state": self.sm.effective.value}
+
+    # ---- risk view -------------------------------------------------------------------
+    def usages(self, now: float) -> list[Usage]:
+        exposure = sum(q * float(self.market.last.get(s, (self.positions[s].avg_price, 0))[0]) for s, q in self._pos_f.items())
+        u = [self.daily.usage(), self.drawdown.usage(), self.streak.usage(), self.floor.usage(),
+             Usage("total_exposure", exposure, float(self.limits.max_total_exposure)),
+             Usage("open_positions", len(self._pos_f), self.limits.max_open_positions),
+             Usage("orders_per_minute_throttle", self.activity.count("orders", now), self.limits.max_orders_per_minute),
+             *self.activity.usages(now), self.stale.usage(now)]
+        u += [Usage(f"volatility_z:{s}", v.z, v.z_enter) for s, v in self.vol.items()]
+        return u
+
+    def status(self) -> dict:
+        now = self.clock()
+        view = self.sm.view()
+        prices = self.market.prices()
+        positions = []
+        for sym, p in self.positions.items():
+            if p.qty <= 0:
+                continue
+            last = prices.get(sym, (p.avg_price, 0))[0]
+            stop = self.stops.levels.get(sym, (None, None))
+            positions.append({"instrument": sym, "qty": str(p.qty), "avg_price": str(p.avg_price), "last": str(last),
+                              "notional": str(p.qty * last), "unrealized": str(p.qty * (last - p.avg_price)),
+                              "stop": str(stop[0]) if stop[0] is not None else None,
+                              "take_profit": str(stop[1]) if stop[1] is not None else None})
+        return {
+            "state": view.state.value, "reason": view.reason,
+            "since": datetime.fromtimestamp(view.since, timezone.utc).isoformat(),
+            "latched": {"state": view.latched.value, "reason": view.latched_reason},
+            "conditions": {k: {"state": v[0].value, "reason": v[1]} for k, v in view.transient.items()},
+            "equity": f"{self.equity_f:.2f}", "exposure": f"{sum(float(x['notional']) for x in positions):.2f}",
+            "positions": positions,
+            "open_orders": [{"client_order_id": r["client_order_id"], "instrument": r["instrument"], "side": r["side"],
+                             "qty": r["qty"], "filled": r["filled"], "status": r["status"]} for r in self.om.live_rows()],
+            "limits": [{"name": x.name, "used": round(x.used, 6), "limit": x.limit, "pct": round(x.pct, 2)}
+                       for x in self.usages(now)],
+            "pid": os.getpid(), "running": True, "steps": self.steps,
+        }

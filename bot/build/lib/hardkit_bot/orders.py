@@ -1,0 +1,273 @@
+"""The idempotent order manager: the only path from an intent to the exchange.
+
+submit():  risk pipeline -> decision recorded -> intent persisted PENDING_SUBMIT
+           (durable, client id fixed) -> ONE create call -> outcome recorded.
+A create is never retried. A timeout or transport error makes the order UNKNOWN;
+UNKNOWN and PENDING_SUBMIT orders are resolved by client id (`resolve`): found
+-> adopt the exchange's status and fills; not found after `unknown_grace_s` ->
+ABANDONED (it never reached the exchange). A duplicate-id rejection means the
+order exists: fetch it. While an instrument has an unresolved order, new entries
+on it are denied (UNRESOLVED_ORDER), so an unknown outcome can never double up.
+
+The submit lock serializes the engine thread and the control thread (halt,
+flatten): once halt returns, no entry can slip out with a stale snapshot.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Callable
+
+from . import faults
+from .exchange.base import (DuplicateClientOrderId, ExchangeError, ExchangeTimeout, OrderNotFound,
+                            OrderRejected)
+from .marketdata import MarketData
+from .model import ZERO, AccountView, ExchangeOrder, Instrument, Intent, OrderStatus, Side
+from .risk import pipeline
+from .risk.limits import ActivityRate
+from .risk.pipeline import Denial, RiskLimits, RiskSnapshot
+from .risk.state import StateMachine
+from .store import Store, intent_from_row
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    client_order_id: str | None
+    denial: Denial | None
+    status: OrderStatus | None
+
+
+class OrderManager:
+    def __init__(self, store: Store, exchange, sm: StateMachine, limits: RiskLimits,
+                 instruments: dict[str, Instrument], instance_id: str, market: MarketData,
+                 activity: ActivityRate, clock, unknown_grace_s: float = 30.0,
+                 on_fill: Callable[[], None] | None = None, on_live: Callable[[], None] | None = None):
+        # on_fill: new fills are in the ledger; on_live: a new live order exists (exposure)
+        self.store, self.exchange, self.sm, self.limits = store, exchange, sm, limits
+        self.instruments, self.instance_id, self.market = instruments, instance_id, market
+        self.activity, self.clock, self.grace = activity, clock, unknown_grace_s
+        self.on_fill = on_fill or (lambda: None)
+        self.on_live = on_live or (lambda: None)
+        self.lock = threading.RLock()
+        self.known_keys = store.intent_keys()
+        self.account = AccountView()
+        self.has_live = bool(self.live_rows())   # cheap guard for per-bar paths
+
+    # ---- snapshot -----------------------------------------------------------
+    def refresh_account(self) -> AccountView:
+        self.account = self.exchange.balances()
+        return self.account
+
+    def equity(self, quote: str) -> tuple[Decimal, Decimal, Decimal]:
+        """(equity, cash, unrealized): quote total + positions marked at the last price."""
+        cash = self.account.total(quote)
+        prices = self.market.prices()
+        mark = ZERO
+        unreal = ZERO
+        for sym, pos in self.store.positions().items():
+            if pos.qty:
+                px = prices.get(sym, (pos.avg_price, 0))[0]
+                mark += pos.qty * px
+                unreal += pos.qty * (px - pos.avg_price)
+        return cash + mark, cash, unreal
+
+    def snapshot(self, quote: str) -> RiskSnapshot:
+        now = self.clock()
+        positions = {s: p.qty for s, p in self.store.positions().items() if p.qty}
+        prices = self.market.prices()
+        pending_buy = ZERO
+        pending_sell: dict[str, Decimal] = {}
+        open_instruments = set(positions)
+        exposure = sum((q * prices.get(s, (ZERO, 0))[0] for s, q in positions.items()), ZERO)
+        unresolved = set()
+        for r in self.store.live_orders():
+            remaining = Decimal(r["qty"]) - Decimal(r["filled"])
+            price = Decimal(r["limit_price"] or r["ref_price"])
+            if r["status"] in (OrderStatus.UNKNOWN.value, OrderStatus.PENDING_SUBMIT.value):
+                unresolved.add(r["instrument"])
+            if r["side"] == Side.BUY.value:
+                pending_buy += pipeline.buy_cost(remaining, price, _otype(r), self.limits)
+                exposure += remaining * price
+                open_instruments.add(r["instrument"])
+            else:
+                pending_sell[r["instrument"]] = pending_sell.get(r["instrument"], ZERO) + remaining
+        equity, _, _ = self.equity(quote)
+        return RiskSnapshot(
+            state=self.sm.effective, now=now, equity=equity, free_quote=self.account.free(quote),
+            pending_buy_cost=pending_buy, positions=positions, pending_sell_qty=pending_sell,
+            open_instruments=frozenset(open_instruments), exposure=exposure, last_price=prices,
+            orders_last_minute=self.activity.count("orders", now), known_keys=self.known_keys,
+            unresolved_instruments=frozenset(unresolved))
+
+    # ---- submission ---------------------------------------------------------
+    def submit(self, intent: Intent, quote: str) -> SubmitResult:
+        with self.lock:
+            snap = self.snapshot(quote)
+            denial = pipeline.check(intent, snap, self.limits, self.instruments)
+            self.store.record_decision(intent, denial)
+            if denial is not None:
+                log.info("risk denied %s %s %s: %s", intent.side.value, intent.qty, intent.instrument, denial)
+                return SubmitResult(None, denial, None)
+            cid = self.store.insert_intent(intent, self.instance_id)
+            self.has_live = True
+            self.known_keys.add(intent.key)
+            self.on_live()   # a live order is exposure (reboot inhibitor) from this moment
+            faults.crash_point("after_intent")
+            self.activity.record("orders", self.clock())
+            try:
+                eo = self.exchange.create_order(cid, intent.instrument, intent.side, intent.order_type,
+                                                intent.qty, intent.limit_price)
+            except ExchangeTimeout as e:
+                log.warning("create %s timed out; outcome UNKNOWN, resolving by client id", cid)
+                self.store.update_order(cid, OrderStatus.UNKNOWN, error=f"timeout: {e}", sent=True)
+                return SubmitResult(cid, None, self.resolve(cid))
+            except DuplicateClientOrderId:
+                log.warning("create %s: exchange reports a duplicate client id; fetching it", cid)
+                self.store.update_order(cid, OrderStatus.UNKNOWN, error="duplicate client id", sent=True)
+                return SubmitResult(cid, None, self.resolve(cid))
+            except OrderRejected as e:
+                log.warning("create %s rejected: %s", cid, e)
+                self.activity.record("rejects", self.clock())
+                self.store.update_order(cid, OrderStatus.REJECTED, error=str(e), sent=True)
+                return SubmitResult(cid, None, OrderStatus.REJECTED)
+            except ExchangeError as e:
+                log.warning("create %s failed in transport (%s); outcome UNKNOWN", cid, e)
+                self.store.update_order(cid, OrderStatus.UNKNOWN, error=str(e), sent=True)
+                return SubmitResult(cid, None, self.resolve(cid))
+            faults.crash_point("after_send")
+            log.info("order %s %s %s %s: %s (exchange id %s, filled %s)", cid, intent.side.value, intent.qty,
+                     intent.instrument, eo.status.value, eo.exchange_id, eo.filled)
+            self._record(cid, eo, sent=True)
+            faults.crash_point("after_ack")
+            self._pull_fills(cid, eo)
+            return SubmitResult(cid, None, OrderStatus(self.store.order(cid)["status"]))
+
+    # ---- resolution and sync ------------------------------------------------
+    def resolve(self, cid: str) -> OrderStatus:
+        """Find out what happened to an order by its client id. Never re-sends."""
+        row = self.store.order(cid)
+        try:
+            eo = self.exchange.fetch_order(row["instrument"], cid)
+        except OrderNotFound:
+            since = row["sent_at"] or row["created_at"]
+            if self.clock() - since >= self.grace:
+                self.store.update_order(cid, OrderStatus.ABANDONED,
+                                        error=f"not on the exchange {self.grace:.0f}s after sending: never placed")
+                return OrderStatus.ABANDONED
+            if row["status"] != OrderStatus.UNKNOWN.value:
+                self.store.update_order(cid, OrderStatus.UNKNOWN, error="not found yet")
+            return OrderStatus.UNKNOWN
+        except ExchangeError as e:
+            log.warning("resolve %s: %s (will retry)", cid, e)
+            return OrderStatus(row["status"])
+        self._record(cid, eo)
+        self._pull_fills(cid, eo)
+        return OrderStatus(self.store.order(cid)["status"])
+
+    def sync(self, row) -> None:
+        cid = row["client_order_id"]
+        if row["status"] in (OrderStatus.UNKNOWN.value, OrderStatus.PENDING_SUBMIT.value):
+            self.resolve(cid)
+            return
+        try:
+            eo = self.exchange.fetch_order(row["instrument"], cid)
+        except OrderNotFound:
+            self.store.update_order(cid, OrderStatus.UNKNOWN, error="acknowledged order vanished")
+            return
+        except ExchangeError as e:
+            log.warning("sync %s: %s", cid, e)
+            return
+        if eo.filled != Decimal(row["filled"]):
+            self._pull_fills(cid, eo)
+        self._record(cid, eo)
+
+    def sync_all(self) -> None:
+        with self.lock:
+            for row in self.live_rows():
+                self.sync(row)
+            self.has_live = bool(self.live_rows())
+
+    def _pull_fills(self, cid: str, eo: ExchangeOrder) -> None:
+        """Apply the exchange's trades for this order that the ledger lacks (idempotent)."""
+        if eo.filled <= 0:
+            return
+        try:
+            trades = self.exchange.order_trades(eo.instrument, cid, eo.exchange_id)
+        except ExchangeError as e:
+            log.warning("fills of %s: %s (will retry)", cid, e)
+            return
+        applied = False
+        for f in trades:
+            if self.store.apply_fill(f) is not None:
+                applied = True
+                row = self.store.order(cid)
+                if Decimal(row["filled"]) < Decimal(row["qty"]):
+                    faults.crash_point("mid_fill")
+        self._record(cid, eo)
+        if applied:
+            self.refresh_account_quietly()
+            self.on_fill()
+
+    def _record(self, cid: str, eo: ExchangeOrder, sent: bool = False) -> None:
+        """Store the exchange's view of an order, but never a terminal status while the
+        ledger still lacks some of its fills: the order stays live (and keeps being
+        synced) until every fill is in, so a crash between ack and fills loses nothing."""
+        row = self.store.order(cid)
+        have = Decimal(row["filled"])
+        status = _ack_status(eo)
+        if have < eo.filled:
+            status = OrderStatus.PARTIALLY_FILLED if have > 0 else OrderStatus.OPEN
+        if status.value != row["status"] or sent or row["exchange_order_id"] != eo.exchange_id:
+            self.store.update_order(cid, status, exchange_order_id=eo.exchange_id, sent=sent)
+
+    def refresh_account_quietly(self) -> None:
+        try:
+            self.refresh_account()
+        except ExchangeError as e:
+            log.warning("balances: %s", e)
+
+    def cancel(self, cid: str) -> None:
+        with self.lock:
+            row = self.store.order(cid)
+            try:
+                eo = self.exchange.cancel_order(row["instrument"], cid)
+            except OrderNotFound:
+                self.resolve(cid)
+                return
+            self.activity.record("cancels", self.clock())
+            self._pull_fills(cid, eo)
+            self._record(cid, eo)
+
+    def cancel_where(self, pred: Callable[[object], bool]) -> int:
+        """Cancel our live, acknowledged orders matching pred; returns how many."""
+        n = 0
+        with self.lock:
+            for row in self.store.live_orders():
+                if row["status"] in (OrderStatus.OPEN.value, OrderStatus.PARTIALLY_FILLED.value) and pred(row):
+                    try:
+                        self.cancel(row["client_order_id"])
+                        n += 1
+                    except ExchangeError as e:
+                        log.warning("cancel %s: %s", row["client_order_id"], e)
+        return n
+
+    def live_rows(self) -> list:
+        return [r for r in self.store.live_orders() if r["status"] != OrderStatus.EXTERNAL.value]
+
+
+def _ack_status(eo: ExchangeOrder) -> OrderStatus:
+    if eo.status is OrderStatus.OPEN and eo.filled > 0:
+        return OrderStatus.PARTIALLY_FILLED
+    return eo.status
+
+
+def _otype(row):
+    from .model import OrderType
+    return OrderType(row["order_type"])
+
+
+__all__ = ["OrderManager", "SubmitResult", "intent_from_row"]

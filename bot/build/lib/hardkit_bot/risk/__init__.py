@@ -1,0 +1,1 @@
+"""The risk guard: pre-trade pipeline, trading state machine, circuit breakers."""

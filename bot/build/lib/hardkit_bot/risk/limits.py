@@ -1,0 +1,228 @@
+"""Circuit breakers: the portfolio-level limits that move the trading state.
+
+Each breaker is small and owns one concern. Anything that must survive a
+restart (the daily anchor, the equity peak, the loss streak) lives in the
+ledger's meta table, so a restart measures from the same anchor and peak.
+Equity always includes unrealized PnL (positions marked at the last price).
+
+| breaker            | trips at                                   | to        | latched |
+|--------------------|--------------------------------------------|-----------|---------|
+| daily loss         | loss vs local midnight >= reduce / max %   | REDUCING / HALTED | yes |
+| drawdown           | peak-to-trough >= max %                    | HALTED    | yes     |
+| consecutive losses | N losing round trips in a row              | HALTED    | yes     |
+| equity floor       | equity < floor                             | KILLED    | yes     |
+| activity           | orders / rejects / cancels per minute      | HALTED    | yes     |
+| stale data         | no valid data for stale_data_s             | REDUCING  | no (clears when data returns) |
+| volatility         | bar-range z-score >= enter                 | REDUCING + auto-close | no (clears after N calm bars below exit) |
+"""
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from ..model import TradingState
+from ..store import Store
+
+WINDOW_S = 60.0
+
+
+@dataclass(frozen=True)
+class Usage:
+    """How much of one limit is used: the risk view."""
+    name: str
+    used: float
+    limit: float
+
+    @property
+    def pct(self) -> float:
+        return 100.0 * self.used / self.limit if self.limit else 0.0
+
+
+Trip = tuple[TradingState, str]
+
+
+class DailyLoss:
+    """Loss of equity since the first observation after local midnight in `tz`."""
+
+    def __init__(self, store: Store, tz: ZoneInfo, reduce_pct: float, max_pct: float):
+        self.store, self.tz, self.reduce_pct, self.max_pct = store, tz, reduce_pct, max_pct
+        a = store.get_meta("daily_anchor")
+        self.day, self.anchor = (a["day"], a["equity"]) if a else (None, None)
+        self.loss_pct = 0.0
+        self._day_start = self._day_end = 0.0   # [start, end) of self.day in epoch seconds
+
+    def update(self, now: float, equity: float) -> list[Trip]:
+        if not (self._day_start <= now < self._day_end):
+            local = datetime.fromtimestamp(now, self.tz)
+            start = local.replace(hour=0, minute=0, second=0, microsecond=0)
+            self._day_start = start.timestamp()
+            self._day_end = (start + timedelta(days=1)).replace(tzinfo=self.tz).timestamp()
+            day = local.date().isoformat()
+            if day != self.day:
+                self.day, self.anchor = day, equity
+                self.store.set_meta("daily_anchor", {"day": day, "equity": equity}, audit_kind="daily_anchor")
+        self.loss_pct = max(0.0, (self.anchor - equity) * 100.0 / self.anchor) if self.anchor > 0 else 0.0
+        if self.loss_pct >= self.max_pct:
+            return [(TradingState.HALTED, f"max daily loss: {self.loss_pct:.2f}% >= {self.max_pct}% since {self.day} 00:00 {self.tz.key}")]
+        if self.loss_pct >= self.reduce_pct:
+            return [(TradingState.REDUCING, f"daily loss: {self.loss_pct:.2f}% >= {self.reduce_pct}% since {self.day} 00:00 {self.tz.key}")]
+        return []
+
+    def usage(self) -> Usage:
+        return Usage("daily_loss_pct", self.loss_pct, self.max_pct)
+
+
+class Drawdown:
+    """Peak-to-trough on equity (not on a sum of trade returns)."""
+
+    #: The persisted peak may lag the in-memory one by at most this fraction (0.01 %),
+    #: which bounds ledger writes in a rising market; restart understates drawdown by <= 0.01 points.
+    PERSIST_STEP = 1e-4
+
+    def __init__(self, store: Store, max_pct: float):
+        self.store, self.max_pct = store, max_pct
+        self.peak = self._saved = store.get_meta("equity_peak")
+        self.dd_pct = 0.0
+
+    def update(self, now: float, equity: float) -> list[Trip]:
+        if self.peak is None or equity > self.peak:
+            self.peak = equity
+            if self._saved is None or equity > self._saved * (1 + self.PERSIST_STEP):
+                self.store.set_meta("equity_peak", equity)
+                self._saved = equity
+        self.dd_pct = (self.peak - equity) * 100.0 / self.peak if self.peak > 0 else 0.0
+        if self.dd_pct >= self.max_pct:
+            return [(TradingState.HALTED, f"max drawdown: {self.dd_pct:.2f}% >= {self.max_pct}% from peak {self.peak:.2f}")]
+        return []
+
+    def usage(self) -> Usage:
+        return Usage("drawdown_pct", self.dd_pct, self.max_pct)
+
+
+class ConsecutiveLosses:
+    """True consecutive losing round trips; the ledger resets the streak on a win."""
+
+    def __init__(self, store: Store, limit: int):
+        self.store, self.limit = store, limit
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Re-read the streak; the ledger updates it in the same transaction as the closing fill."""
+        self.streak = int(self.store.get_meta("consecutive_losses", 0))
+
+    def update(self, now: float, equity: float) -> list[Trip]:
+        if self.streak >= self.limit:
+            return [(TradingState.HALTED, f"{self.streak} consecutive losing trades >= {self.limit}")]
+        return []
+
+    def usage(self) -> Usage:
+        return Usage("consecutive_losses", self.streak, self.limit)
+
+
+class EquityFloor:
+    def __init__(self, floor: float):
+        self.floor = floor
+        self.equity = math.inf
+
+    def update(self, now: float, equity: float) -> list[Trip]:
+        self.equity = equity
+        if self.floor > 0 and equity < self.floor:
+            return [(TradingState.KILLED, f"equity {equity:.2f} below floor {self.floor:.2f}")]
+        return []
+
+    def usage(self) -> Usage:
+        # how far down towards the floor we are, as "used" of the cushion above it
+        return Usage("equity_floor", self.floor, self.equity if math.isfinite(self.equity) else 0.0)
+
+
+class ActivityRate:
+    """Order / reject / cancel counts in a rolling minute; a spike means the bot misbehaves."""
+
+    def __init__(self, limits: dict[str, int]):
+        self.limits = limits
+        self.events: dict[str, deque[float]] = {k: deque() for k in limits}
+
+    def record(self, kind: str, ts: float) -> None:
+        self.events[kind].append(ts)
+
+    def count(self, kind: str, now: float) -> int:
+        q = self.events[kind]
+        while q and q[0] < now - WINDOW_S:
+            q.popleft()
+        return len(q)
+
+    def update(self, now: float, equity: float) -> list[Trip]:
+        trips: list[Trip] = []
+        if not any(self.events.values()):
+            return trips
+        for kind, limit in self.limits.items():
+            n = self.count(kind, now)
+            if n >= limit:
+                trips.append((TradingState.HALTED, f"abnormal activity: {n} {kind} in the last minute >= {limit}"))
+        return trips
+
+    def usages(self, now: float) -> list[Usage]:
+        return [Usage(f"{k}_per_minute", self.count(k, now), v) for k, v in self.limits.items()]
+
+
+class StaleData:
+    """Transient: no valid market data for an instrument within `stale_s`."""
+
+    def __init__(self, symbols: list[str], stale_s: float, started: float):
+        self.stale_s = stale_s
+        self.last = {s: started for s in symbols}   # grace from boot
+
+    def seen(self, symbol: str, ts: float) -> None:
+        self.last[symbol] = ts
+
+    def check(self, now: float) -> str | None:
+        stale = [f"{s} {now - t:.0f}s" for s, t in self.last.items() if now - t > self.stale_s]
+        return f"stale or missing market data: {', '.join(stale)} (limit {self.stale_s}s)" if stale else None
+
+    def usage(self, now: float) -> Usage:
+        return Usage("data_age_s", max((now - t for t in self.last.values()), default=0.0), self.stale_s)
+
+
+class Volatility:
+    """Bar-range z-score with hysteresis: enter at z >= enter, clear after
+    `clear_bars` consecutive bars with z < exit. Incremental (O(1) per bar)."""
+
+    def __init__(self, window: int, z_enter: float, z_exit: float, clear_bars: int):
+        self.window, self.z_enter, self.z_exit, self.clear_bars = window, z_enter, z_exit, clear_bars
+        self.ranges: deque[float] = deque()
+        self.s1 = 0.0
+        self.s2 = 0.0
+        self.active = False
+        self.calm = 0
+        self.z = 0.0
+
+    def on_bar(self, high: float, low: float, close: float) -> bool | None:
+        """Feed a bar; returns True when the breaker enters, False when it clears, else None."""
+        r = (high - low) / close if close > 0 else 0.0
+        n = len(self.ranges)
+        z = 0.0
+        if n >= max(10, self.window // 2):
+            mean = self.s1 / n
+            var = max(self.s2 / n - mean * mean, 0.0)
+            sd = math.sqrt(var)
+            z = (r - mean) / sd if sd > 1e-12 else (0.0 if r <= mean * 1.000001 else self.z_enter)
+        self.z = z
+        change = None
+        if not self.active and z >= self.z_enter:
+            self.active, self.calm, change = True, 0, True
+        elif self.active:
+            self.calm = self.calm + 1 if z < self.z_exit else 0
+            if self.calm >= self.clear_bars:
+                self.active, change = False, False
+        if not (self.active and z >= self.z_enter):   # keep spikes out of the baseline
+            self.ranges.append(r)
+            self.s1 += r
+            self.s2 += r * r
+            if len(self.ranges) > self.window:
+                old = self.ranges.popleft()
+                self.s1 -= old
+                self.s2 -= old * old
+        return change

@@ -1,0 +1,96 @@
+"""The trading state machine: ACTIVE -> REDUCING -> HALTED -> KILLED.
+
+Latched: breakers and operators can only *raise* the latched state; only an
+explicit operator `reset` lowers it. The state, its reason and the time are
+persisted in the ledger with an audit record and restored at start, so neither
+a restart nor a midnight rollover clears a halt.
+
+Transient conditions (stale market data, the volatility breaker) are separate:
+they raise the *effective* state while they hold and clear themselves with
+hysteresis; they never touch the latch.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from ..model import TradingState
+from ..store import Store
+
+
+@dataclass(frozen=True)
+class StateView:
+    state: TradingState          # effective: max(latched, transient)
+    reason: str
+    since: float
+    latched: TradingState
+    latched_reason: str
+    transient: dict[str, tuple[TradingState, str]]
+
+
+class StateMachine:
+    def __init__(self, store: Store, clock):
+        self.store = store
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._latched, self._reason, self._since = store.get_state()
+        self._transient: dict[str, tuple[TradingState, str]] = {}
+
+    @property
+    def latched(self) -> TradingState:
+        return self._latched
+
+    def escalate(self, state: TradingState, reason: str) -> bool:
+        """Raise the latched state (never lowers it). Returns True if it changed."""
+        with self._lock:
+            if state.severity <= self._latched.severity:
+                return False
+            now = self.clock()
+            self.store.set_state(state, reason, now, self._latched)
+            self._latched, self._reason, self._since = state, reason, now
+            return True
+
+    def reset(self, operator_note: str) -> TradingState:
+        """Manual reset to ACTIVE (the only way down). Returns the state it left."""
+        with self._lock:
+            prev = self._latched
+            now = self.clock()
+            self.store.set_state(TradingState.ACTIVE, f"manual reset: {operator_note}", now, prev)
+            self._latched, self._reason, self._since = TradingState.ACTIVE, f"manual reset: {operator_note}", now
+            return prev
+
+    def set_transient(self, name: str, state: TradingState | None, reason: str = "") -> bool:
+        """Raise or clear a self-clearing condition. Returns True on change (audited)."""
+        with self._lock:
+            cur = self._transient.get(name)
+            if state is None:
+                if cur is None:
+                    return False
+                del self._transient[name]
+                self._audit_transient(name, None, "cleared")
+                return True
+            if cur is not None and cur[0] is state:
+                return False
+            self._transient[name] = (state, reason)
+            self._audit_transient(name, state, reason)
+            return True
+
+    def _audit_transient(self, name: str, state: TradingState | None, reason: str) -> None:
+        with self.store.tx():
+            self.store.audit("condition", {"name": name, "state": state.value if state else None, "reason": reason})
+
+    def view(self) -> StateView:
+        with self._lock:
+            state, reason = self._latched, self._reason
+            for st, why in self._transient.values():
+                if st.severity > state.severity:
+                    state, reason = st, why
+            return StateView(state, reason, self._since, self._latched, self._reason, dict(self._transient))
+
+    @property
+    def effective(self) -> TradingState:
+        state = self._latched
+        for st, _ in self._transient.values():
+            if st.severity > state.severity:
+                state = st
+        return state
