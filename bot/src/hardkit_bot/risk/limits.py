@@ -207,8 +207,10 @@ class Volatility:
         if n >= max(10, self.window // 2):
             mean = self.s1 / n
             var = max(self.s2 / n - mean * mean, 0.0)
-            sd = math.sqrt(var)
-            z = (r - mean) / sd if sd > 1e-12 else (0.0 if r <= mean * 1.000001 else self.z_enter)
+            # floor the deviation at 10 % of the mean range: a flat, degenerate history must not
+            # turn the first ordinary bar into a "spike"
+            sd = max(math.sqrt(var), 0.1 * mean, 1e-12)
+            z = (r - mean) / sd
         self.z = z
         change = None
         if not self.active and z >= self.z_enter:
