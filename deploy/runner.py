@@ -119,8 +119,8 @@ def deploy(inv: Inventory, hosts: list[Host], *, dry: bool = False, extra_args: 
             cmd.append("--dry")
         cmd += extra_args or []
         env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        proc = subprocess.run(cmd, cwd=str(REPO_ROOT), stdout=subprocess.PIPE, stderr=stream, env=env, text=True)
-    raw = _parse_json(proc.stdout)
+        returncode, stdout, tail = _run_teeing_stderr(cmd, env, stream)
+    raw = _parse_json(stdout)
     if raw and raw.get("results"):
         for op in raw["results"]["operations"]:
             for key, bucket in (("success", "changed"), ("no_change", "unchanged"), ("error", "failed")):
@@ -130,11 +130,37 @@ def deploy(inv: Inventory, hosts: list[Host], *, dry: bool = False, extra_args: 
         for name in raw["results"].get("failed_hosts", []):
             if name in results and not results[name].failed:
                 results[name].failed.append("(host failed)")
-    elif proc.returncode != 0:
+    elif returncode != 0:
+        # When every host fails pyinfra prints no JSON: keep what it said about each host.
         for name in logins:
-            results[name].failed.append("pyinfra exited before reporting results")
-    rc = proc.returncode if not refusals else (proc.returncode or 1)
+            said = [line.split("] ", 1)[1] for line in tail if line.strip().startswith(f"[{name}]")]
+            results[name].failed.append("pyinfra stopped: " + (" / ".join(said[-6:]) or "see its output"))
+    rc = returncode if not refusals else (returncode or 1)
     return RunResult(results, raw, rc)
+
+
+def _run_teeing_stderr(cmd: list[str], env: dict, stream) -> tuple[int, str, list[str]]:
+    """Run pyinfra; its progress goes to `stream` as it comes, and the last lines are kept for the summary."""
+    from collections import deque
+    from threading import Thread
+
+    tail: deque[str] = deque(maxlen=60)
+    proc = subprocess.Popen(cmd, cwd=str(REPO_ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                            text=True)
+
+    def pump():
+        for line in proc.stderr:
+            tail.append(line.rstrip("\n"))
+            if stream not in (None, subprocess.DEVNULL):
+                stream.write(line)
+                stream.flush()
+
+    t = Thread(target=pump, daemon=True)
+    t.start()
+    stdout = proc.stdout.read()
+    proc.wait()
+    t.join()
+    return proc.returncode, stdout, list(tail)
 
 
 def _parse_json(stdout: str) -> dict | None:

@@ -7,4 +7,9 @@ collects every module's `KEYS` from here, so a role that adds a key is validated
 ROLE_MODULES = [
     "roles.access_data",
     "roles.baseline",
+    "roles.guard",
+    "roles.admin",
+    "roles.ssh",
+    "roles.firewall",
+    "roles.fail2ban",
 ]

@@ -7,6 +7,7 @@ so `hardkit status`/`drift` can tell a host that was never deployed from one tha
 from __future__ import annotations
 
 from pyinfra.api import deploy
+from pyinfra.facts.server import Command, Hostname
 from pyinfra.operations import apt, files
 
 from roles.data import DataKey
@@ -33,6 +34,9 @@ def baseline():
 
     apt.update(name="Refresh the package index when stale", cache_time=APT_CACHE_SECONDS.value(host.data))
     apt.packages(name="Install base packages", packages=BASE_PACKAGES)
+    if not host.get_fact(Command, command="getent hosts \"$(hostname)\" >/dev/null && echo yes || echo no") == "yes":
+        files.line(name="The host's own name resolves (sudo and logging need it)", path="/etc/hosts",
+                   line=r"^127\.0\.1\.1\s.*", replace=f"127.0.1.1 {host.get_fact(Hostname)}")
     files.directory(name="hardkit state folder", path="/etc/hardkit", user="root", group="root", mode="755")
     files.put(name="hardkit release marker", src=_release_text(), dest=RELEASE_FILE,
               user="root", group="root", mode="644")

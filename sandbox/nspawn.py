@@ -58,6 +58,8 @@ def create(prefix: str, name: str, index: int, net: network.LabNet, authorized_k
 def _personalise(t: Target, root: Path, authorized_key: str) -> None:
     """What a provider (cloud-init) does on first boot: hostname, machine-id, host keys, root's key."""
     (root / "etc/hostname").write_text(t.name + "\n")
+    (root / "etc/hosts").write_text(f"127.0.0.1 localhost\n127.0.1.1 {t.name}\n::1 localhost ip6-localhost ip6-loopback\n"
+                                     "ff02::1 ip6-allnodes\nff02::2 ip6-allrouters\n")
     (root / "etc/machine-id").write_text(secrets.token_hex(16) + "\n")
     t.host_keys = keys.make_host_keys(root / "etc/ssh")
     ak = root / "root/.ssh/authorized_keys"

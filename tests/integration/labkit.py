@@ -6,12 +6,13 @@ removed by the fixture that booted it, whatever the outcome.
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from deploy import runner
+from deploy import connect, runner
 from deploy.inventory import Inventory, load
 from sandbox import lab, lab_inventory
 
@@ -41,7 +42,13 @@ class Lab:
     def verify(self, *extra: str) -> subprocess.CompletedProcess:
         return hardkit("verify", str(self.inventory_path), *extra)
 
-    def ssh(self, name: str, command: str, user: str = "root", timeout: float = 60) -> subprocess.CompletedProcess:
+    def ssh(self, name: str, command: str, user: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+        """Run `command` as root on a target: as root before the first deploy, via the admin's sudo after."""
+        if user is None:
+            login = connect.resolve(next(h for h in self.inventory.hosts if h.name == name))
+            user = login.user
+            if login.sudo:
+                command = f"sudo -n sh -c {shlex.quote(command)}"
         cmd = lab.ssh_command(name, [command], user=user)
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 

@@ -1,0 +1,76 @@
+"""The named admin: the only account that may log in over SSH, with its keys and sudo.
+
+Comes before the SSH role, so that when root's login is switched off the admin already
+exists: the first deploy connects as root (as the provider hands the VPS over), later ones
+as the admin. The admin's password stays locked: access is by key only, and sudo needs no
+password (unattended deploys could not type one; the key is the credential).
+"""
+
+from __future__ import annotations
+
+from io import StringIO
+
+from pyinfra.api import StringCommand, deploy, operation
+from pyinfra.operations import apt, files, server
+
+from roles.access_data import ADMIN_KEYS, ADMIN_USER
+from roles.data import read_public_key
+from roles.validated import validated_put
+
+#: Members of this group, and only they, may log in over SSH (sshd AllowGroups).
+SSH_GROUP = "ssh-users"
+SUDOERS_FILE = "/etc/sudoers.d/hardkit-admin"
+#: sudo's own hardening, for every sudo user: a pty (no escaping the session), a log of commands.
+SUDO_DEFAULTS = ["use_pty", "logfile=/var/log/sudo.log", "!log_input", "!log_output"]
+
+KEYS: list = []
+
+
+def sudoers_text(admin: str) -> str:
+    lines = ["# Managed by hardkit: the admin may run anything via sudo; no password (key-only account)."]
+    lines += [f"Defaults {d}" for d in SUDO_DEFAULTS]
+    lines += [f"{admin} ALL=(ALL:ALL) NOPASSWD: ALL"]
+    return "\n".join(lines) + "\n"
+
+
+def authorized_keys_text(keys: list[str]) -> str:
+    return "".join(read_public_key(k) + "\n" for k in keys)
+
+
+@deploy("Admin access")
+def admin_access():
+    from pyinfra import host
+
+    admin = ADMIN_USER.value(host.data)
+    apt.packages(name="Install sudo", packages=["sudo"])
+    server.group(name=f"Group {SSH_GROUP} (SSH logins)", group=SSH_GROUP, system=True)
+    server.user(name=f"Admin user {admin}", user=admin, shell="/bin/bash", home=f"/home/{admin}",
+                create_home=True, groups=[SSH_GROUP], append=True)
+    lock_password(name=f"Keep {admin}'s password locked (key-only)", user=admin)
+    files.directory(name=f"{admin}'s .ssh", path=f"/home/{admin}/.ssh", user=admin, group=admin, mode="700")
+    files.put(name=f"{admin}'s authorized keys (exactly the inventory's)",
+              src=StringIO(authorized_keys_text(ADMIN_KEYS.value(host.data))),
+              dest=f"/home/{admin}/.ssh/authorized_keys", user=admin, group=admin, mode="600")
+    validated_put(name="sudoers rule for the admin (checked with visudo)", content=sudoers_text(admin),
+                  dest=SUDOERS_FILE, mode="440", validate="visudo -cf {path}")
+
+
+@operation()
+def lock_password(user: str):
+    """
+    Lock `user`'s password (`!` in shadow) unless it already is; SSH stays key-only either way.
+
+    + user: the account
+    """
+    from pyinfra import host
+    from pyinfra.facts.server import Command
+
+    status = host.get_fact(Command, command=f"passwd -S {user} 2>/dev/null || true") or ""
+    fields = status.split()
+    if len(fields) > 1 and fields[1] == "L":
+        host.noop(f"{user}'s password is locked")
+        return
+    yield StringCommand("usermod", "-p", "'!'", user)
+
+
+apply = admin_access

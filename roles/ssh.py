@@ -1,0 +1,204 @@
+"""SSH: key-only, no root, only the admin group, dev-sec ssh-baseline settings, a strong crypto policy.
+
+The whole of `/etc/ssh/sshd_config` is ours. Its `Include /etc/ssh/sshd_config.d/*.conf` comes
+*last*: sshd keeps the first value it reads, so a provider's drop-in (cloud-init's
+`50-cloud-init.conf` with `PasswordAuthentication yes`, hetzneronline/community-content #1177)
+can add settings we do not make but can never weaken ours. The checks read `sshd -T` (what is in
+force), not this file.
+
+The crypto policy passes ssh-audit's "Hardened Debian 12 (version 3)" and keeps a KEX paramiko
+4.0 speaks (pyinfra and our checks would otherwise be locked out). Every list is filtered by what
+the installed OpenSSH offers (`ssh -Q`), so a distro update dropping an algorithm cannot stop sshd
+(dev-sec #672). Applied through the guard: validated with `sshd -t`, reverted unless a fresh login
+confirms it.
+"""
+
+from __future__ import annotations
+
+from pyinfra.api import FactBase, StringCommand, deploy, operation
+from pyinfra.operations import apt
+
+from roles import guard
+from roles.access_data import ADMIN_USER
+from roles.admin import SSH_GROUP
+from roles.data import DataKey, is_port
+
+SSHD_CONFIG = "/etc/ssh/sshd_config"
+SSHD_PORT = DataKey("sshd_port", 22, "The port sshd listens on (and the firewall opens to the allow-list).",
+                    is_port)
+KEYS = [SSHD_PORT]
+
+#: Host keys offered: no ECDSA (ssh-audit fails NIST curves); RSA only at >= RSA_HOST_KEY_BITS.
+HOST_KEYS = ["/etc/ssh/ssh_host_ed25519_key", "/etc/ssh/ssh_host_rsa_key"]
+RSA_HOST_KEY_BITS = 4096
+#: Diffie-Hellman group-exchange moduli smaller than this are removed from /etc/ssh/moduli.
+MIN_MODULI_BITS = 3072
+
+#: Preferred order; each list is intersected with `ssh -Q` of the host before it is written.
+#: curve25519-sha256 stays: paramiko 4.0 (pyinfra 3.10) has no post-quantum KEX.
+CRYPTO_POLICY = {
+    "kexalgorithms": ["sntrup761x25519-sha512", "sntrup761x25519-sha512@openssh.com", "curve25519-sha256",
+                      "curve25519-sha256@libssh.org", "diffie-hellman-group16-sha512",
+                      "diffie-hellman-group18-sha512", "diffie-hellman-group-exchange-sha256"],
+    "ciphers": ["chacha20-poly1305@openssh.com", "aes256-gcm@openssh.com", "aes256-ctr", "aes192-ctr",
+                "aes128-gcm@openssh.com", "aes128-ctr"],
+    "macs": ["hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com", "umac-128-etm@openssh.com"],
+    "hostkeyalgorithms": ["ssh-ed25519", "ssh-ed25519-cert-v01@openssh.com", "rsa-sha2-512", "rsa-sha2-256"],
+}
+#: Which `ssh -Q` query lists what the installed OpenSSH supports for each policy list.
+QUERY_FOR = {"kexalgorithms": "kex", "ciphers": "cipher", "macs": "mac", "hostkeyalgorithms": "HostKeyAlgorithms"}
+#: The config file's spelling of each policy list.
+CRYPTO_DIRECTIVES = {"kexalgorithms": "KexAlgorithms", "ciphers": "Ciphers", "macs": "MACs",
+                     "hostkeyalgorithms": "HostKeyAlgorithms"}
+
+
+def settings(data) -> list[tuple[str, str]]:
+    """(directive, value) in config order. Lower-cased, they are what `sshd -T` must show."""
+    return [
+        ("Port", str(SSHD_PORT.value(data))),
+        ("AddressFamily", "any"),  # IPv4 and IPv6 (dev-sec #906: ListenAddress 0.0.0.0 drops IPv6)
+        ("SyslogFacility", "AUTH"),
+        ("LogLevel", "VERBOSE"),  # key fingerprints in the log; fail2ban and audits need them
+        ("LoginGraceTime", "30"),
+        ("PermitRootLogin", "no"),
+        ("StrictModes", "yes"),
+        ("MaxAuthTries", "2"),
+        ("MaxSessions", "10"),
+        ("MaxStartups", "10:30:60"),
+        ("PubkeyAuthentication", "yes"),
+        ("AuthenticationMethods", "publickey"),
+        ("PasswordAuthentication", "no"),
+        ("PermitEmptyPasswords", "no"),
+        ("KbdInteractiveAuthentication", "no"),
+        ("KerberosAuthentication", "no"),
+        ("GSSAPIAuthentication", "no"),
+        ("HostbasedAuthentication", "no"),
+        ("IgnoreRhosts", "yes"),
+        ("IgnoreUserKnownHosts", "yes"),
+        ("UsePAM", "yes"),  # account and session checks (locks, limits); passwords stay off above
+        ("PermitUserEnvironment", "no"),
+        ("AllowGroups", SSH_GROUP),
+        ("AllowTcpForwarding", "no"),
+        ("AllowStreamLocalForwarding", "no"),
+        ("AllowAgentForwarding", "no"),
+        ("GatewayPorts", "no"),
+        ("PermitTunnel", "no"),
+        ("X11Forwarding", "no"),
+        ("PrintMotd", "no"),
+        ("PrintLastLog", "no"),
+        ("TCPKeepAlive", "no"),
+        ("ClientAliveInterval", "300"),
+        ("ClientAliveCountMax", "3"),
+        ("Compression", "no"),
+        ("UseDNS", "no"),
+        ("Banner", "none"),
+        ("DebianBanner", "no"),
+    ]
+
+
+def crypto_lists(supported: dict[str, list[str]]) -> dict[str, list[str]]:
+    """The policy lists, keeping only what this OpenSSH supports (in policy order)."""
+    out = {}
+    for key, wanted in CRYPTO_POLICY.items():
+        have = set(supported.get(QUERY_FOR[key], []))
+        out[key] = [alg for alg in wanted if alg in have]
+    return out
+
+
+def render_config(data, supported: dict[str, list[str]]) -> str:
+    lines = ["# Managed by hardkit (roles/ssh.py): edits here are replaced on the next deploy.",
+             "# Local additions go in /etc/ssh/sshd_config.d/*.conf, read at the end of this file:",
+             "# sshd keeps the first value it reads, so they cannot override what is set here.", ""]
+    lines += [f"HostKey {path}" for path in HOST_KEYS]
+    for key, algs in crypto_lists(supported).items():
+        if not algs:
+            raise ValueError(f"the host's OpenSSH supports none of the {key} policy; refusing to write sshd_config")
+        lines.append(f"{CRYPTO_DIRECTIVES[key]} {','.join(algs)}")
+    lines += [f"{k} {v}" for k, v in settings(data)]
+    lines += ["Subsystem sftp internal-sftp -f AUTHPRIV -l INFO", "", "Include /etc/ssh/sshd_config.d/*.conf", ""]
+    return "\n".join(lines)
+
+
+class SshAlgorithms(FactBase):
+    """What the installed OpenSSH supports: {query: [algorithms]} for each `ssh -Q` query we use."""
+
+    def command(self):
+        return "; ".join(f"echo '## {q}'; ssh -Q {q}" for q in sorted(set(QUERY_FOR.values())))
+
+    def process(self, output):
+        result, current = {}, None
+        for line in output:
+            if line.startswith("## "):
+                current = line[3:].strip()
+                result[current] = []
+            elif current and line.strip():
+                result[current].append(line.strip())
+        return result
+
+
+class RsaHostKeyBits(FactBase):
+    """Size of the RSA host key in bits (0 if there is none)."""
+
+    def command(self):
+        return "ssh-keygen -lf /etc/ssh/ssh_host_rsa_key.pub 2>/dev/null | cut -d' ' -f1 || true"
+
+    def process(self, output):
+        return int(output[0]) if output and output[0].strip().isdigit() else 0
+
+
+class WeakModuli(FactBase):
+    """How many DH group-exchange moduli in /etc/ssh/moduli are below MIN_MODULI_BITS."""
+
+    def command(self):
+        return (f"awk '!/^#/ && NF >= 7 && $5 < {MIN_MODULI_BITS - 1} {{n++}} END {{print n+0}}' "
+                "/etc/ssh/moduli 2>/dev/null || echo 0")
+
+    def process(self, output):
+        return int(output[0]) if output else 0
+
+
+@operation()
+def strong_rsa_host_key():
+    """Replace an RSA host key smaller than RSA_HOST_KEY_BITS (sshd reads it on the guarded reload)."""
+    from pyinfra import host
+
+    bits = host.get_fact(RsaHostKeyBits)
+    if bits >= RSA_HOST_KEY_BITS:
+        host.noop(f"RSA host key has {bits} bits")
+        return
+    key = "/etc/ssh/ssh_host_rsa_key"
+    yield StringCommand("rm", "-f", key, key + ".pub")
+    yield StringCommand("ssh-keygen", "-q", "-t", "rsa", "-b", str(RSA_HOST_KEY_BITS), "-N", "''", "-f", key)
+
+
+@operation()
+def drop_weak_moduli():
+    """Keep only group-exchange moduli of MIN_MODULI_BITS and more."""
+    from pyinfra import host
+
+    if host.get_fact(WeakModuli) == 0:
+        host.noop("no weak moduli")
+        return
+    tmp = "/etc/ssh/moduli.hardkit-new"
+    # The size column is the modulus size minus one (3071 for a 3072-bit group).
+    yield StringCommand("awk", "-v", f"min={MIN_MODULI_BITS - 1}", "'/^#/ || NF < 7 || $5 >= min'",
+                        "/etc/ssh/moduli", ">", tmp, "&&", "mv", "-f", tmp, "/etc/ssh/moduli")
+
+
+@deploy("SSH")
+def ssh():
+    from pyinfra import host
+
+    apt.packages(name="Install the OpenSSH server", packages=["openssh-server"])
+    strong_rsa_host_key(name=f"RSA host key of at least {RSA_HOST_KEY_BITS} bits")
+    drop_weak_moduli(name=f"Only DH moduli of {MIN_MODULI_BITS}+ bits")
+    text = render_config(host.data, host.get_fact(SshAlgorithms))
+    guard.guarded_change(
+        name="sshd configuration (validated, auto-revert unless a fresh login confirms)",
+        change_id="ssh", contents={SSHD_CONFIG: text}, modes={SSHD_CONFIG: "600"},
+        validate=["mkdir -p /run/sshd", "sshd -t -f {staged}" + SSHD_CONFIG],
+        reload="systemctl reload ssh.service", revert_seconds=guard.REVERT_SECONDS.value(host.data),
+        confirm_user=ADMIN_USER.value(host.data))
+
+
+apply = ssh
