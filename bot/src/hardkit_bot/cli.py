@@ -1,4 +1,4 @@
-"""hardkit-bot command line: run | status | halt | flatten | reset | audit verify | backtest | check-config.
+"""hardkit-bot command line: run | status | halt | flatten | reset | audit verify | backtest | check-config | config-doc.
 
 Runtime contract (systemd): state in $STATE_DIRECTORY (else --state-dir), the
 control socket at $RUNTIME_DIRECTORY/control.sock (else --runtime-dir, else the
@@ -239,6 +239,18 @@ def cmd_check_config(args) -> int:
     return 0
 
 
+def cmd_config_doc(args) -> int:
+    """Every config key with its default and meaning (Markdown), straight from config.FIELDS."""
+    from .config import FIELDS, INSTRUMENT_FIELDS
+    from .config import _REQUIRED  # noqa: PLC2701 - the sentinel is part of the schema
+    print("| key | default | meaning |\n|---|---|---|")
+    for section, fields in [*FIELDS.items(), ("[[instruments]]", INSTRUMENT_FIELDS)]:
+        for name, f in fields.items():
+            default = "required" if f.default is _REQUIRED else repr(f.default if not hasattr(f.default, "as_tuple") else str(f.default))
+            print(f"| `{section.strip('[]')}.{name}` | {default} | {f.doc} |")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("HARDKIT_BOT_LOG", "INFO"), stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
@@ -279,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--bar-seconds", type=float, default=60.0)
     b.add_argument("--json", action="store_true")
     b.set_defaults(fn=cmd_backtest)
+    d = sub.add_parser("config-doc", help="print every config key, its default and meaning")
+    d.set_defaults(fn=cmd_config_doc)
     c = sub.add_parser("check-config", help="validate a config file and exit")
     c.add_argument("--config", required=True)
     c.set_defaults(fn=cmd_check_config)

@@ -300,21 +300,3 @@ def load(path: str | Path) -> Config:
         raise ConfigError([f"{p}: cannot read: {e.strerror}"]) from None
     return parse(text, str(p))
 
-
-EXAMPLE = """\
-# hardkit-bot configuration. Every key is optional except [[instruments]];
-# defaults are listed by `hardkit-bot config-doc` (see config.FIELDS).
-[bot]
-instance_id = "hk1"
-timezone = "UTC"
-
-[exchange]
-kind = "paper"
-
-[[instruments]]
-symbol = "BTC/USDT"
-tick_size = "0.01"
-step_size = "0.00001"
-min_qty = "0.0001"
-min_notional = "10"
-"""

@@ -73,3 +73,11 @@ def test_cli_exits_nonzero_lists_problems_and_trades_nothing(bot):
     assert "problem(s); nothing was traded" in out and "bot.timezone" in out and "strategy.fast" in out
     assert not (bot.state / "ledger.sqlite").exists()
     assert not (bot.state / "paper-exchange.sqlite").exists()
+
+
+@pytest.mark.parametrize("name", ["paper.toml", "binance-testnet.toml"])
+def test_shipped_examples_are_valid(name):
+    from pathlib import Path
+    from hardkit_bot.config import load
+    cfg = load(Path(__file__).resolve().parents[3] / "bot" / "examples" / name)
+    assert cfg.instruments

@@ -139,3 +139,22 @@ def test_metrics_textfile_is_prometheus_text(rp, tmp_path):
     for line in text.splitlines():
         assert line.startswith("# ") or line.split(" ")[-1].replace(".", "").replace("-", "").replace("e", "").isdigit()
     assert 'hardkit_bot_limit_used{limit="daily_loss_pct"}' in text
+
+
+def test_equity_floor_kills_and_flattens_then_needs_a_manual_reset(tmp_path, clock):
+    rp = Replay(tmp_path, clock, extra_risk='equity_floor = "9950"\nvol_z_enter = 50\nrisk_per_trade_pct = "5"\n'
+                                            'max_daily_loss_pct = "50"\ndaily_loss_reduce_pct = "40"')
+    for _ in range(5):
+        rp.bar()
+    rp.buy(qty="20", stop="80", tp="160")
+    rp.bar(99.0)                                                       # -20: equity 9980, above the floor
+    assert rp.eng.sm.effective is TradingState.ACTIVE and rp.qty == D("20")
+    rp.bar(97.0)                                                       # -60: equity 9940 < 9950
+    v = rp.eng.sm.view()
+    assert v.state is TradingState.KILLED and "below floor" in v.reason
+    assert rp.qty == 0                                                 # flattened by the kill
+    for _ in range(3):
+        rp.bar(99.0)
+    assert rp.eng.sm.effective is TradingState.KILLED                  # recovery does not un-kill
+    rp.eng.reset("operator reviewed")
+    assert rp.eng.sm.effective is TradingState.ACTIVE

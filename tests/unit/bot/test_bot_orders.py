@@ -173,3 +173,12 @@ def test_clean_restart_after_trading_stays_active(rig):
     rig.restart()
     assert rig.eng.sm.effective is TradingState.ACTIVE, rig.eng.sm.view().reason
     rig.assert_books_agree()
+
+
+def test_reject_spike_halts_the_bot(rig):
+    rig.ex.inject("reject", count=5)
+    for _ in range(5):
+        assert rig.buy().status is OrderStatus.REJECTED
+    rig.eng.step()
+    v = rig.eng.sm.view()
+    assert v.state is TradingState.HALTED and "5 rejects in the last minute" in v.reason
