@@ -12,4 +12,11 @@ ROLE_MODULES = [
     "roles.ssh",
     "roles.firewall",
     "roles.fail2ban",
+    # issue 4, the OS baseline
+    "roles.updates",
+    "roles.kernel",
+    "roles.accounts",
+    "roles.filesystem",
+    "roles.audit",
+    "roles.time_logs",
 ]
