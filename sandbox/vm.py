@@ -1,7 +1,7 @@
 """The vm tier: a QEMU virtual machine per target, with the image's real Debian kernel.
 
 There is no usable KVM on the lab's machine kind, so QEMU emulates the CPU (TCG) and a cold
-boot takes about a minute. Targets therefore start from a saved, booted snapshot instead:
+boot takes 15-60 s. Targets therefore start from a saved, booted snapshot instead:
 
 - once per image (cached under `image.image_dir()/vm/KEY`, KEY also covering this module's
   recipe and the QEMU version) the image's rootfs becomes an ext4 disk, a "golden" VM boots
@@ -188,10 +188,6 @@ def golden_dir() -> Path:
     return image.image_dir() / "vm" / golden_digest()
 
 
-def is_golden_built() -> bool:
-    return (golden_dir() / "READY").exists()
-
-
 @contextmanager
 def _lock(path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -204,7 +200,7 @@ def _lock(path: Path):
 
 
 def ensure_golden(net: network.LabNet, log=_log) -> Path:
-    """The golden disk and RAM snapshot for the current image, built (about two minutes) if missing."""
+    """The golden disk and RAM snapshot for the current image, built (under a minute here) if missing."""
     final = golden_dir()
     if (final / "READY").exists():
         return final
@@ -213,7 +209,7 @@ def ensure_golden(net: network.LabNet, log=_log) -> Path:
             return final
         _build_golden(final, net, log)
         for old in final.parent.iterdir():
-            if old.is_dir() and old != final:
+            if old.is_dir() and old != final and not old.name.endswith(".building"):
                 # Running clones keep their open backing file; new ones use the new golden.
                 shutil.rmtree(old, ignore_errors=True)
     return final
@@ -225,7 +221,7 @@ def _build_golden(final: Path, net: network.LabNet, log) -> None:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     log(f"vm tier: building the golden VM for image {image.recipe_digest()} (disk, cold boot, RAM snapshot); "
-        "this takes two to three minutes")
+        "this takes about a minute")
     started = time.monotonic()
     try:
         kver = kernel_version(rootfs)
@@ -293,7 +289,7 @@ def _boot_and_snapshot(staging: Path, net: network.LabNet, log) -> float:
             out = q.hmp(f"hostfwd_add up0 tcp:127.0.0.1:{port}-:22")
             if out.strip():
                 raise LabError(f"QEMU refused the golden VM's port forward: {out.strip()}")
-            log("vm tier: cold-booting the golden VM (TCG, about a minute)")
+            log("vm tier: cold-booting the golden VM (TCG, 15-60 s)")
             boot = wait_for_ssh("127.0.0.1", port, GOLDEN_BOOT_TIMEOUT, on_timeout=lambda: _qemu_failure(
                 staging, f"the golden VM did not answer SSH after {GOLDEN_BOOT_TIMEOUT:.0f}s"))
             argv = _ssh_argv(port, staging / "bootstrap_ed25519", staging / "known_hosts", GOLDEN_ALIAS)
@@ -419,6 +415,9 @@ def _personalise(t: Target, golden: Path, authorized_key: str) -> list[str]:
     seed = base64.b64encode(secrets.token_bytes(512)).decode()
     script = f"""set -eu
 date -s @{time.time():.3f} >/dev/null
+# Timers were scheduled from the golden's boot: restart them so they count from now, as after a
+# fresh boot, instead of all firing at once (apt-daily holding apt's lock as a deploy starts).
+systemctl restart $(systemctl list-units --type=timer --state=active --plain --no-legend | awk '{{print $1}}')
 printf '%s' '{seed}' | base64 -d > /dev/urandom
 printf '%s' '{seed}' | base64 -d | tail -c 256 > /var/lib/systemd/random-seed
 chmod 600 /var/lib/systemd/random-seed
