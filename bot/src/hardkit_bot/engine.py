@@ -74,7 +74,8 @@ class Engine:
         self.equity_f = 0.0
         self._autoclose: set[str] = set()
         self._stale_flag = False
-        self._warm: set[str] = set()
+        self._bar_seconds = float(getattr(exchange, "bar_seconds", 60.0))
+        self._warmup_bars = min(500, max(s["slow"], s["atr_period"], r["vol_window"]) + 5)
         self._last_snapshot = 0.0
         self._close_seq = 0
         self.started = clock()
@@ -134,16 +135,16 @@ class Engine:
                 price, ts = self.exchange.ticker(sym)
                 if self.market.on_tick(sym, price, ts):
                     self.stale.seen(sym, now)
-                since = self.market.last_bar_ts.get(sym, now - 10 ** 7)
+                since = self.market.last_bar_ts.get(sym, now - self._warmup_bars * self._bar_seconds)
                 bars = self.exchange.candles(sym, since)
             except (BadExchangeData, ExchangeError) as e:
                 log.warning("market data for %s: %s", sym, e)
                 continue
-            act = sym in self._warm
+            fresh_after = now - 2 * self._bar_seconds - self.cfg.bot["loop_interval_s"]
             for bar in bars:
                 if self.market.accept_bar(sym, bar):
-                    self.on_bar(sym, bar, act=act)
-            self._warm.add(sym)
+                    # history (warm-up after a start, or catching up) feeds indicators but never trades
+                    self.on_bar(sym, bar, act=bar.ts + self._bar_seconds >= fresh_after)
         try:
             self.om.sync_all()
             self.om.refresh_account()

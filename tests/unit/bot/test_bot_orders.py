@@ -182,3 +182,38 @@ def test_reject_spike_halts_the_bot(rig):
     rig.eng.step()
     v = rig.eng.sm.view()
     assert v.state is TradingState.HALTED and "5 rejects in the last minute" in v.reason
+
+
+def test_history_warms_indicators_but_never_trades(tmp_path, clock):
+    from hardkit_bot.strategy import Signal, TrendATR
+    import shutil
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    r = Rig(tmp_path / "a", clock)
+    r.store.close()
+    r.ex.close()
+    clock.advance(5000)                                           # 5000 bars of market history since the last look
+    shutil.copy(tmp_path / "a" / "paper.sqlite", tmp_path / "b" / "paper.sqlite")
+    r2 = Rig(tmp_path / "b", clock)                               # a bot starting against that market
+    st = r2.eng.strats["BTC/USDT"]
+    assert st.n >= 100                                            # warm-up bars were fed
+    hist = r2.ex.candles("BTC/USDT", 0)
+    probe = TrendATR(3, 8, 5, 0.5)
+    assert any(probe.on_bar(b) is not Signal.NONE for b in hist[-st.n:])   # history did contain signals
+    assert r2.store.orders() == []                                # ... and none of them traded
+
+
+def test_paper_gap_and_volatility_spike_faults(tmp_path, clock):
+    r = Rig(tmp_path, clock)
+    before = r.ex.ticker("BTC/USDT")[0]
+    r.ex.inject("gap", arg=-10.0)
+    r.ex.ticker("BTC/USDT")                                       # arms the gap at the next bar
+    clock.advance(2)
+    after = r.ex.ticker("BTC/USDT")[0]
+    assert after < before * D("0.93")                             # ~10 % down (plus the walk)
+    calm = [b.high - b.low for b in r.ex.candles("BTC/USDT", clock() - 3)]
+    r.ex.inject("vol_spike", arg=8.0)
+    r.ex.ticker("BTC/USDT")
+    clock.advance(3)
+    wild = [b.high - b.low for b in r.ex.candles("BTC/USDT", clock() - 2.5)]
+    assert min(wild) > 4 * max(calm)
