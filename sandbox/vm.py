@@ -423,6 +423,7 @@ printf '%s' '{seed}' | base64 -d | tail -c 256 > /var/lib/systemd/random-seed
 chmod 600 /var/lib/systemd/random-seed
 printf '%s\\n' '{t.name}' > /etc/hostname
 hostname '{t.name}'
+grep -q '^127.0.1.1' /etc/hosts || printf '127.0.1.1 %s\\n' '{t.name}' >> /etc/hosts
 if mountpoint -q /etc/machine-id; then umount /etc/machine-id; fi
 golden_id=$(cat /etc/machine-id)
 printf '%s\\n' '{secrets.token_hex(16)}' > /etc/machine-id
