@@ -105,6 +105,7 @@ class Engine:
         if acct.balances:
             self._cash_f = float(acct.total(self.quote))
             self._equity_known = True
+            self.equity_f = self._equity()
         self.streak.refresh()
         self.stops.sync(self.positions, self.store.entry_plans, {s: st.atr for s, st in self.strats.items()})
         if self.live:
