@@ -242,7 +242,7 @@ def filesystem():
                         validate=quiet_or_fail("systemd-analyze verify {path}"))
     server.shell(name="Reload systemd for the mount units", _if=any_changed(fstab, unit),
                  commands=["systemctl daemon-reload"])
-    systemd.service(name="Enable the boot-time mount options unit", service=MOUNT_UNIT, running=None, enabled=True)
+    systemd.service(name="Enable the boot-time mount options unit", service=MOUNT_UNIT, running=True, enabled=True)
     mount_options(name="Apply the mount options now", policy=mount_policy(data))
 
     ensure_modes(name="Owner and mode of identity, cron, ssh and log paths", specs=PERMISSIONS)
