@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
-from decimal import Decimal
 
 from .config import Config
 from .engine import Engine
@@ -69,5 +68,3 @@ def run(cfg: Config, bars: list[Bar], bar_seconds: float = 60.0) -> BacktestResu
     return BacktestResult(len(bars), secs, start, eng.equity_f, mdd * 100, trades, denials,
                           view.state.value, view.reason)
 
-
-__all__ = ["run", "BacktestResult", "Decimal"]

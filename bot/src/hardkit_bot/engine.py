@@ -26,7 +26,7 @@ from .config import Config
 from .exchange.base import BadExchangeData, ExchangeError
 from .inhibitor import RebootInhibitor
 from .marketdata import MarketData
-from .model import ZERO, Bar, Intent, OrderStatus, OrderType, Position, Side, TradingState
+from .model import ZERO, Bar, Intent, OrderStatus, Position, Side, TradingState
 from .orders import OrderManager
 from .reconcile import ReconcileReport, reconcile
 from .risk.limits import (ActivityRate, ConsecutiveLosses, DailyLoss, Drawdown, EquityFloor, StaleData,
@@ -343,7 +343,7 @@ class Engine:
         open_orders = [o.client_order_id for o in self.exchange.open_orders()
                        if o.client_order_id and o.client_order_id.startswith(self.cfg.bot["instance_id"] + "-")]
         held, dust = {}, {}
-        for sym, inst in self.instruments.items():
+        for inst in self.instruments.values():
             amt = acct.total(inst.base)
             if amt >= max(inst.min_qty, inst.step_size):
                 held[inst.base] = str(amt)

@@ -24,12 +24,12 @@ from . import faults
 from .exchange.base import (DuplicateClientOrderId, ExchangeError, ExchangeTimeout, OrderNotFound,
                             OrderRejected)
 from .marketdata import MarketData
-from .model import ZERO, AccountView, ExchangeOrder, Instrument, Intent, OrderStatus, Side
+from .model import ZERO, AccountView, ExchangeOrder, Instrument, Intent, OrderStatus, OrderType, Side
 from .risk import pipeline
 from .risk.limits import ActivityRate
 from .risk.pipeline import Denial, RiskLimits, RiskSnapshot
 from .risk.state import StateMachine
-from .store import Store, intent_from_row
+from .store import Store
 
 log = logging.getLogger(__name__)
 
@@ -265,9 +265,5 @@ def _ack_status(eo: ExchangeOrder) -> OrderStatus:
     return eo.status
 
 
-def _otype(row):
-    from .model import OrderType
+def _otype(row) -> OrderType:
     return OrderType(row["order_type"])
-
-
-__all__ = ["OrderManager", "SubmitResult", "intent_from_row"]

@@ -174,7 +174,7 @@ class BinanceSim:
 
     def _exchange_info(self):
         syms = []
-        for s, i in self.paper.instruments.items():
+        for i in self.paper.instruments.values():
             syms.append({
                 "symbol": i.base + i.quote, "status": "TRADING", "baseAsset": i.base, "baseAssetPrecision": 8,
                 "quoteAsset": i.quote, "quotePrecision": 8, "quoteAssetPrecision": 8, "orderTypes": ["LIMIT", "MARKET"],

@@ -30,7 +30,7 @@ def ledger(tmp_path):
 
 def test_daily_loss_trips_at_reduce_then_halt_and_not_before(ledger, clock):
     store = Store(ledger, clock)
-    sm, dl = StateMachine(store, clock), DailyLoss(store, BERLIN, 2.0, 3.0)
+    dl = DailyLoss(store, BERLIN, 2.0, 3.0)
     t = ts("2026-03-10T09:00:00")
     assert dl.update(t, 10000.0) == []
     assert dl.update(t + 1, 9800.01) == []                       # 1.9999 %: nothing
