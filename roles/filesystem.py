@@ -150,10 +150,12 @@ def fstab_with_block(current: list[str], block: str) -> str:
     return "\n".join(kept + ["", block.rstrip("\n")]).lstrip("\n") + "\n"
 
 
-#: Verifies only hardkit's own block (the provider's root entry may name a device a container lacks).
+#: Verifies only hardkit's own block (the provider's root entry may name a device a container lacks);
+#: findmnt's warnings (a mount point listed twice...) count as failures.
 FSTAB_CHECK = (f"awk -v b={shlex.quote(FSTAB_BEGIN)} -v e={shlex.quote(FSTAB_END)} "
                "'$0==b{f=1} f{print} $0==e{f=0}' {path} > {path}.block && "
-               "findmnt --verify --tab-file {path}.block; rc=$?; rm -f {path}.block; exit $rc")
+               "out=$(findmnt --verify --tab-file {path}.block 2>&1); rc=$?; rm -f {path}.block; echo \"$out\" >&2; "
+               "[ $rc -eq 0 ] && echo \"$out\" | grep -q 'no errors or warnings'")
 
 
 class MountFlags(MappingFact):

@@ -1,0 +1,118 @@
+"""Helpers for the OS-baseline integration tests: an inventory with overrides, a lab-local NTP
+server, reboots, and root commands through the admin's sudo.
+
+Lab traffic stays inside the lab: targets are pointed at an NTP responder that runs in the lab's
+allowed-client namespace, never at a public pool.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.integration.labkit import Lab
+
+NTP_PORT = 123
+#: Seconds between 1900-01-01 (NTP epoch) and 1970-01-01.
+NTP_EPOCH_OFFSET = 2208988800
+
+
+def derived_inventory(lab: Lab, folder: Path, **overrides) -> Path:
+    """A copy of the lab's inventory with `overrides` added to every host's data."""
+    path = folder / f"{lab.prefix}-inventory.py"
+    path.write_text(
+        f'"""{lab.prefix} lab inventory with test overrides."""\n'
+        f"_base = {{}}\n"
+        f"exec(open({str(lab.inventory_path)!r}).read(), _base)\n"
+        f"_overrides = {overrides!r}\n"
+        f"sandbox = [(_n, {{**_d, **_overrides}}) for _n, _d in _base['sandbox']]\n")
+    return path
+
+
+def sntp_reply(request: bytes, now: float) -> bytes:
+    """A stratum-2 SNTP server reply to a client request (RFC 4330)."""
+    def ts(t: float) -> int:
+        secs = int(t) + NTP_EPOCH_OFFSET
+        return (secs << 32) | int((t % 1) * (1 << 32))
+    client_transmit = request[40:48]
+    header = struct.pack("!BBbb", (0 << 6) | (4 << 3) | 4, 2, 4, -20)
+    root = struct.pack("!II", 0, 1 << 10)  # root delay 0, dispersion ~16 ms
+    ref_id = b"LAB\0"
+    stamps = struct.pack("!Q", ts(now - 1)) + client_transmit + struct.pack("!QQ", ts(now), ts(time.time()))
+    return header + root + ref_id + stamps
+
+
+def serve_sntp(address: str) -> None:
+    """Answer SNTP requests on address:123 until killed (run inside the client's namespace)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((address, NTP_PORT))
+    while True:
+        data, peer = sock.recvfrom(512)
+        if len(data) >= 48:
+            sock.sendto(sntp_reply(data, time.time()), peer)
+
+
+class LabNtp:
+    """An SNTP responder in the lab's allowed-client namespace (started by this process, stopped by PID)."""
+
+    def __init__(self, lab: Lab):
+        client = lab.host_data(lab.names[0])["lab"]["clients"]["allowed"]
+        self.netns, self.address = client["netns"], client["v4"]
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> "LabNtp":
+        repo = Path(__file__).resolve().parents[2]
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.netns, sys.executable, "-c",
+             f"import sys; sys.path.insert(0, {str(repo)!r}); "
+             f"from tests.integration.oslab import serve_sntp; serve_sntp({self.address!r})"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+
+def root(lab: Lab, name: str, command: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run a command as root through the admin's `sudo -n` (root cannot log in after the deploy)."""
+    admin = lab.host_data(name)["admin_user"]
+    res = lab.ssh(name, "sudo -n sh -c " + _quote(command), user=admin, timeout=timeout)
+    if res.returncode == 255 and "Permission denied" in res.stderr:  # before the admin exists
+        res = lab.ssh(name, command, user="root", timeout=timeout)
+    return res
+
+
+def _quote(s: str) -> str:
+    import shlex
+    return shlex.quote(s)
+
+
+def boot_id(lab: Lab, name: str) -> str:
+    return root(lab, name, "cat /proc/sys/kernel/random/boot_id").stdout.strip()
+
+
+def wait_for_new_boot(lab: Lab, name: str, old: str, timeout: float = 600) -> str:
+    """Wait until the target answers SSH with another boot id than `old`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            new = boot_id(lab, name)
+        except subprocess.TimeoutExpired:
+            new = ""
+        if new and new != old:
+            return new
+        time.sleep(2)
+    raise AssertionError(f"{name} did not come back from a reboot within {timeout:.0f} s")
+
+
+def reboot(lab: Lab, name: str, timeout: float = 600) -> None:
+    old = boot_id(lab, name)
+    root(lab, name, "systemd-run --on-active=2 systemctl reboot")
+    wait_for_new_boot(lab, name, old, timeout)
