@@ -1,62 +1,7 @@
-"""Shared helpers for the bot tests: configs, an injectable clock, the bot as a subprocess."""
-from __future__ import annotations
-
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
-
+"""Fixtures for the bot tests (helpers live in bot_helpers.py)."""
 import pytest
 
-from hardkit_bot.config import parse
-
-BASE = """
-[bot]
-instance_id = "hk1"
-timezone = "{tz}"
-loop_interval_s = {loop}
-[exchange]
-kind = "paper"
-bar_seconds = {bar}
-unknown_grace_s = {grace}
-starting_balance = "10000"
-[strategy]
-fast = 3
-slow = 8
-atr_period = 5
-[risk]
-stale_data_s = 5
-max_consecutive_losses = {streak}
-max_orders_per_minute = 50
-breaker_orders_per_minute = 200
-breaker_cancels_per_minute = 200
-{extra_risk}
-[[instruments]]
-symbol = "BTC/USDT"
-tick_size = "0.01"
-step_size = "0.00001"
-min_qty = "0.0001"
-min_notional = "10"
-"""
-
-
-def config_text(tz="UTC", loop=0.05, bar=0.02, grace=0.5, streak=1000, extra_risk="") -> str:
-    return BASE.format(tz=tz, loop=loop, bar=bar, grace=grace, streak=streak, extra_risk=extra_risk)
-
-
-class Clock:
-    """A manual clock: tests move time instead of sleeping."""
-
-    def __init__(self, t: float = 1_800_000_000.0):
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, s: float) -> None:
-        self.t += s
+from bot_helpers import BotProcess, Clock, config_text, parse
 
 
 @pytest.fixture
@@ -67,60 +12,6 @@ def clock():
 @pytest.fixture
 def cfg():
     return parse(config_text())
-
-
-BOT = [sys.executable, "-m", "hardkit_bot"]
-
-
-class BotProcess:
-    """The bot as a real subprocess (so SIGKILL is real). Always reaped by the fixture."""
-
-    def __init__(self, tmp: Path):
-        self.tmp = tmp
-        self.state = tmp / "state"
-        self.inhibit = tmp / "inhibit"
-        self.config = tmp / "bot.toml"
-        self.procs: list[subprocess.Popen] = []
-
-    def write_config(self, text: str) -> None:
-        self.config.write_text(text)
-
-    def start(self, *extra: str, env: dict | None = None, max_steps: int = 0) -> subprocess.Popen:
-        e = {k: v for k, v in os.environ.items() if not k.startswith(("HARDKIT_BOT_", "CREDENTIALS_DIRECTORY",
-                                                                       "STATE_DIRECTORY", "RUNTIME_DIRECTORY"))}
-        e.update(env or {})
-        e["HARDKIT_REBOOT_INHIBIT_DIR"] = str(self.inhibit)
-        args = [*BOT, "run", "--config", str(self.config), "--state-dir", str(self.state), *extra]
-        if max_steps:
-            args += ["--max-steps", str(max_steps)]
-        log = open(self.tmp / f"bot-{len(self.procs)}.log", "wb")
-        p = subprocess.Popen(args, env=e, stdout=log, stderr=subprocess.STDOUT)
-        self.procs.append(p)
-        return p
-
-    def cli(self, *args: str, env: dict | None = None, timeout: float = 60, state: bool = True) -> subprocess.CompletedProcess:
-        e = {k: v for k, v in os.environ.items() if not k.startswith("HARDKIT_BOT_")}
-        e.update(env or {})
-        extra = ["--state-dir", str(self.state)] if state else []
-        return subprocess.run([*BOT, *args, *extra], env=e, capture_output=True, text=True, timeout=timeout)
-
-    def logs(self) -> str:
-        return "\n".join((self.tmp / f"bot-{i}.log").read_text(errors="replace") for i in range(len(self.procs)))
-
-    def wait_for(self, pred, timeout: float = 20.0, what: str = "condition"):
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            v = pred()
-            if v:
-                return v
-            time.sleep(0.05)
-        raise AssertionError(f"timed out waiting for {what}\n--- logs ---\n{self.logs()[-4000:]}")
-
-    def cleanup(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGKILL)
-                p.wait(10)
 
 
 @pytest.fixture

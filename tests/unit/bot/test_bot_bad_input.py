@@ -14,7 +14,7 @@ from hardkit_bot.exchange.paper import PaperExchange
 from hardkit_bot.model import Bar, TradingState
 from hardkit_bot.store import Store
 
-from conftest import config_text
+from bot_helpers import config_text
 
 
 class Scripted:

@@ -21,7 +21,7 @@ from hardkit_bot.model import Intent, OrderStatus, Side  # noqa: E402
 from hardkit_bot.store import Store  # noqa: E402
 
 from binance_sim import BinanceSim  # noqa: E402
-from conftest import config_text  # noqa: E402
+from bot_helpers import config_text  # noqa: E402
 
 KEY = "test-api-key-7f3a9c2e41d8"
 SECRET = "test-api-secret-b16e0d4c9a5f2e87"

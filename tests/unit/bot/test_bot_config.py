@@ -5,7 +5,7 @@ import pytest
 
 from hardkit_bot.config import FIELDS, ConfigError, parse
 
-from conftest import config_text
+from bot_helpers import config_text
 
 BAD = """
 [bot]

@@ -8,7 +8,7 @@ from decimal import Decimal as D
 
 from hardkit_bot import control
 
-from conftest import config_text
+from bot_helpers import config_text
 
 
 def status(bot):

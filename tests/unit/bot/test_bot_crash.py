@@ -14,7 +14,7 @@ import pytest
 from hardkit_bot.config import parse
 from hardkit_bot.exchange.paper import PaperExchange
 
-from conftest import config_text
+from bot_helpers import config_text
 
 
 def prepare(bot, faults=()):

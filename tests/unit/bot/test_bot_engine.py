@@ -13,7 +13,7 @@ from hardkit_bot.metrics import render, write_textfile
 from hardkit_bot.model import Bar, Intent, Side, TradingState
 from hardkit_bot.store import Store
 
-from conftest import config_text
+from bot_helpers import config_text
 
 STEP = 60.0
 

@@ -10,7 +10,7 @@ from hardkit_bot.model import Intent, OrderStatus, OrderType, Side, TradingState
 from hardkit_bot.risk.pipeline import DenialCode
 from hardkit_bot.store import Store
 
-from conftest import config_text
+from bot_helpers import config_text
 
 
 class Rig:
