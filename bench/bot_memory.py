@@ -13,21 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-CONFIG = """
-[bot]
-loop_interval_s = 0.05
-[exchange]
-kind = "paper"
-bar_seconds = 0.05
-[risk]
-max_consecutive_losses = 1000
-[[instruments]]
-symbol = "BTC/USDT"
-tick_size = "0.01"
-step_size = "0.00001"
-min_qty = "0.0001"
-min_notional = "10"
-"""
+EXAMPLE = Path(__file__).resolve().parents[1] / "bot" / "examples" / "paper.toml"
 
 
 def rss(pid: int) -> tuple[float, float]:
@@ -42,7 +28,8 @@ def rss(pid: int) -> tuple[float, float]:
 def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         cfg = Path(d) / "bot.toml"
-        cfg.write_text(CONFIG)
+        text = EXAMPLE.read_text().replace("bar_seconds = 1.0", "bar_seconds = 0.05")
+        cfg.write_text(text.replace('timezone = "Europe/Berlin"', 'timezone = "Europe/Berlin"\nloop_interval_s = 0.05'))
         env = {**os.environ, "HARDKIT_REBOOT_INHIBIT_DIR": f"{d}/inh", "HARDKIT_BOT_LOG": "WARNING"}
         p = subprocess.Popen([sys.executable, "-m", "hardkit_bot", "run", "--config", str(cfg), "--state-dir", f"{d}/s"],
                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -52,7 +39,11 @@ def main() -> None:
         finally:
             p.send_signal(signal.SIGTERM)
             p.wait(20)
-    print(f"running bot (paper exchange, 8 s of trading): RSS {cur:.1f} MB, peak {peak:.1f} MB")
+        import sqlite3
+        c = sqlite3.connect(f"{d}/s/ledger.sqlite")
+        orders, audit = (c.execute(q).fetchone()[0] for q in ("SELECT COUNT(*) FROM orders", "SELECT COUNT(*) FROM audit"))
+        c.close()
+    print(f"running bot (paper exchange, 8 s, {orders} orders, {audit} audit records): RSS {cur:.1f} MB, peak {peak:.1f} MB")
     print(f"  target < 80 MB -> {'MET' if peak < 80 else 'NOT MET'} ({peak / 80:.2f}x the target)")
     probe = subprocess.run([sys.executable, "-c", "import ccxt; ccxt.binance(); import resource; "
                             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"],

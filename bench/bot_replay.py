@@ -9,24 +9,17 @@ Run: .venv/bin/python bench/bot_replay.py [--bars N]
 """
 import argparse
 import logging
+from dataclasses import replace
+from decimal import Decimal as D
+from pathlib import Path
 
 from hardkit_bot import backtest
-from hardkit_bot.config import parse
+from hardkit_bot.config import load
 from hardkit_bot.exchange.market import generate
 
-BASE = """
-[exchange]
-kind = "paper"
-[risk]
-{risk}
-[[instruments]]
-symbol = "BTC/USDT"
-tick_size = "0.01"
-step_size = "0.00001"
-min_qty = "0.0001"
-min_notional = "10"
-"""
-TRADING = "max_consecutive_losses = 1000\nmax_drawdown_pct = 99\nmax_daily_loss_pct = 99\ndaily_loss_reduce_pct = 98"
+EXAMPLE = Path(__file__).resolve().parents[1] / "bot" / "examples" / "paper.toml"
+TRADING = {"max_consecutive_losses": 1000, "max_drawdown_pct": D(99), "max_daily_loss_pct": D(99),
+           "daily_loss_reduce_pct": D(98), "equity_floor": D(0)}
 
 
 def main() -> None:
@@ -35,9 +28,10 @@ def main() -> None:
     args = ap.parse_args()
     logging.disable(logging.INFO)
     bars = generate(args.bars, seed=7)
-    for name, risk in (("default limits (breakers halt trading early)", ""),
+    base = load(EXAMPLE)
+    for name, risk in (("example limits (breakers halt trading early)", {}),
                        ("breakers relaxed: trades the whole series", TRADING)):
-        r = backtest.run(parse(BASE.format(risk=risk)), bars)
+        r = backtest.run(replace(base, risk={**base.risk, **risk}), bars)
         print(f"replay, {name}: {r.bars_per_second:,.0f} bars/s over {r.bars:,} bars "
               f"({r.trades} fills, {r.denials} denials, final state {r.final_state})")
         print(f"  target > 100,000 bars/s -> {'MET' if r.bars_per_second > 100_000 else 'NOT MET'} "

@@ -1,2 +1,0 @@
-"""hardkit-bot: a risk-guarded trading bot with crash-safe, idempotent orders."""
-__version__ = "0.1.0"

@@ -1,1 +1,0 @@
-"""The risk guard: pre-trade pipeline, trading state machine, circuit breakers."""
