@@ -28,7 +28,7 @@ def rss(pid: int) -> tuple[float, float]:
 def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         cfg = Path(d) / "bot.toml"
-        text = EXAMPLE.read_text().replace("bar_seconds = 1.0", "bar_seconds = 0.05")
+        text = EXAMPLE.read_text().replace("bar_seconds = 1.0", "bar_seconds = 0.01")
         cfg.write_text(text.replace('timezone = "Europe/Berlin"', 'timezone = "Europe/Berlin"\nloop_interval_s = 0.05'))
         env = {**os.environ, "HARDKIT_REBOOT_INHIBIT_DIR": f"{d}/inh", "HARDKIT_BOT_LOG": "WARNING"}
         p = subprocess.Popen([sys.executable, "-m", "hardkit_bot", "run", "--config", str(cfg), "--state-dir", f"{d}/s"],
