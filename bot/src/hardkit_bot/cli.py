@@ -157,7 +157,7 @@ def cmd_status(args) -> int:
         print(f"position {p['instrument']}: {p['qty']} @ {p['avg_price']}"
               + (f"  last {p['last']}  stop {p['stop']}" if "last" in p else ""))
     for u in st.get("limits", []):
-        print(f"  {u['name']:<28} {u['used']:>14.4f} / {u['limit']:<12} {u['pct']:6.1f}%")
+        print(f"  {u['name']:<28} {u['used']:>14.4f} / {u['limit']:<14.4f} {u['pct']:6.1f}%")
     return 0
 
 

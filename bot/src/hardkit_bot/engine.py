@@ -358,7 +358,11 @@ class Engine:
     # ---- risk view -------------------------------------------------------------------
     def usages(self, now: float) -> list[Usage]:
         exposure = sum(q * float(self.market.last.get(s, (self.positions[s].avg_price, 0))[0]) for s, q in self._pos_f.items())
-        u = [self.daily.usage(), self.drawdown.usage(), self.streak.usage(), self.floor.usage(),
+        peak = self.drawdown.peak or self.equity_f
+        floor = self.floor.floor
+        # equity floor as a risk view: how much of the cushion between the equity peak and the floor is gone
+        floor_use = Usage("equity_floor_cushion", max(0.0, peak - self.equity_f), max(0.0, peak - floor) if floor > 0 else 0.0)
+        u = [self.daily.usage(), self.drawdown.usage(), self.streak.usage(), floor_use,
              Usage("total_exposure", exposure, float(self.limits.max_total_exposure)),
              Usage("open_positions", len(self._pos_f), self.limits.max_open_positions),
              Usage("orders_per_minute_throttle", self.activity.count("orders", now), self.limits.max_orders_per_minute),

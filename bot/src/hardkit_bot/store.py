@@ -6,6 +6,12 @@ business change (intent, order status, fill + position, risk decision, state
 change) commits in the *same* transaction as its audit record, so the ledger and
 the audit chain can never disagree.
 
+Tables: `orders` holds one row per intent, written PENDING_SUBMIT before any network
+I/O and then carrying the order's life (status, exchange id, filled); `fills` (unique
+trade ids make fill application idempotent), `positions`, `stops`, `equity` snapshots,
+`risk_decisions` (every approval and denial), `trading_state`, `meta` (daily anchor,
+equity peak, loss streak) and the hash-chained `audit` table.
+
 One connection is shared by the engine and control threads behind an RLock
 (`tx()`); the control thread never waits on the strategy, only on a statement.
 """

@@ -133,10 +133,6 @@ class EquityFloor:
             return [(TradingState.KILLED, f"equity {equity:.2f} below floor {self.floor:.2f}")]
         return []
 
-    def usage(self) -> Usage:
-        # how far down towards the floor we are, as "used" of the cushion above it
-        return Usage("equity_floor", self.floor, self.equity if math.isfinite(self.equity) else 0.0)
-
 
 class ActivityRate:
     """Order / reject / cancel counts in a rolling minute; a spike means the bot misbehaves."""
