@@ -118,6 +118,8 @@ class PaperExchange:
         self.sources = {s: SeriesSource(seed + k, start_price, csv_bars) for k, s in enumerate(sorted(instruments))}
         self._manual_bar: dict[str, tuple[int, Bar]] = {}
         self._open = self.db.execute("SELECT COUNT(*) FROM orders WHERE status IN ('OPEN','PARTIALLY_FILLED')").fetchone()[0]
+        p = self._meta("processed")
+        self._processed: int | None = None if p is None else int(p)
 
     # ---- plumbing ---------------------------------------------------------
     def _tx(self):
@@ -224,23 +226,28 @@ class PaperExchange:
         return Decimal(repr(bar.close)), bar.ts + self.bar_seconds, i
 
     def _sync(self) -> None:
-        """Process closed bars since the last call: resting orders fill, partial remainders complete."""
+        """Process closed bars since the last call: resting orders fill, partial remainders complete.
+
+        Cheap when there is nothing to do (no open orders, no queued market faults, no new
+        bar): no write transaction, so read-only calls do not fsync."""
         if self.manual:
             return
-        with self._tx():
-            self._arm_market_faults()
-            if not self._open:
-                self._set_meta("processed", self._index() - 1)
+        upto = self._index() - 1
+        with self._lock:
+            armed = self.db.execute("SELECT 1 FROM faults WHERE kind IN ('gap','vol_spike') LIMIT 1").fetchone()
+            if not armed and (not self._open or self._processed == upto):
+                self._processed = upto if not self._open else self._processed
                 return
-            done = self._meta("processed")
-            done = self._index() - 2 if done is None else int(done)
-            upto = self._index() - 1
-            for i in range(done + 1, upto + 1):
-                for s in self.instruments:
-                    bar = self._bar(s, i)
-                    if bar is not None:
-                        self._process_bar(s, i, bar)
-            self._set_meta("processed", upto)
+            with self._tx():
+                self._arm_market_faults()
+                done = upto - 1 if self._processed is None else self._processed
+                for i in range(done + 1, upto + 1):
+                    for s in self.instruments:
+                        bar = self._bar(s, i)
+                        if bar is not None:
+                            self._process_bar(s, i, bar)
+                self._set_meta("processed", upto)
+            self._processed = upto
 
     def _process_bar(self, symbol: str, i: int, bar: Bar) -> None:
         rows = self.db.execute("SELECT * FROM orders WHERE symbol = ? AND status IN ('OPEN','PARTIALLY_FILLED')"
