@@ -135,7 +135,7 @@ class Engine:
             try:
                 price, ts = self.exchange.ticker(sym)
                 if self.market.on_tick(sym, price, ts):
-                    self.stale.seen(sym, now)
+                    self.stale.seen(sym, min(ts, now))   # the data's own time: a frozen feed goes stale
                 since = self.market.last_bar_ts.get(sym, now - self._warmup_bars * self._bar_seconds)
                 bars = self.exchange.candles(sym, since)
             except (BadExchangeData, ExchangeError) as e:

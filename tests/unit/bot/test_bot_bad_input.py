@@ -125,3 +125,17 @@ def test_bad_price_series_files_give_a_clear_error(tmp_path, body, msg, bot):
     bot.write_config(config_text())
     r = bot.cli("backtest", "--config", str(bot.config), "--csv", str(p), state=False)
     assert r.returncode == 2 and "cannot read price series" in r.stderr
+
+
+def test_a_frozen_feed_goes_stale_even_if_it_keeps_answering(rig):
+    eng, ex, clock, store = rig
+    frozen = clock()
+    ex.tick = (D("30000"), frozen)                    # same price, same exchange timestamp, forever
+    eng.step()
+    clock.advance(5)
+    eng.step()
+    assert eng.sm.effective is TradingState.ACTIVE   # exactly stale_data_s old: not yet
+    clock.advance(0.5)
+    eng.step()
+    v = eng.sm.view()
+    assert v.state is TradingState.REDUCING and "stale" in v.reason
