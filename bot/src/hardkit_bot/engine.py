@@ -92,13 +92,16 @@ class Engine:
     def _seed_activity(self) -> None:
         """Restore the rolling-minute activity counters from the ledger (a restart is no reset)."""
         since = self.clock() - 60
-        for row in self.store.orders():
+        for row in self.store.orders_touched_since(since):
             if row["sent_at"] and row["sent_at"] >= since:
                 self.activity.record("orders", row["sent_at"])
-            if row["updated_at"] >= since and row["status"] == OrderStatus.REJECTED.value:
+            if row["status"] == OrderStatus.REJECTED.value:
                 self.activity.record("rejects", row["updated_at"])
+            elif row["status"] == OrderStatus.CANCELED.value and row["sent_at"]:
+                self.activity.record("cancels", row["updated_at"])
 
     def _on_fill(self) -> None:
+        """The ledger's fills changed: refresh cached positions, equity, loss streak and stops."""
         self.positions = self.store.positions()
         self._pos_f = {k: float(p.qty) for k, p in self.positions.items() if p.qty}
         acct = self.om.account

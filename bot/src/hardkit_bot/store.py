@@ -205,9 +205,9 @@ class Store:
         with self._lock:
             return {r[0] for r in self.conn.execute("SELECT intent_key FROM orders")}
 
-    def orders_sent_since(self, ts: float) -> int:
+    def orders_touched_since(self, ts: float) -> list[sqlite3.Row]:
         with self._lock:
-            return self.conn.execute("SELECT COUNT(*) FROM orders WHERE sent_at >= ?", (ts,)).fetchone()[0]
+            return self.conn.execute("SELECT * FROM orders WHERE updated_at >= ? ORDER BY id", (ts,)).fetchall()
 
     # ---- fills and positions ---------------------------------------------
     def apply_fill(self, fill: Fill) -> Decimal | None:
