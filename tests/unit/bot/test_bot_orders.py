@@ -217,3 +217,14 @@ def test_paper_gap_and_volatility_spike_faults(tmp_path, clock):
     clock.advance(3)
     wild = [b.high - b.low for b in r.ex.candles("BTC/USDT", clock() - 2.5)]
     assert min(wild) > 4 * max(calm)
+
+
+def test_activity_counters_survive_a_restart(rig):
+    rig.ex.inject("reject", count=5)
+    for _ in range(3):
+        rig.buy()
+    rig.restart()                                                 # a crash-loop must not reset the breaker
+    for _ in range(2):
+        rig.buy()
+    rig.eng.step()
+    assert rig.eng.sm.effective is TradingState.HALTED and "5 rejects" in rig.eng.sm.view().reason
