@@ -49,10 +49,14 @@ def open_client(h: Host, user: str, timeout: float = CONNECT_TIMEOUT) -> paramik
         client.set_missing_host_key_policy(_AcceptNewAndSave(kh))
     else:
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
-    client.connect(
-        h.data["ssh_hostname"], port=int(h.data.get("ssh_port", 22)), username=user,
-        key_filename=str(Path(h.data["ssh_key"]).expanduser()), look_for_keys=False, allow_agent=False,
-        timeout=timeout, banner_timeout=timeout, auth_timeout=timeout)
+    try:
+        client.connect(
+            h.data["ssh_hostname"], port=int(h.data.get("ssh_port", 22)), username=user,
+            key_filename=str(Path(h.data["ssh_key"]).expanduser()), look_for_keys=False, allow_agent=False,
+            timeout=timeout, banner_timeout=timeout, auth_timeout=timeout)
+    except BaseException:
+        client.close()  # a failed login must not leave a half-open session holding one of sshd's MaxStartups
+        raise
     return client
 
 

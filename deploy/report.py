@@ -87,7 +87,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     for host in sorted({r["host"] for r in rows()}):
         tr.write_line(f"{host}:")
         for r in (r for r in rows() if r["host"] == host):
-            note = f"  ({r['details'][0]})" if r["status"] in ("SKIP", "WAIVED") and r["details"] else ""
+            reason = r["details"][0].split(": ", 1)[-1] if r["details"] else ""
+            note = f"  ({reason[:90]}{'...' if len(reason) > 90 else ''})" if r["status"] in ("SKIP", "WAIVED") else ""
             tr.write_line(f"  {r['status']:<6} {r['control']:<14} {r['title']:<{width}}{note}")
     counts = {}
     for r in rows():

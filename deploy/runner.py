@@ -102,7 +102,7 @@ def write_resolved_inventory(inv: Inventory, hosts: list[Host], logins: dict[str
 
 
 def deploy(inv: Inventory, hosts: list[Host], *, dry: bool = False, extra_args: list[str] | None = None,
-           stream=sys.stderr) -> RunResult:
+           stream=sys.stderr, site: Path = SITE) -> RunResult:
     logins, refusals = preflight(hosts)
     results = {h.name: HostResult(h.name) for h in hosts}
     for name, why in refusals.items():
@@ -114,7 +114,7 @@ def deploy(inv: Inventory, hosts: list[Host], *, dry: bool = False, extra_args: 
     with tempfile.TemporaryDirectory(prefix="hardkit-run-") as tmp:
         os.chmod(tmp, 0o700)
         resolved = write_resolved_inventory(inv, hosts, logins, Path(tmp))
-        cmd = [sys.executable, "-m", "pyinfra", str(resolved), str(SITE), "-y", "--json"]
+        cmd = [sys.executable, "-m", "pyinfra", str(resolved), str(site), "-y", "--json"]
         if dry:
             cmd.append("--dry")
         cmd += extra_args or []

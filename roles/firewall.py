@@ -64,8 +64,9 @@ KEYS = [EGRESS_POLICY, EGRESS_ALLOW, LOG_DROPS]
 
 
 def split_families(networks: list[str]) -> tuple[list[str], list[str]]:
+    """(IPv4, IPv6) networks, overlaps merged: nftables interval sets refuse overlapping elements."""
     nets = [ipaddress.ip_network(n, strict=True) for n in networks]
-    return ([str(n) for n in nets if n.version == 4], [str(n) for n in nets if n.version == 6])
+    return tuple([str(n) for n in ipaddress.collapse_addresses(x for x in nets if x.version == v)] for v in (4, 6))
 
 
 def egress_rules(rules: list[dict]) -> list[str]:

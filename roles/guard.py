@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shlex
+import time
 from io import BytesIO
 from pathlib import Path
 
@@ -100,7 +101,6 @@ def guarded_change(change_id: str, contents: dict[str, str], modes: dict[str, st
 
 def confirm_with_fresh_login(state, host, change_id: str, user: str, revert_seconds: int) -> None:
     """Open a new SSH connection as `user` and confirm the change through it (never the old one)."""
-    from deploy import connect
     from deploy.inventory import Host
 
     fault = os.environ.get(FAULT_ENV, "")
@@ -108,19 +108,32 @@ def confirm_with_fresh_login(state, host, change_id: str, user: str, revert_seco
     data = {k: host.data.get(k) for k in ("ssh_hostname", "ssh_port", "ssh_key", "ssh_known_hosts_file",
                                            "ssh_strict_host_key_checking")}
     target = Host(host.name, [], {k: v for k, v in data.items() if v is not None})
-    try:
-        client = connect.open_client(target, login_user, timeout=20)
+    # sshd re-executes itself on reload and is briefly not listening: keep trying for part of the window.
+    deadline = time.monotonic() + min(30.0, revert_seconds / 2)
+    while True:
         try:
-            rc, _, err = connect.run(client, f"sudo -n {GUARD_BIN} confirm {shlex.quote(change_id)}", timeout=60)
-        finally:
-            client.close()
-        if rc != 0:
-            raise RuntimeError(f"confirm command failed ({rc}): {err.strip()}")
-    except Exception as e:  # any failure means: we cannot prove the new config lets us back in
-        raise GuardError(
-            f"{host.name}: a fresh SSH login as {login_user!r} failed after applying the {change_id} change "
-            f"({type(e).__name__}: {e}). The host puts the previous {change_id} configuration back by itself "
-            f"within {revert_seconds}s; the deploy stopped here.") from None
+            _confirm_once(target, login_user, change_id)
+            return
+        except Exception as e:  # any failure means: we cannot (yet) prove the new config lets us back in
+            if time.monotonic() < deadline:
+                time.sleep(1.0)
+                continue
+            raise GuardError(
+                f"{host.name}: a fresh SSH login as {login_user!r} failed after applying the {change_id} change "
+                f"({type(e).__name__}: {e}). The host puts the previous {change_id} configuration back by itself "
+                f"within {revert_seconds}s; the deploy stopped here.") from None
+
+
+def _confirm_once(target, user: str, change_id: str) -> None:
+    from deploy import connect
+
+    client = connect.open_client(target, user, timeout=15)
+    try:
+        rc, _, err = connect.run(client, f"sudo -n {GUARD_BIN} confirm {shlex.quote(change_id)}", timeout=60)
+    finally:
+        client.close()
+    if rc != 0:
+        raise RuntimeError(f"confirm command failed ({rc}): {err.strip()}")
 
 
 class GuardError(Exception):

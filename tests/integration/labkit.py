@@ -35,9 +35,25 @@ class Lab:
     def host_data(self, name: str) -> dict:
         return next(h for h in self.inventory.hosts if h.name == name).data
 
-    def deploy(self, limit: str | None = None, inventory_path: Path | None = None) -> runner.RunResult:
+    def deploy(self, limit: str | None = None, inventory_path: Path | None = None,
+               site: Path = runner.SITE) -> runner.RunResult:
         inv = load(inventory_path or self.inventory_path)
-        return runner.deploy(inv, inv.limit(limit), stream=subprocess.DEVNULL)
+        return runner.deploy(inv, inv.limit(limit), stream=subprocess.DEVNULL, site=site)
+
+    def variant(self, path: Path, **changes) -> Path:
+        """A copy of the lab's inventory with some data keys changed on every host (for one test)."""
+        extra = "".join(f"    _d[{k!r}] = {v!r}\n" for k, v in changes.items())
+        path.write_text(self.inventory_path.read_text() + "\nfor _name, _d in sandbox:\n" + extra)
+        return path
+
+    def client_ssh(self, role: str, user: str, address: str, *options: str, key: str | None = None,
+                   command: str = "true", timeout: int = 10) -> subprocess.CompletedProcess:
+        """An ssh login attempt from the allowed or attacker client (never reads ~/.ssh)."""
+        cmd = ["ssh", "-F", "/dev/null", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+               "-o", "UserKnownHostsFile=/dev/null", "-o", f"ConnectTimeout={timeout}", "-o", "LogLevel=ERROR",
+               *options]
+        cmd += ["-i", key, "-o", "IdentitiesOnly=yes"] if key else ["-o", "PubkeyAuthentication=no"]
+        return self.from_client(role, [*cmd, f"{user}@{address}", command], timeout=timeout + 20)
 
     def verify(self, *extra: str) -> subprocess.CompletedProcess:
         return hardkit("verify", str(self.inventory_path), *extra)
@@ -55,7 +71,11 @@ class Lab:
     def from_client(self, role: str, command: list[str], timeout: float = 30) -> subprocess.CompletedProcess:
         """Run a command inside the allowed or attacker client's network namespace."""
         ns = f"hk-{self.prefix}-{role}"
-        return subprocess.run(["ip", "netns", "exec", ns, *command], capture_output=True, text=True, timeout=timeout)
+        try:
+            return subprocess.run(["ip", "netns", "exec", ns, *command], capture_output=True, text=True,
+                                  timeout=timeout)
+        except subprocess.TimeoutExpired as e:  # e.g. a connection cut by a ban mid-handshake
+            return subprocess.CompletedProcess(e.cmd, 124, e.stdout or "", e.stderr or "timed out")
 
     def lab_address(self, name: str, family: int = 4) -> str:
         info = self.host_data(name)["lab"]

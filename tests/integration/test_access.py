@@ -1,0 +1,219 @@
+"""Access hardening on a real lab target, attacked from real client namespaces.
+
+After one deploy the only way in is SSH with a key, from an allowed address, as the named admin;
+and no deploy can lock the operator out.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from roles.firewall import NFT_CONF
+from roles.ssh import SSHD_CONFIG
+from sandbox import keys
+from tests.integration.labkit import boot, tcp_banner_cmd
+
+pytestmark = pytest.mark.lab
+PREFIX = "itacc"
+DEPLOYS = Path(__file__).parent / "deploys"
+
+
+@pytest.fixture(scope="module")
+def lab():
+    handle = boot(PREFIX, count=1)
+    first = handle.deploy()
+    assert first.ok, {n: (h.failed, h.error) for n, h in first.hosts.items()}
+    assert next(iter(first.hosts.values())).login == "root", "a fresh VPS is first reached as root"
+    yield handle
+    handle.down()
+
+
+@pytest.fixture(scope="module")
+def name(lab):
+    return lab.names[0]
+
+
+@pytest.fixture(scope="module")
+def key():
+    return str(keys.operator_key())
+
+
+def sha(lab, name, path) -> str:
+    return lab.ssh(name, f"sha256sum {path}").stdout.split()[0]
+
+
+def dropped_packets(lab, name) -> int:
+    out = lab.ssh(name, "nft -j list counter inet hardkit dropped_in").stdout
+    import json
+    return json.loads(out)["nftables"][1]["counter"]["packets"]
+
+
+def test_second_deploy_logs_in_as_admin_and_changes_nothing(lab, name):
+    again = lab.deploy()
+    assert again.ok, {n: (h.failed, h.error) for n, h in again.hosts.items()}
+    assert again.hosts[name].login == "ops (sudo)"
+    assert again.hosts[name].changed == [], (again.hosts[name].changed,
+                                             lab.ssh(name, "journalctl -t hardkit-guard --no-pager").stdout)
+    assert again.raw["results"]["totals"]["success"] == 0
+
+
+def test_verify_passes_every_control(lab, tmp_path):
+    res = lab.verify("--report-dir", str(tmp_path))
+    assert res.returncode == 0, res.stdout[-4000:]
+    assert "FAIL" not in (tmp_path / "compliance.md").read_text()
+
+
+def test_key_login_as_admin_works_from_the_allowed_client(lab, name, key):
+    for family in (4, 6):
+        res = lab.client_ssh("allowed", "ops", lab.lab_address(name, family), key=key, command="id -un")
+        assert res.returncode == 0 and res.stdout.strip() == "ops", res.stderr
+
+
+def test_root_login_refused_even_with_the_right_key(lab, name, key):
+    res = lab.client_ssh("allowed", "root", lab.lab_address(name), key=key)
+    assert res.returncode == 255 and "Permission denied" in res.stderr, res.stderr
+
+
+def test_password_and_keyboard_interactive_refused(lab, name):
+    res = lab.client_ssh("allowed", "ops", lab.lab_address(name),
+                         "-o", "PreferredAuthentications=password,keyboard-interactive")
+    # The server offers nothing but publickey.
+    assert "Permission denied (publickey)" in res.stderr, res.stderr
+
+
+def test_attacker_cannot_reach_ssh_v4_or_v6(lab, name):
+    before = dropped_packets(lab, name)
+    for family in (4, 6):
+        addr = lab.lab_address(name, family)
+        assert lab.from_client("allowed", tcp_banner_cmd(addr)).stdout.startswith("SSH-2.0-")
+        probe = lab.from_client("attacker", tcp_banner_cmd(addr, timeout=3))
+        assert probe.returncode != 0 and "SSH-2.0" not in probe.stdout
+    assert dropped_packets(lab, name) > before, "the attacker's packets must be dropped (and counted)"
+
+
+def test_ssh_audit_debian_12_policy_passes(lab, name):
+    port = lab.host_data(name)["ssh_port"]
+    res = subprocess.run([str(Path(sys.executable).parent / "ssh-audit"), "-P", "Hardened Debian 12 (version 3)",
+                          "-p", str(port), "127.0.0.1"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout[-3000:]
+    assert "Passed" in res.stdout
+
+
+def test_controller_outside_the_allow_list_is_refused_before_any_change(lab, name, tmp_path):
+    before = sha(lab, name, NFT_CONF)
+    inv = lab.variant(tmp_path / "inv.py", ssh_allow_from=["198.51.100.10/32"])
+    res = lab.deploy(inventory_path=inv)
+    assert not res.ok and res.raw is None, "pyinfra must not even start"
+    why = res.hosts[name].error
+    assert "10.0.2.2" in why and "198.51.100.10/32" in why and "lock you out" in why
+    assert sha(lab, name, NFT_CONF) == before
+
+
+@pytest.mark.parametrize("which,live", [("ssh", SSHD_CONFIG), ("firewall", NFT_CONF)])
+def test_broken_config_is_rejected_by_validation(lab, name, which, live, monkeypatch):
+    before = sha(lab, name, live)
+    monkeypatch.setenv("HARDKIT_TEST_BROKEN", which)
+    res = lab.deploy(site=DEPLOYS / "broken_config.py")
+    assert not res.ok
+    assert sha(lab, name, live) == before, "a config that fails validation must never go live"
+    assert lab.ssh(name, "/usr/local/sbin/hardkit-guard pending").stdout.strip() == ""
+    assert lab.from_client("allowed", tcp_banner_cmd(lab.lab_address(name))).stdout.startswith("SSH-2.0-")
+
+
+def test_unconfirmed_change_is_reverted_by_the_host(lab, name, tmp_path, monkeypatch):
+    old_allow = lab.host_data(name)["ssh_allow_from"]
+    inv = lab.variant(tmp_path / "inv.py", ssh_allow_from=old_allow + ["203.0.113.200/32"], guard_revert_seconds=15)
+    monkeypatch.setenv("HARDKIT_FAULT", "confirm-fails:firewall")
+    started = time.monotonic()
+    res = lab.deploy(inventory_path=inv)
+    assert not res.ok
+    message = " ".join(res.hosts[name].failed)
+    assert "fresh SSH login" in message and "puts the previous firewall configuration back" in message, message
+    monkeypatch.delenv("HARDKIT_FAULT")
+    # The change went live but was never confirmed: the host's timer puts the old ruleset back.
+    deadline = started + 90
+    while time.monotonic() < deadline:
+        listed = lab.ssh(name, "nft list set inet hardkit ssh_allow_v4").stdout
+        if "203.0.113.200" not in listed and lab.ssh(name, "/usr/local/sbin/hardkit-guard pending").stdout == "":
+            break
+        time.sleep(2)
+    else:
+        pytest.fail("the host did not revert the unconfirmed firewall change")
+    assert time.monotonic() - started >= 15, "reverted before its window: the confirmation was not awaited"
+    log = lab.ssh(name, "journalctl -t hardkit-guard --no-pager -n 20").stdout
+    assert "change firewall reverted" in log
+    # Reachable throughout, and the next deploy converges.
+    assert lab.client_ssh("allowed", "ops", lab.lab_address(name), key=str(keys.operator_key())).returncode == 0
+    assert lab.deploy().ok
+    assert lab.deploy().changed_ops == 0
+
+
+def test_fail2ban_bans_a_guesser_but_never_the_operator(lab, name, tmp_path, key):
+    # Widen the allow-list to a range that includes the attacker: inside an allowed range, guessing still gets banned.
+    allow = lab.host_data(name)["ssh_allow_from"] + ["198.51.100.64/26", "2001:db8:5100::/120"]
+    inv = lab.variant(tmp_path / "inv.py", ssh_allow_from=allow)
+    assert lab.deploy(inventory_path=inv).ok
+    try:
+        for family in (4, 6):
+            addr = lab.lab_address(name, family)
+            attacker = ipaddress.ip_address(lab.host_data(name)["lab"]["clients"]["attacker"][f"v{family}"])
+            for _ in range(6):
+                lab.client_ssh("attacker", "nosuchuser", addr, timeout=5)
+                lab.client_ssh("allowed", "nosuchuser", addr, timeout=5)
+                if _wait_for_ban(lab, name, str(attacker), timeout=0):
+                    break
+            banned = _wait_for_ban(lab, name, str(attacker))
+            assert banned, f"fail2ban did not ban {attacker}"
+            set_name = "addr-set-sshd" if family == 4 else "addr6-set-sshd"
+            listed = lab.ssh(name, f"nft list set inet f2b-table {set_name}").stdout
+            assert str(attacker) in listed, listed
+            # nftables enforces it: the banned address cannot even reach the port now.
+            assert "SSH-2.0" not in lab.from_client("attacker", tcp_banner_cmd(addr)).stdout
+        status = lab.ssh(name, "fail2ban-client status sshd").stdout
+        assert "198.51.100.10" not in status and "2001:db8:5100::10" not in status
+        assert lab.client_ssh("allowed", "ops", lab.lab_address(name), key=key).returncode == 0
+    finally:
+        lab.ssh(name, "fail2ban-client unban --all")
+        assert lab.deploy().ok
+
+
+def _wait_for_ban(lab, name, address: str, timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        if address in lab.ssh(name, "fail2ban-client status sshd").stdout:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(1)
+
+
+def test_everything_holds_after_a_reboot(lab, name, tmp_path):
+    from sandbox.readiness import wait_for_ssh
+
+    port = lab.host_data(name)["ssh_port"]
+    lab.ssh(name, "systemctl reboot")
+    time.sleep(2)
+    wait_for_ssh("127.0.0.1", port, 60)
+    _wait_until_booted(lab, name)
+    res = lab.verify("--report-dir", str(tmp_path))
+    assert res.returncode == 0, res.stdout[-4000:]
+    addr = lab.lab_address(name)
+    assert "SSH-2.0" not in lab.from_client("attacker", tcp_banner_cmd(addr)).stdout
+    assert lab.from_client("allowed", tcp_banner_cmd(addr)).stdout.startswith("SSH-2.0-")
+
+
+def _wait_until_booted(lab, name, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = lab.ssh(name, "systemctl is-system-running --wait").stdout.strip()
+        if state in ("running", "degraded"):
+            return
+        time.sleep(1)
+
+
