@@ -102,15 +102,11 @@ def down(prefix: str | None = None, log=print) -> int:
 
 
 def _known_prefixes() -> list[str]:
-    found = set()
-    if labs_dir().exists():
-        found |= {p.name for p in labs_dir().iterdir() if p.is_dir()}
-    # Namespaces left by a lab whose state folder is gone are ours too (hk-PREFIX-sw).
-    for ns in network.list_netns():
-        m = re.match(r"^hk-([a-z][a-z0-9]{0,7})-sw$", ns)
-        if m:
-            found.add(m.group(1))
-    return sorted(found)
+    """Labs recorded under this lab folder. (Namespaces alone are not enough: another lab folder,
+    e.g. a test run with its own HARDKIT_LAB_DIR, may own them.)"""
+    if not labs_dir().exists():
+        return []
+    return sorted(p.name for p in labs_dir().iterdir() if p.is_dir())
 
 
 def status() -> list[dict]:
