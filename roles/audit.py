@@ -53,7 +53,9 @@ KEYS = [AUDIT_IMMUTABLE, BOT_CONFIG_PATHS, BOT_CREDENTIAL_PATHS]
 
 AUDITD_CONF = "/etc/audit/auditd.conf"
 RULES_FILE = "/etc/audit/rules.d/50-hardkit.rules"
-IMMUTABLE_FILE = "/etc/audit/rules.d/99-hardkit-immutable.rules"
+#: The last rule: enable auditing (-e 1), or enable and lock it until reboot (-e 2). Without it the
+#: kernel stays at "enabled 0" unless booted with audit=1 (auditd does not enable it by itself).
+ENABLE_FILE = "/etc/audit/rules.d/99-hardkit-enable.rules"
 CONTAINER_DROPIN = "/etc/systemd/system/auditd.service.d/hardkit-container.conf"
 GRUB_DEFAULTS = "/etc/default/grub"
 GRUB_DROPIN = "/etc/default/grub.d/60-hardkit-audit.cfg"
@@ -148,11 +150,10 @@ def audit_rules(data):
     """Write the rule file (privileged programs found at run time), then load it unless locked."""
     privileged = host.get_fact(Lines, command=FIND_SUID_SGID)
     commands = list(install_commands(rules_text(data, privileged), RULES_FILE, "0640"))
-    immutable = install_commands("## Managed by hardkit: no rule changes until the next boot.\n-e 2\n",
-                                 IMMUTABLE_FILE, "0640") if AUDIT_IMMUTABLE.value(data) else \
-        ([f"rm -f {IMMUTABLE_FILE}"] if host.get_fact(Lines, command=f"ls {IMMUTABLE_FILE} 2>/dev/null || true")
-         else [])
-    commands += list(immutable)
+    immutable = AUDIT_IMMUTABLE.value(data)
+    enable = ("## Managed by hardkit: enable auditing and lock the rules until the next boot.\n-e 2\n" if immutable
+              else "## Managed by hardkit: enable auditing.\n-e 1\n")
+    commands += list(install_commands(enable, ENABLE_FILE, "0640"))
     if not commands:
         host.noop("audit rules are up to date")
         return

@@ -80,12 +80,24 @@ class LabNtp:
             self.proc.wait(timeout=10)
 
 
+def ssh(lab: Lab, name: str, command: str, user: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """SSH to one of this lab's targets (looked up in this lab only, whatever other labs hold)."""
+    from sandbox import keys, lab_inventory
+    from sandbox.target import load
+
+    t = load(lab.prefix, name)
+    cmd = ["ssh", "-i", str(keys.operator_key()), "-p", str(t.ssh_port),
+           "-o", f"UserKnownHostsFile={lab_inventory.known_hosts_path(lab.prefix)}", "-o", "StrictHostKeyChecking=yes",
+           "-o", "BatchMode=yes", "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=20", f"{user}@127.0.0.1", command]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
 def root(lab: Lab, name: str, command: str, timeout: float = 120) -> subprocess.CompletedProcess:
     """Run a command as root through the admin's `sudo -n` (root cannot log in after the deploy)."""
     admin = lab.host_data(name)["admin_user"]
-    res = lab.ssh(name, "sudo -n sh -c " + _quote(command), user=admin, timeout=timeout)
+    res = ssh(lab, name, "sudo -n sh -c " + _quote(command), user=admin, timeout=timeout)
     if res.returncode == 255 and "Permission denied" in res.stderr:  # before the admin exists
-        res = lab.ssh(name, command, user="root", timeout=timeout)
+        res = ssh(lab, name, command, user="root", timeout=timeout)
     return res
 
 
