@@ -66,13 +66,13 @@ def main(argv=None) -> int:
             if "rc=0" not in installed.stdout:
                 raise SystemExit(f"could not install lynis on the target: {installed.stdout}{installed.stderr}")
             before = lynis_index(lab, name)
+            site = runner.SITE
             if args.only_os_roles:
                 site = Path(tmp) / "os_site.py"
                 site.write_text("import importlib\n" + "".join(
                     f"importlib.import_module({m!r}).apply()\n" for m in OS_ROLES))
-                runner.SITE = site
             inv = load(inv_path)
-            result = runner.deploy(inv, inv.hosts, stream=sys.stderr)
+            result = runner.deploy(inv, inv.hosts, stream=sys.stderr, site=site)
             if not result.ok:
                 raise SystemExit(f"deploy failed: {[(h.failed, h.error) for h in result.hosts.values()]}")
             after = lynis_index(lab, name)

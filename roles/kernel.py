@@ -2,8 +2,8 @@
 unused file systems and rare network protocols blacklisted.
 
 Two sysctl files, because a container may only write `net.*` (its own network namespace):
-`60-hardkit-network.conf` holds the `net.*` keys (they hold in nspawn and on a VM alike) and
-`60-hardkit-kernel.conf` the `kernel.*`/`fs.*`/`vm.*` keys (a VM or metal only; systemd-sysctl
+`99-zz-hardkit-network.conf` holds the `net.*` keys (they hold in nspawn and on a VM alike) and
+`99-zz-hardkit-kernel.conf` the `kernel.*`/`fs.*`/`vm.*` keys (a VM or metal only; systemd-sysctl
 skips them without error in a container). Both are key-checked against `/proc/sys` before they
 go live and applied at once with systemd-sysctl, which also applies them at every boot (and,
 for the `*` interface patterns, to every interface udev adds later).
@@ -59,8 +59,11 @@ KEYS = [IP_FORWARDING, IPV6_ENABLED, IPV6_ACCEPT_RA, MODULES_LOCKED, MODULE_BLAC
 
 # --- expected values (the checks import these) --------------------------------------------------
 
-NETWORK_SYSCTL_FILE = "/etc/sysctl.d/60-hardkit-network.conf"
-KERNEL_SYSCTL_FILE = "/etc/sysctl.d/60-hardkit-kernel.conf"
+#: systemd-sysctl applies files in file-name order across /etc and /usr/lib, the last value winning:
+#: these must sort after Debian's /usr/lib/sysctl.d/99-protect-links.conf (procps), which sets
+#: fs.protected_fifos=1 at boot (found on the vm tier: the value held until the first reboot).
+NETWORK_SYSCTL_FILE = "/etc/sysctl.d/99-zz-hardkit-network.conf"
+KERNEL_SYSCTL_FILE = "/etc/sysctl.d/99-zz-hardkit-kernel.conf"
 MODPROBE_FILE = "/etc/modprobe.d/hardkit-blacklist.conf"
 LIMITS_FILE = "/etc/security/limits.d/60-hardkit-coredump.conf"
 SYSTEMD_MANAGER_FILE = "/etc/systemd/system.conf.d/60-hardkit-coredump.conf"
