@@ -132,13 +132,13 @@ def cmd_sandbox_ssh(args) -> int:
     from sandbox import lab
 
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    user = args.user or _lab_login_user(args.target)
-    lab.exec_ssh(args.target, command, user=user)
+    login = _lab_login(args.target)
+    lab.exec_ssh(args.target, command, user=args.user or login.user, port=login.port)
     return EXIT_OK  # not reached: exec
 
 
-def _lab_login_user(name: str) -> str:
-    """The admin once the target has been deployed, root before (as for any VPS)."""
+def _lab_login(name: str):
+    """How a deploy would log in: the admin once deployed, root before (as for any VPS), on sshd's port."""
     from deploy import connect
     from deploy.inventory import load
     from sandbox import lab, lab_inventory
@@ -146,7 +146,7 @@ def _lab_login_user(name: str) -> str:
     t = lab.find(name)
     inv = load(lab_inventory.inventory_path(t.prefix))
     host = next(h for h in inv.hosts if h.name == name)
-    return connect.resolve(host).user
+    return connect.resolve(host)
 
 
 def _inventory_label(path: Path) -> str:

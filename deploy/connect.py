@@ -18,7 +18,7 @@ from pathlib import Path
 import paramiko
 
 from deploy.inventory import Host
-from roles.access_data import ADMIN_USER, BOOTSTRAP_USER
+from roles.access_data import ADMIN_USER, BOOTSTRAP_USER, FIXED_PORT_KEY, SSHD_PORT
 
 CONNECT_TIMEOUT = 15.0
 
@@ -29,6 +29,8 @@ class Login:
     user: str  # who we log in as
     sudo: bool  # whether commands need sudo (True for the admin)
     client_address: str  # the controller's address as the host sees it
+    port: int = 22  # the port the controller connects to
+    sshd_port: int | None = None  # the sshd port that is (None: unknown, behind a fixed ssh_port)
 
 
 class LoginError(Exception):
@@ -39,7 +41,32 @@ def known_hosts_file(h: Host) -> Path:
     return Path(h.data.get("ssh_known_hosts_file") or Path.home() / ".ssh" / "known_hosts").expanduser()
 
 
-def open_client(h: Host, user: str, timeout: float = CONNECT_TIMEOUT) -> paramiko.SSHClient:
+def candidate_ports(data: dict) -> list[tuple[int | None, int]]:
+    """(sshd port, port to connect to) in the order to try: the wanted sshd port, then 22 (a fresh VPS),
+    then any other forwarded port (a move still under way). An explicit ssh_port is the only choice."""
+    fwd = {int(k): int(v) for k, v in (data.get("ssh_forwarded_ports") or {}).items()}
+    wanted = SSHD_PORT.value(data)
+    if fwd:
+        order = list(dict.fromkeys([wanted, 22, *sorted(fwd)]))
+        return [(p, fwd[p]) for p in order if p in fwd]
+    if data.get("ssh_port"):
+        return [(None, int(data["ssh_port"]))]
+    return [(p, p) for p in dict.fromkeys([wanted, 22])]
+
+
+def connect_port(data: dict, sshd_port: int) -> int:
+    """The port the controller connects to in order to reach sshd on `sshd_port`."""
+    fwd = {int(k): int(v) for k, v in (data.get("ssh_forwarded_ports") or {}).items()}
+    if fwd:
+        if sshd_port not in fwd:
+            raise LoginError(f"ssh_forwarded_ports has no forward for sshd port {sshd_port}")
+        return fwd[sshd_port]
+    if data.get(FIXED_PORT_KEY) or (data.get("ssh_port") and FIXED_PORT_KEY not in data):
+        return int(data["ssh_port"])
+    return sshd_port
+
+
+def open_client(h: Host, user: str, timeout: float = CONNECT_TIMEOUT, port: int | None = None) -> paramiko.SSHClient:
     """An authenticated paramiko client to `h` as `user`, host key checked against known_hosts."""
     client = paramiko.SSHClient()
     kh = known_hosts_file(h)
@@ -51,7 +78,7 @@ def open_client(h: Host, user: str, timeout: float = CONNECT_TIMEOUT) -> paramik
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
     try:
         client.connect(
-            h.data["ssh_hostname"], port=int(h.data.get("ssh_port", 22)), username=user,
+            h.data["ssh_hostname"], port=port or candidate_ports(h.data)[0][1], username=user,
             key_filename=str(Path(h.data["ssh_key"]).expanduser()), look_for_keys=False, allow_agent=False,
             timeout=timeout, banner_timeout=timeout, auth_timeout=timeout)
     except BaseException:
@@ -79,17 +106,18 @@ def run(client: paramiko.SSHClient, command: str, timeout: float = 60.0) -> tupl
     return stdout.channel.recv_exit_status(), out, err
 
 
-def _try(h: Host, user: str, need_sudo: bool) -> tuple[Login | None, str]:
+def _try(h: Host, user: str, need_sudo: bool, sshd_port: int | None, port: int) -> tuple[Login | None, str]:
+    """Log in once; (None, why) for an answer that says no, LoginError for a host that must not be trusted."""
     try:
-        client = open_client(h, user)
+        client = open_client(h, user, port=port)
     except paramiko.BadHostKeyException as e:
         raise LoginError(f"{h.name}: the host key changed ({e}); refusing to connect (possible MITM)") from None
     except paramiko.SSHException as e:
         if "not found in known_hosts" in str(e):
             raise LoginError(f"{h.name}: host key unknown and ssh_strict_host_key_checking=yes: {e}") from None
-        return None, f"{user}: {e}"
+        return None, f"{user}@port {port}: {e}"
     except (OSError, socket.timeout) as e:
-        raise LoginError(f"{h.name}: cannot reach {h.data['ssh_hostname']}:{h.data.get('ssh_port', 22)}: {e}") from None
+        return None, f"{user}@port {port}: cannot connect: {e}"
     try:
         check = 'echo "$SSH_CONNECTION"' + ("; sudo -n true" if need_sudo else "")
         rc, out, err = run(client, check, timeout=30)
@@ -98,19 +126,23 @@ def _try(h: Host, user: str, need_sudo: bool) -> tuple[Login | None, str]:
     if rc != 0:
         return None, f"{user}: logged in but `sudo -n` failed ({err.strip() or rc})"
     address = out.split()[0] if out.split() else ""
-    return Login(h.name, user, need_sudo, _normalise(address)), ""
+    return Login(h.name, user, need_sudo, _normalise(address), port, sshd_port), ""
 
 
 def resolve(h: Host) -> Login:
-    """Log in as the admin if that works (with sudo), otherwise as the bootstrap user."""
+    """Log in as the admin if that works (with sudo), otherwise as the bootstrap user; on the first
+    sshd port that answers (see candidate_ports)."""
     admin, bootstrap = h.get(ADMIN_USER), h.get(BOOTSTRAP_USER)
-    login, why_admin = _try(h, admin, need_sudo=True)
-    if login:
-        return login
-    login, why_boot = _try(h, bootstrap, need_sudo=bootstrap != "root")
-    if login:
-        return login
-    raise LoginError(f"{h.name}: cannot log in as the admin or the bootstrap user ({why_admin}; {why_boot})")
+    why = []
+    for sshd_port, port in candidate_ports(h.data):
+        for user, sudo in ((admin, True), (bootstrap, bootstrap != "root")):
+            login, reason = _try(h, user, sudo, sshd_port, port)
+            if login:
+                return login
+            why.append(reason)
+            if "cannot connect" in reason or "banner" in reason.lower():
+                break  # nothing listens there: do not try the other user on this port
+    raise LoginError(f"{h.name}: cannot log in as the admin or the bootstrap user ({'; '.join(why)})")
 
 
 def _normalise(address: str) -> str:

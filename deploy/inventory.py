@@ -17,10 +17,22 @@ from pathlib import Path
 from roles import ROLE_MODULES
 from roles.data import DataKey, is_dict, is_existing_file, is_port, one_of
 
+def _check_forwards(v) -> str | None:
+    if not isinstance(v, dict) or not v or any(is_port(k) or is_port(p) for k, p in v.items()):
+        return f"must map sshd ports to controller-side ports, e.g. {{22: 40022}}, not {v!r}"
+    return None
+
+
 #: pyinfra connection keys an inventory may set (others would silently change how we connect).
 CONNECTOR_KEYS = {
     "ssh_hostname": DataKey("ssh_hostname", None, "Address or DNS name to connect to.", required=True),
-    "ssh_port": DataKey("ssh_port", 22, "Port sshd listens on.", is_port),
+    "ssh_port": DataKey("ssh_port", None, "Port to connect to when it differs from sshd_port (e.g. one NAT "
+                        "forward). Leave it out normally: hardkit connects to sshd_port, or 22 before a move.",
+                        is_port),
+    "ssh_forwarded_ports": DataKey("ssh_forwarded_ports", None,
+                                   "Only for hosts reached through port forwards (NAT, the lab): {sshd port: "
+                                   "controller-side port}, e.g. {22: 40022, 2222: 42222}; makes SSH port moves work "
+                                   "behind forwards.", _check_forwards),
     "ssh_user": DataKey("ssh_user", None, "Set by hardkit per run (bootstrap user or admin); do not set.",
                         lambda v: "is chosen by hardkit (bootstrap_user first, admin_user afterwards); remove it"),
     "ssh_key": DataKey("ssh_key", None, "Private key the controller authenticates with.", is_existing_file,
@@ -153,6 +165,8 @@ def validate(inv: Inventory) -> list[str]:
         for key in keys.values():
             if key.required and h.data.get(key.name) is None:
                 problems.append(f"{h.name}: missing required key {key.name!r} ({key.doc})")
+        if h.data.get("ssh_port") is not None and h.data.get("ssh_forwarded_ports") is not None:
+            problems.append(f"{h.name}: set ssh_port or ssh_forwarded_ports, not both")
         host_addr = h.data.get("ssh_hostname")
         if host_addr is not None and not _valid_host(host_addr):
             problems.append(f"{h.name}: ssh_hostname {host_addr!r} is not an IP address or DNS name")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from deploy import connect
 from deploy.inventory import Host, Inventory
-from roles.access_data import SSH_ALLOW_FROM
+from roles.access_data import CONNECTED_SSHD_PORT_KEY, FIXED_PORT_KEY, SSH_ALLOW_FROM
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SITE = REPO_ROOT / "deploy" / "site.py"
@@ -89,8 +89,10 @@ def write_resolved_inventory(inv: Inventory, hosts: list[Host], logins: dict[str
         if h.name not in logins:
             continue
         login = logins[h.name]
-        data = {k: v for k, v in h.data.items() if k != "lab"}
-        data.update({"ssh_user": login.user, RUN_USER_KEY: login.user, "_sudo": login.sudo})
+        data = {k: v for k, v in h.data.items() if k not in ("lab", "ssh_port")}
+        data.update({"ssh_user": login.user, RUN_USER_KEY: login.user, "_sudo": login.sudo,
+                     "ssh_port": login.port, FIXED_PORT_KEY: login.sshd_port is None,
+                     CONNECTED_SSHD_PORT_KEY: login.sshd_port})
         for g in h.groups:
             groups.setdefault(g, []).append((h.name, data))
     lines = [f'"""Resolved copy of {inv.path} for one hardkit run."""']

@@ -21,7 +21,7 @@ def render(hosts: list[Host], logins: dict[str, Login], control_dir: Path) -> st
         blocks.append("\n".join([
             f"Host {h.name}",
             f"    HostName {h.data['ssh_hostname']}",
-            f"    Port {int(h.data.get('ssh_port', 22))}",
+            f"    Port {login.port}",
             f"    User {login.user}",
             f"    IdentityFile {Path(h.data['ssh_key']).expanduser()}",
             "    IdentitiesOnly yes",

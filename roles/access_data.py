@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from roles.data import DataKey, is_admin_username, is_network_list, is_public_key_list, is_username
+from roles.data import DataKey, is_admin_username, is_network_list, is_port, is_public_key_list, is_username
 
 BOOTSTRAP_USER = DataKey(
     "bootstrap_user", "root",
@@ -26,4 +26,16 @@ SSH_ALLOW_FROM = DataKey(
     "Must include the address the controller connects from, or the deploy refuses to run.",
     is_network_list, required=True)
 
-KEYS = [BOOTSTRAP_USER, ADMIN_USER, ADMIN_KEYS, SSH_ALLOW_FROM]
+SSHD_PORT = DataKey(
+    "sshd_port", 22,
+    "The port sshd listens on (and the firewall opens to the allow-list). Changing it moves sshd in two "
+    "guarded phases: listen on both ports, confirm a login on the new one, then drop the old one.",
+    is_port)
+
+KEYS = [BOOTSTRAP_USER, ADMIN_USER, ADMIN_KEYS, SSH_ALLOW_FROM, SSHD_PORT]
+
+# Keys the runner adds to the data it hands pyinfra for one run (never set by operators):
+#: True when the operator fixed the connection port with ssh_port (no port moves then).
+FIXED_PORT_KEY = "hardkit_fixed_ssh_port"
+#: The sshd port this run reached the host on: where a port move starts.
+CONNECTED_SSHD_PORT_KEY = "hardkit_connected_sshd_port"

@@ -16,9 +16,8 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from pyinfra.api import deploy
 from pyinfra.operations import apt, systemd
 
-from roles.access_data import SSH_ALLOW_FROM
+from roles.access_data import SSH_ALLOW_FROM, SSHD_PORT
 from roles.data import DataKey
-from roles.ssh import SSHD_PORT
 from roles.validated import validated_put
 
 JAIL_FILE = "/etc/fail2ban/jail.d/hardkit.local"

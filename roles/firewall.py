@@ -16,9 +16,8 @@ from pyinfra.api import deploy
 from pyinfra.operations import apt, systemd
 
 from roles import guard
-from roles.access_data import ADMIN_USER, SSH_ALLOW_FROM
+from roles.access_data import ADMIN_USER, SSH_ALLOW_FROM, SSHD_PORT
 from roles.data import DataKey, is_bool, one_of
-from roles.ssh import SSHD_PORT
 
 NFT_CONF = "/etc/nftables.conf"
 TABLE = "hardkit"
@@ -93,17 +92,23 @@ def render(data, ssh_ports: list[int] | None = None) -> str:
         egress_allow=egress_rules(EGRESS_ALLOW.value(data)))
 
 
+def ruleset_change(data, ports: list[int], confirm_port: int, label: str = ""):
+    """Apply the ruleset for these SSH ports through the guard (also used mid-way through a port move)."""
+    apt.packages(name="Install nftables", packages=["nftables"])
+    guard.guarded_change(
+        name=f"nftables ruleset{label} (validated, auto-revert unless a fresh login confirms)",
+        change_id="firewall", contents={NFT_CONF: render(data, ports)}, modes={NFT_CONF: "755"},
+        validate=["nft -c -f {staged}" + NFT_CONF],
+        reload=f"nft -f {NFT_CONF}", revert_seconds=guard.REVERT_SECONDS.value(data),
+        confirm_user=ADMIN_USER.value(data), confirm_sshd_port=confirm_port)
+
+
 @deploy("Firewall")
 def firewall():
     from pyinfra import host
 
-    apt.packages(name="Install nftables", packages=["nftables"])
-    guard.guarded_change(
-        name="nftables ruleset (validated, auto-revert unless a fresh login confirms)",
-        change_id="firewall", contents={NFT_CONF: render(host.data)}, modes={NFT_CONF: "755"},
-        validate=["nft -c -f {staged}" + NFT_CONF],
-        reload=f"nft -f {NFT_CONF}", revert_seconds=guard.REVERT_SECONDS.value(host.data),
-        confirm_user=ADMIN_USER.value(host.data))
+    wanted = SSHD_PORT.value(host.data)
+    ruleset_change(host.data, [wanted], confirm_port=wanted)
     systemd.service(name="Load the ruleset at boot", service="nftables.service", enabled=True)
 
 

@@ -28,6 +28,7 @@ from pyinfra.api import FileUploadCommand, FunctionCommand, StringCommand, deplo
 from pyinfra.facts.files import Sha256File
 from pyinfra.operations import files, systemd
 
+from roles.access_data import FIXED_PORT_KEY
 from roles.data import DataKey
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates" / "guard"
@@ -64,7 +65,7 @@ apply = install_guard
 
 @operation()
 def guarded_change(change_id: str, contents: dict[str, str], modes: dict[str, str], validate: list[str],
-                   reload: str, revert_seconds: int, confirm_user: str):
+                   reload: str, revert_seconds: int, confirm_user: str, confirm_sshd_port: int):
     """
     Apply `contents` (live path -> text) under the guard; no-op when every file already matches.
 
@@ -75,6 +76,7 @@ def guarded_change(change_id: str, contents: dict[str, str], modes: dict[str, st
     + reload: command that makes the service read the new files
     + revert_seconds: how long the change waits for a confirming fresh login
     + confirm_user: who the fresh login is (the admin)
+    + confirm_sshd_port: the sshd port the fresh login goes to (the new one during a port move)
     """
     from pyinfra import host
 
@@ -96,38 +98,42 @@ def guarded_change(change_id: str, contents: dict[str, str], modes: dict[str, st
         yield StringCommand("sh", "-c", shlex.quote(command.format(staged=stage)))
     yield StringCommand(GUARD_BIN, "apply", change_id, str(revert_seconds), shlex.quote(reload),
                         *sorted(contents))
-    yield FunctionCommand(confirm_with_fresh_login, (change_id, confirm_user, revert_seconds), {})
+    yield FunctionCommand(confirm_with_fresh_login, (change_id, confirm_user, confirm_sshd_port, revert_seconds), {})
 
 
-def confirm_with_fresh_login(state, host, change_id: str, user: str, revert_seconds: int) -> None:
-    """Open a new SSH connection as `user` and confirm the change through it (never the old one)."""
+def confirm_with_fresh_login(state, host, change_id: str, user: str, sshd_port: int, revert_seconds: int) -> None:
+    """Open a new SSH connection as `user` to `sshd_port` and confirm the change through it (never the old one)."""
+    from deploy import connect
     from deploy.inventory import Host
 
     fault = os.environ.get(FAULT_ENV, "")
     login_user = "hardkit-fault-no-such-user" if fault == f"confirm-fails:{change_id}" else user
     data = {k: host.data.get(k) for k in ("ssh_hostname", "ssh_port", "ssh_key", "ssh_known_hosts_file",
-                                           "ssh_strict_host_key_checking")}
+                                           "ssh_strict_host_key_checking", "ssh_forwarded_ports",
+                                           FIXED_PORT_KEY)}
     target = Host(host.name, [], {k: v for k, v in data.items() if v is not None})
+    port = connect.connect_port(target.data, sshd_port)
     # sshd re-executes itself on reload and is briefly not listening: keep trying for part of the window.
     deadline = time.monotonic() + min(30.0, revert_seconds / 2)
     while True:
         try:
-            _confirm_once(target, login_user, change_id)
+            _confirm_once(target, login_user, change_id, port)
             return
         except Exception as e:  # any failure means: we cannot (yet) prove the new config lets us back in
             if time.monotonic() < deadline:
                 time.sleep(1.0)
                 continue
             raise GuardError(
-                f"{host.name}: a fresh SSH login as {login_user!r} failed after applying the {change_id} change "
+                f"{host.name}: a fresh SSH login as {login_user!r} (sshd port {sshd_port}) failed after applying the "
+                f"{change_id} change "
                 f"({type(e).__name__}: {e}). The host puts the previous {change_id} configuration back by itself "
                 f"within {revert_seconds}s; the deploy stopped here.") from None
 
 
-def _confirm_once(target, user: str, change_id: str) -> None:
+def _confirm_once(target, user: str, change_id: str, port: int) -> None:
     from deploy import connect
 
-    client = connect.open_client(target, user, timeout=15)
+    client = connect.open_client(target, user, timeout=15, port=port)
     try:
         rc, _, err = connect.run(client, f"sudo -n {GUARD_BIN} confirm {shlex.quote(change_id)}", timeout=60)
     finally:

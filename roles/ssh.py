@@ -19,14 +19,12 @@ from pyinfra.api import FactBase, StringCommand, deploy, operation
 from pyinfra.operations import apt
 
 from roles import guard
-from roles.access_data import ADMIN_USER
+from roles import firewall
+from roles.access_data import ADMIN_USER, CONNECTED_SSHD_PORT_KEY, FIXED_PORT_KEY, SSHD_PORT
 from roles.admin import SSH_GROUP
-from roles.data import DataKey, is_port
 
 SSHD_CONFIG = "/etc/ssh/sshd_config"
-SSHD_PORT = DataKey("sshd_port", 22, "The port sshd listens on (and the firewall opens to the allow-list).",
-                    is_port)
-KEYS = [SSHD_PORT]
+KEYS: list = []
 
 #: Host keys offered: no ECDSA (ssh-audit fails NIST curves); RSA only at >= RSA_HOST_KEY_BITS.
 HOST_KEYS = ["/etc/ssh/ssh_host_ed25519_key", "/etc/ssh/ssh_host_rsa_key"]
@@ -52,10 +50,11 @@ CRYPTO_DIRECTIVES = {"kexalgorithms": "KexAlgorithms", "ciphers": "Ciphers", "ma
                      "hostkeyalgorithms": "HostKeyAlgorithms"}
 
 
-def settings(data) -> list[tuple[str, str]]:
-    """(directive, value) in config order. Lower-cased, they are what `sshd -T` must show."""
+def settings(data, ports: list[int] | None = None) -> list[tuple[str, str]]:
+    """(directive, value) in config order. Lower-cased, they are what `sshd -T` must show.
+    `ports` overrides the listening ports (both the old and the new one during a port move)."""
     return [
-        ("Port", str(SSHD_PORT.value(data))),
+        *[("Port", str(p)) for p in (ports or [SSHD_PORT.value(data)])],
         ("AddressFamily", "any"),  # IPv4 and IPv6 (dev-sec #906: ListenAddress 0.0.0.0 drops IPv6)
         ("SyslogFacility", "AUTH"),
         ("LogLevel", "VERBOSE"),  # key fingerprints in the log; fail2ban and audits need them
@@ -109,7 +108,7 @@ def crypto_lists(supported: dict[str, list[str]]) -> dict[str, list[str]]:
     return out
 
 
-def render_config(data, supported: dict[str, list[str]]) -> str:
+def render_config(data, supported: dict[str, list[str]], ports: list[int] | None = None) -> str:
     lines = ["# Managed by hardkit (roles/ssh.py): edits here are replaced on the next deploy.",
              "# Local additions go in /etc/ssh/sshd_config.d/*.conf, read at the end of this file:",
              "# sshd keeps the first value it reads, so they cannot override what is set here.", ""]
@@ -118,7 +117,7 @@ def render_config(data, supported: dict[str, list[str]]) -> str:
         if not algs:
             raise ValueError(f"the host's OpenSSH supports none of the {key} policy; refusing to write sshd_config")
         lines.append(f"{CRYPTO_DIRECTIVES[key]} {','.join(algs)}")
-    lines += [f"{k} {v}" for k, v in settings(data)]
+    lines += [f"{k} {v}" for k, v in settings(data, ports)]
     lines += ["Subsystem sftp internal-sftp -f AUTHPRIV -l INFO", "", "Include /etc/ssh/sshd_config.d/*.conf", ""]
     return "\n".join(lines)
 
@@ -189,6 +188,25 @@ def drop_weak_moduli():
                         "/etc/ssh/moduli", ">", tmp, "&&", "mv", "-f", tmp, "/etc/ssh/moduli")
 
 
+class SshdPorts(FactBase):
+    """The ports sshd is configured to listen on now (`sshd -T`)."""
+
+    def command(self):
+        return "sshd -T 2>/dev/null | awk '$1 == \"port\" {print $2}'"
+
+    def process(self, output):
+        return sorted(int(line) for line in output if line.strip().isdigit())
+
+
+def _sshd_change(data, supported, ports: list[int], confirm_port: int, label: str):
+    guard.guarded_change(
+        name=f"sshd configuration{label} (validated, auto-revert unless a fresh login confirms)",
+        change_id="ssh", contents={SSHD_CONFIG: render_config(data, supported, ports)}, modes={SSHD_CONFIG: "600"},
+        validate=["mkdir -p /run/sshd", "sshd -t -f {staged}" + SSHD_CONFIG],
+        reload="systemctl reload ssh.service", revert_seconds=guard.REVERT_SECONDS.value(data),
+        confirm_user=ADMIN_USER.value(data), confirm_sshd_port=confirm_port)
+
+
 @deploy("SSH")
 def ssh():
     from pyinfra import host
@@ -196,13 +214,23 @@ def ssh():
     apt.packages(name="Install the OpenSSH server", packages=["openssh-server"])
     strong_rsa_host_key(name=f"RSA host key of at least {RSA_HOST_KEY_BITS} bits")
     drop_weak_moduli(name=f"Only DH moduli of {MIN_MODULI_BITS}+ bits")
-    text = render_config(host.data, host.get_fact(SshAlgorithms))
-    guard.guarded_change(
-        name="sshd configuration (validated, auto-revert unless a fresh login confirms)",
-        change_id="ssh", contents={SSHD_CONFIG: text}, modes={SSHD_CONFIG: "600"},
-        validate=["mkdir -p /run/sshd", "sshd -t -f {staged}" + SSHD_CONFIG],
-        reload="systemctl reload ssh.service", revert_seconds=guard.REVERT_SECONDS.value(host.data),
-        confirm_user=ADMIN_USER.value(host.data))
+    supported = host.get_fact(SshAlgorithms)
+    wanted = SSHD_PORT.value(host.data)
+    current = host.get_fact(SshdPorts) or [22]
+    if current == [wanted]:
+        _sshd_change(host.data, supported, [wanted], wanted, "")
+        return
+    # A port move, in phases that each must let a fresh login in before the next one starts:
+    # open the firewall for both ports, listen on both, listen on the new one only; the firewall
+    # role then closes the old port.
+    if host.data.get(FIXED_PORT_KEY):
+        raise ValueError(f"{host.name}: sshd_port moves from {current} to {wanted}, but ssh_port fixes the "
+                         "connection port; remove ssh_port (or use ssh_forwarded_ports) so the new port can be confirmed")
+    both = sorted(set(current) | {wanted})
+    on_now = host.data.get(CONNECTED_SSHD_PORT_KEY) or current[0]
+    firewall.ruleset_change(host.data, both, confirm_port=on_now, label=f" opening SSH ports {both}")
+    _sshd_change(host.data, supported, both, wanted, f" listening on {both}")
+    _sshd_change(host.data, supported, [wanted], wanted, f" listening on {wanted} only")
 
 
 apply = ssh

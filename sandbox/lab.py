@@ -83,7 +83,8 @@ def up(count: int = 1, tier: str = "nspawn", prefix: str = "lab", log=print) -> 
 
 def is_running(t: Target) -> bool:
     main_role = "supervisor" if t.tier == "nspawn" else "qemu"
-    return t.alive(main_role) and ssh_banner("127.0.0.1", t.ssh_port) is not None
+    # sshd may have been moved to another forwarded port (roles/ssh.py): any of them answering will do.
+    return t.alive(main_role) and any(ssh_banner("127.0.0.1", p) is not None for p in t.ssh_forwards().values())
 
 
 def down(prefix: str | None = None, log=print) -> int:
@@ -124,14 +125,15 @@ def find(name: str) -> Target:
     raise LabError(f"no lab target named {name!r} (see `hardkit sandbox status`)")
 
 
-def ssh_command(name: str, command: list[str], user: str = "root") -> list[str]:
+def ssh_command(name: str, command: list[str], user: str = "root", port: int | None = None) -> list[str]:
+    """ssh argv to a target; `port` is the controller-side port (default: the forward of guest port 22)."""
     t = find(name)
     kh = lab_inventory.known_hosts_path(t.prefix)
-    return ["ssh", "-i", str(keys.operator_key()), "-p", str(t.ssh_port),
+    return ["ssh", "-i", str(keys.operator_key()), "-p", str(port or t.ssh_port),
             "-o", f"UserKnownHostsFile={kh}", "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
             "-o", "LogLevel=ERROR", f"{user}@127.0.0.1", *command]
 
 
-def exec_ssh(name: str, command: list[str], user: str = "root") -> None:
-    cmd = ssh_command(name, command, user)
+def exec_ssh(name: str, command: list[str], user: str = "root", port: int | None = None) -> None:
+    cmd = ssh_command(name, command, user, port)
     os.execvp(cmd[0], cmd)

@@ -48,7 +48,8 @@ def shared_data(prefix: str) -> dict:
 def host_entry(t: Target, net: network.LabNet) -> tuple[str, dict]:
     return (t.name, {
         "ssh_hostname": "127.0.0.1",
-        "ssh_port": t.ssh_port,
+        # The lab reaches sshd through port forwards: one per guest port sshd may listen on.
+        "ssh_forwarded_ports": t.ssh_forwards(),
         "lab": {
             "tier": t.tier, "prefix": t.prefix, "netns": t.netns,
             "address_v4": t.lab_v4, "address_v6": t.lab_v6,
@@ -63,7 +64,8 @@ def write(prefix: str, targets: list[Target], net: network.LabNet) -> Path:
     kh.parent.mkdir(parents=True, exist_ok=True)
     lines = []
     for t in targets:
-        lines += keys.known_hosts_lines("127.0.0.1", t.ssh_port, t.host_keys)
+        for port in t.ssh_forwards().values():
+            lines += keys.known_hosts_lines("127.0.0.1", port, t.host_keys)
     kh.write_text("".join(line + "\n" for line in lines))
     shared = pprint.pformat(shared_data(prefix), indent=4, sort_dicts=False)
     hosts = ",\n".join(

@@ -20,7 +20,7 @@ from sandbox.errors import LabError
 from sandbox.host import require_root, require_tools, run
 from sandbox.ports import free_port
 from sandbox.readiness import wait_for_ssh
-from sandbox.target import Target, pid_alive, stop_pid
+from sandbox.target import ALT_SSH_PORTS, Target, pid_alive, stop_pid
 
 TOOLS = ["systemd-nspawn", "slirp4netns", "ip", "unshare", "ssh-keygen"]
 #: slirp4netns's fixed addresses: the guest is .100, the controller appears as .2, DNS is .3.
@@ -82,9 +82,11 @@ def _start_network(t: Target, net: network.LabNet) -> None:
         stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
     t.pids["slirp4netns"] = proc.pid
     _wait_for(lambda: sock.exists(), 5.0, "slirp4netns did not start (see slirp.log)", t)
-    _slirp_api(sock, {"execute": "add_hostfwd", "arguments": {
-        "proto": "tcp", "host_addr": "127.0.0.1", "host_port": t.ssh_port,
-        "guest_addr": SLIRP_GUEST, "guest_port": 22}})
+    t.forwards = {str(p): free_port() for p in ALT_SSH_PORTS}
+    for guest, host_port in t.ssh_forwards().items():
+        _slirp_api(sock, {"execute": "add_hostfwd", "arguments": {
+            "proto": "tcp", "host_addr": "127.0.0.1", "host_port": host_port,
+            "guest_addr": SLIRP_GUEST, "guest_port": guest}})
     t.lab_v4, t.lab_v6 = network.attach_target(net, t.netns, t.index)
 
 

@@ -16,6 +16,10 @@ from pathlib import Path
 from sandbox.paths import labs_dir
 
 
+#: Guest ports the lab forwards besides 22, so an SSH port move can be tested (roles/ssh.py).
+ALT_SSH_PORTS = (2222,)
+
+
 @dataclass
 class Target:
     name: str  # e.g. "lab-1"; also the machine name and hostname
@@ -27,6 +31,8 @@ class Target:
     lab_v4: str
     lab_v6: str
     host_keys: list[str] = field(default_factory=list)
+    # guest TCP port -> controller loopback port, for guest ports besides 22 (JSON keys are strings)
+    forwards: dict[str, int] = field(default_factory=dict)
     pids: dict[str, int] = field(default_factory=dict)  # role -> pid of what we started
     created: float = field(default_factory=time.time)
 
@@ -39,6 +45,10 @@ class Target:
         tmp = self.dir / "target.json.tmp"
         tmp.write_text(json.dumps(asdict(self), indent=2))
         tmp.replace(self.dir / "target.json")
+
+    def ssh_forwards(self) -> dict[int, int]:
+        """Every forwarded guest SSH port -> its loopback port on the controller."""
+        return {22: self.ssh_port, **{int(k): v for k, v in self.forwards.items()}}
 
     def alive(self, role: str) -> bool:
         pid = self.pids.get(role)

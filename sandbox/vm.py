@@ -44,7 +44,7 @@ from sandbox.host import require_root, require_tools, run
 from sandbox.ports import free_port
 from sandbox.qmp import QMP
 from sandbox.readiness import wait_for_ssh
-from sandbox.target import Target, pid_alive, stop_pid
+from sandbox.target import ALT_SSH_PORTS, Target, pid_alive, stop_pid
 
 TOOLS = ["qemu-system-x86_64", "qemu-img", "zstd", "mkfs.ext4", "ip", "ssh", "ssh-keygen"]
 
@@ -361,9 +361,11 @@ def _start_clone(t: Target, golden: Path, net: network.LabNet, authorized_key: s
                 q.execute("cont")
             time.sleep(0.05)
         restored = time.monotonic() - started
-        out = q.hmp(f"hostfwd_add up0 tcp:127.0.0.1:{t.ssh_port}-:22")
-        if out.strip():
-            raise LabError(f"{t.name}: QEMU refused the SSH port forward: {out.strip()}")
+        t.forwards = {str(p): free_port() for p in ALT_SSH_PORTS}
+        for guest, host_port in t.ssh_forwards().items():
+            out = q.hmp(f"hostfwd_add up0 tcp:127.0.0.1:{host_port}-:{guest}")
+            if out.strip():
+                raise LabError(f"{t.name}: QEMU refused the SSH port forward: {out.strip()}")
     wait_for_ssh("127.0.0.1", t.ssh_port, SSH_TIMEOUT, on_timeout=lambda: _boot_failure(t))
     first_ssh = time.monotonic() - started
     t.host_keys = _personalise(t, golden, authorized_key)

@@ -57,6 +57,11 @@ apply() {
 
 confirm() {
   id=$1
+  if [ ! -d "$STATE/$id" ]; then
+    # Too late: the timer already put the old configuration back. The deploy must not report success.
+    log err "change $id cannot be confirmed: it is not pending (already reverted?)"
+    exit 3
+  fi
   systemctl stop "$(unit "$id").timer" 2>/dev/null || true
   rm -rf "${STATE:?}/$id"
   log notice "change $id confirmed by a fresh login"

@@ -6,9 +6,8 @@ import ipaddress
 
 import pytest
 
-from roles.access_data import SSH_ALLOW_FROM
+from roles.access_data import SSH_ALLOW_FROM, SSHD_PORT
 from roles.firewall import EGRESS_POLICY, LOG_DROPS, NFT_CONF, render, split_families
-from roles.ssh import SSHD_PORT
 from tests.compliance import nft_state
 
 #: Ports a rule may accept besides SSH: DHCP replies (v4 67->68, v6 547->546).

@@ -60,12 +60,12 @@ class Lab:
 
     def ssh(self, name: str, command: str, user: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
         """Run `command` as root on a target: as root before the first deploy, via the admin's sudo after."""
+        login = connect.resolve(next(h for h in self.inventory.hosts if h.name == name))
         if user is None:
-            login = connect.resolve(next(h for h in self.inventory.hosts if h.name == name))
             user = login.user
             if login.sudo:
                 command = f"sudo -n sh -c {shlex.quote(command)}"
-        cmd = lab.ssh_command(name, [command], user=user)
+        cmd = lab.ssh_command(name, [command], user=user, port=login.port)
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
     def from_client(self, role: str, command: list[str], timeout: float = 30) -> subprocess.CompletedProcess:

@@ -98,7 +98,7 @@ def test_attacker_cannot_reach_ssh_v4_or_v6(lab, name):
 
 
 def test_ssh_audit_debian_12_policy_passes(lab, name):
-    port = lab.host_data(name)["ssh_port"]
+    port = lab.host_data(name)["ssh_forwarded_ports"][22]
     res = subprocess.run([str(Path(sys.executable).parent / "ssh-audit"), "-P", "Hardened Debian 12 (version 3)",
                           "-p", str(port), "127.0.0.1"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout[-3000:]
@@ -193,10 +193,32 @@ def _wait_for_ban(lab, name, address: str, timeout: float = 30) -> bool:
         time.sleep(1)
 
 
+def test_ssh_port_moves_in_two_guarded_phases_and_back(lab, name, tmp_path, key):
+    moved = lab.variant(tmp_path / "moved.py", sshd_port=2222)
+    res = lab.deploy(inventory_path=moved)
+    assert res.ok, {n: (h.failed, h.error) for n, h in res.hosts.items()}
+    log = lab.ssh(name, "journalctl -t hardkit-guard --no-pager -n 12").stdout
+    # Phases, each confirmed by a fresh login: firewall opens both ports, sshd on both, sshd on the new one.
+    assert log.count("confirmed by a fresh login") >= 4, log
+    assert lab.ssh(name, "sshd -T | awk '$1 == \"port\"'").stdout.split() == ["port", "2222"]
+    addr = lab.lab_address(name)
+    assert lab.from_client("allowed", tcp_banner_cmd(addr, 2222)).stdout.startswith("SSH-2.0-")
+    assert "SSH-2.0" not in lab.from_client("allowed", tcp_banner_cmd(addr, 22)).stdout
+    assert lab.client_ssh("allowed", "ops", addr, "-p", "2222", key=key).returncode == 0
+    again = lab.deploy(inventory_path=moved)
+    assert again.ok and again.changed_ops == 0, again.hosts
+    verify = lab.verify("--report-dir", str(tmp_path / "r"))  # the lab's own inventory still says port 22
+    assert verify.returncode != 0, "verify must notice sshd is not where the inventory says"
+    back = lab.deploy()
+    assert back.ok, {n: (h.failed, h.error) for n, h in back.hosts.items()}
+    assert lab.ssh(name, "sshd -T | awk '$1 == \"port\"'").stdout.split() == ["port", "22"]
+    assert lab.deploy().changed_ops == 0
+
+
 def test_everything_holds_after_a_reboot(lab, name, tmp_path):
     from sandbox.readiness import wait_for_ssh
 
-    port = lab.host_data(name)["ssh_port"]
+    port = lab.host_data(name)["ssh_forwarded_ports"][22]
     lab.ssh(name, "systemctl reboot")
     time.sleep(2)
     wait_for_ssh("127.0.0.1", port, 60)
