@@ -1,7 +1,7 @@
 """The lab network: a switch namespace with a bridge, the allowed and attacker clients, target legs.
 
 Nothing is created in the controller's own network namespace: the bridge lives in a
-namespace of its own (`hk-PREFIX-sw`), so two labs with different prefixes never collide
+namespace of its own (`hk-PREFIX-sw`, see `ns_tag`), so two labs with different prefixes never collide
 and no lab address ever appears on the host. Each target gets a second interface `lab0`
 on that bridge, so an IP allow-list is tested with real packets from real source addresses.
 
@@ -10,9 +10,11 @@ Addresses are documentation ranges (RFC 5737 / RFC 3849) that exist only inside 
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from sandbox.host import run
+from sandbox.paths import DEFAULT_LAB_DIR, lab_dir
 
 #: Client addresses: the issue fixes the IPv4 ones; IPv6 mirrors them in 2001:db8:5100::/64.
 ALLOWED_V4 = "198.51.100.10"
@@ -29,16 +31,25 @@ TARGET_IFNAME = "lab0"
 CONTROLLER_V4 = "10.0.2.2"
 
 
+def ns_tag() -> str:
+    """Namespace name prefix: `hk` for the default lab folder, `hkXXXX` for another one (e.g. a CI run
+    with its own HARDKIT_LAB_DIR), so two lab folders never share a namespace even with equal lab names."""
+    folder = lab_dir()
+    if folder == DEFAULT_LAB_DIR:
+        return "hk"
+    return "hk" + hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:4]
+
+
 @dataclass(frozen=True)
 class LabNet:
     prefix: str
 
     @property
     def switch_ns(self) -> str:
-        return f"hk-{self.prefix}-sw"
+        return f"{ns_tag()}-{self.prefix}-sw"
 
     def client_ns(self, role: str) -> str:
-        return f"hk-{self.prefix}-{role}"
+        return f"{ns_tag()}-{self.prefix}-{role}"
 
     @property
     def clients(self) -> dict[str, tuple[str, str]]:

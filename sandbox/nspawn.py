@@ -39,7 +39,7 @@ def check_host() -> None:
 def create(prefix: str, name: str, index: int, net: network.LabNet, authorized_key: str) -> Target:
     lower = image.require_built()
     t = Target(name=name, prefix=prefix, index=index, tier="nspawn", ssh_port=free_port(),
-               netns=f"hk-{name}", lab_v4="", lab_v6="")
+               netns=f"{network.ns_tag()}-{name}", lab_v4="", lab_v6="")
     d = t.dir
     for sub in ("upper", "work", "root"):
         (d / sub).mkdir(parents=True, exist_ok=True)

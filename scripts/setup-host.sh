@@ -32,6 +32,9 @@ if ((${#missing[@]})); then
   apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# This machine's pip configuration names extra local indexes that may be absent: keep their noise out.
+pip_quiet() { "$@" 2> >(grep -v '^WARNING: Location' >&2); }
+
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv" >&2
@@ -39,11 +42,11 @@ if [ ! -x .venv/bin/python ]; then
 fi
 if [ ! -e .venv/.locked ] || [ requirements/controller.lock -nt .venv/.locked ] || [ pyproject.toml -nt .venv/.locked ]; then
   echo "setup: installing locked Python dependencies" >&2
-  .venv/bin/pip install -q --disable-pip-version-check --require-hashes --no-deps -r requirements/controller.lock
-  .venv/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e . 2>/dev/null \
-    || .venv/bin/pip install -q --disable-pip-version-check --no-deps -e .
+  pip_quiet .venv/bin/pip install -q --disable-pip-version-check --require-hashes --no-deps -r requirements/controller.lock
+  pip_quiet .venv/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e . \
+    || pip_quiet .venv/bin/pip install -q --disable-pip-version-check --no-deps -e .
   if [ -f bot/pyproject.toml ]; then
-    .venv/bin/pip install -q --disable-pip-version-check --no-deps -e bot
+    pip_quiet .venv/bin/pip install -q --disable-pip-version-check --no-deps -e bot
   fi
   touch .venv/.locked
 fi

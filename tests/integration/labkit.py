@@ -70,7 +70,7 @@ class Lab:
 
     def from_client(self, role: str, command: list[str], timeout: float = 30) -> subprocess.CompletedProcess:
         """Run a command inside the allowed or attacker client's network namespace."""
-        ns = f"hk-{self.prefix}-{role}"
+        ns = self.host_data(self.names[0])["lab"]["clients"][role]["netns"]
         try:
             return subprocess.run(["ip", "netns", "exec", ns, *command], capture_output=True, text=True,
                                   timeout=timeout)

@@ -9,6 +9,7 @@ import subprocess
 import pytest
 
 from sandbox import lab as lab_mod
+from sandbox import network
 from tests.integration.labkit import boot, hardkit
 
 pytestmark = pytest.mark.lab
@@ -99,7 +100,7 @@ def test_down_leaves_nothing_behind():
     handle.down()
     assert not lab_mod.all_targets(prefix)
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    assert f"hk-{prefix}-" not in netns
+    assert f"{network.ns_tag()}-{prefix}-" not in netns
     assert str(root) not in open("/proc/self/mounts").read()
     assert not t.dir.exists()
     for pid in pids:

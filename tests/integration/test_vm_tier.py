@@ -104,7 +104,7 @@ def test_lab_leg_from_the_allowed_client(lab, tgt):
     assert _ssh_ok(lab, "ip -br link show lab0").split()[2] == vm.lab_mac(1)
     # The tap lives in the switch namespace only, never in the controller's.
     assert subprocess.run(["ip", "link", "show", f"t{tgt.index}"], capture_output=True).returncode != 0
-    sw_links = subprocess.run(["ip", "-n", f"hk-{PREFIX}-sw", "-br", "link"], capture_output=True, text=True).stdout
+    sw_links = subprocess.run(["ip", "-n", network.LabNet(PREFIX).switch_ns, "-br", "link"], capture_output=True, text=True).stdout
     assert f"t{tgt.index} " in sw_links
 
 
@@ -144,7 +144,7 @@ def test_down_leaves_nothing(lab, tgt):
     assert not target.pid_alive(pid)
     leftovers = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _cmdline_mentions(p, str(tdir))]
     assert not leftovers, f"processes still use {tdir}: {leftovers}"
-    assert not [ns for ns in network.list_netns() if ns.startswith(f"hk-{PREFIX}-")]
+    assert not [ns for ns in network.list_netns() if ns.startswith(f"{network.ns_tag()}-{PREFIX}-")]
     assert subprocess.run(["ip", "link", "show", f"t{tgt.index}"], capture_output=True).returncode != 0
     assert not tdir.exists() and not (labs_dir() / PREFIX).exists()
 
