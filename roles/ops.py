@@ -97,8 +97,12 @@ def install_commands(content: str, dest: str, mode: str, user: str = "root", gro
 
 
 def quiet_or_fail(command: str) -> str:
-    """Wrap a validator that exits 0 on warnings: any output at all counts as a failure."""
-    return f'out=$({command} 2>&1); rc=$?; [ -n "$out" ] && echo "$out" >&2; [ $rc -eq 0 ] && [ -z "$out" ]'
+    """Wrap a validator that exits 0 on warnings: any output on stderr (or unredirected stdout) fails.
+
+    The command runs in a group so that its own redirections (``>/dev/null``) apply first and only
+    what is left is captured.
+    """
+    return f'out=$( {{ {command} ; }} 2>&1 ); rc=$?; [ -n "$out" ] && echo "$out" >&2; [ $rc -eq 0 ] && [ -z "$out" ]'
 
 
 # --- facts ---------------------------------------------------------------------------------------

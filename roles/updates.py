@@ -100,9 +100,12 @@ GUARD_STATE = "/var/lib/hardkit/reboot-guard.json"
 GUARD_POLL_SECONDS = 30
 #: The inhibitor contract (agreed with the bot): one JSON line per holder file in this folder.
 INHIBIT_DIR = "/run/hardkit/reboot-inhibitors"
-#: Members may create inhibitor files (the bot's service user joins it).
+#: Members may create inhibitor files (the bot's service user joins it: SupplementaryGroups=).
 INHIBIT_GROUP = "hardkit-inhibit"
-INHIBIT_MODE = "1770"
+#: Group-writable and setgid, deliberately not sticky: a holder whose service runs with
+#: DynamicUser= may come back under another UID and must still be able to replace its own file
+#: (a sticky folder would refuse, and the old file's dead pid would make it stale).
+INHIBIT_MODE = "2770"
 TMPFILES = "/etc/tmpfiles.d/hardkit-reboot-inhibitors.conf"
 
 

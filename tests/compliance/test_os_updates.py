@@ -59,7 +59,7 @@ def test_needrestart_restarts_services(target):
 
 @pytest.mark.control("hk-os-upd-05")
 def test_inhibitor_folder(target):
-    """The reboot inhibitor folder exists: root and its group only, sticky"""
+    """The reboot inhibitor folder exists: root and its holders' group only"""
     st = os_state.stats(target, [role.INHIBIT_DIR])
     assert st.get(role.INHIBIT_DIR) == ("root", role.INHIBIT_GROUP, int(role.INHIBIT_MODE, 8)), st
 
