@@ -132,6 +132,8 @@ def ssh_command(name: str, command: list[str], user: str = "root", port: int | N
     kh = lab_inventory.known_hosts_path(t.prefix)
     return ["ssh", "-i", str(keys.operator_key()), "-p", str(port or t.ssh_port),
             "-o", f"UserKnownHostsFile={kh}", "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
+            # Also bounds the banner exchange: a forward whose guest port is firewalled accepts and then hangs.
+            "-o", "ConnectTimeout=15",
             "-o", "LogLevel=ERROR", f"{user}@127.0.0.1", *command]
 
 
