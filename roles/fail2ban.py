@@ -17,7 +17,7 @@ from pyinfra.api import deploy
 from pyinfra.operations import apt, systemd
 
 from roles.access_data import SSH_ALLOW_FROM, SSHD_PORT
-from roles.data import DataKey
+from roles.data import DataKey, is_network_list
 from roles.ops import install_file
 
 JAIL_FILE = "/etc/fail2ban/jail.d/hardkit.local"
@@ -38,14 +38,21 @@ BANTIME = DataKey("fail2ban_bantime", "1h", "First ban length (doubles for repea
                   _duration)
 FINDTIME = DataKey("fail2ban_findtime", "10m", "Window in which failures are counted.", _duration)
 MAXRETRY = DataKey("fail2ban_maxretry", 3, "Failures within the window that trigger a ban.", _positive_int)
-KEYS = [BANTIME, FINDTIME, MAXRETRY]
+IGNORE = DataKey(
+    "fail2ban_ignore", None,
+    "Addresses/CIDRs fail2ban never bans. Default: the single addresses (/32, /128) of ssh_allow_from — "
+    "the operator's own fixed addresses — while wider allowed ranges stay bannable (a guessing neighbour "
+    "inside an allowed range is stopped). List ssh_allow_from's ranges here to exempt them too.",
+    lambda v: None if v is None else is_network_list(v))
+KEYS = [BANTIME, FINDTIME, MAXRETRY, IGNORE]
 
 
 def never_banned(data) -> list[str]:
-    """Loopback plus the single-address entries of the SSH allow-list."""
-    fixed = [str(n) for n in map(ipaddress.ip_network, SSH_ALLOW_FROM.value(data))
-             if n.num_addresses == 1]
-    return ["127.0.0.1/8", "::1"] + fixed
+    """Loopback plus fail2ban_ignore (default: the single-address entries of the SSH allow-list)."""
+    chosen = IGNORE.value(data)
+    if chosen is None:
+        chosen = [str(n) for n in map(ipaddress.ip_network, SSH_ALLOW_FROM.value(data)) if n.num_addresses == 1]
+    return ["127.0.0.1/8", "::1"] + [str(ipaddress.ip_network(n)) for n in chosen]
 
 
 def render(data) -> str:

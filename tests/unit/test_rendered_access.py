@@ -138,6 +138,8 @@ def test_fail2ban_never_bans_fixed_operator_addresses_but_watches_ranges():
     ignored = fail2ban.never_banned(DATA)
     assert "10.0.2.2/32" in ignored and "2001:db8:5100::10/128" in ignored
     assert "198.51.100.0/24" not in ignored, "a whole allowed range must stay bannable"
+    chosen = fail2ban.never_banned({**DATA, "fail2ban_ignore": ["198.51.100.0/24"]})
+    assert "198.51.100.0/24" in chosen and "10.0.2.2/32" not in chosen
 
 
 @pytest.mark.parametrize("line", [
