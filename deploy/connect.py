@@ -140,7 +140,7 @@ def resolve(h: Host) -> Login:
             if login:
                 return login
             why.append(reason)
-            if "cannot connect" in reason or "banner" in reason.lower():
+            if "cannot connect" in reason:
                 break  # nothing listens there: do not try the other user on this port
     raise LoginError(f"{h.name}: cannot log in as the admin or the bootstrap user ({'; '.join(why)})")
 

@@ -15,7 +15,7 @@ from pyinfra.operations import apt, files, server
 
 from roles.access_data import ADMIN_KEYS, ADMIN_USER
 from roles.data import read_public_key
-from roles.validated import validated_put
+from roles.ops import install_file
 
 #: Members of this group, and only they, may log in over SSH (sshd AllowGroups).
 SSH_GROUP = "ssh-users"
@@ -51,8 +51,8 @@ def admin_access():
     files.put(name=f"{admin}'s authorized keys (exactly the inventory's)",
               src=StringIO(authorized_keys_text(ADMIN_KEYS.value(host.data))),
               dest=f"/home/{admin}/.ssh/authorized_keys", user=admin, group=admin, mode="600")
-    validated_put(name="sudoers rule for the admin (checked with visudo)", content=sudoers_text(admin),
-                  dest=SUDOERS_FILE, mode="440", validate="visudo -cf {path}")
+    install_file(name="sudoers rule for the admin (checked with visudo)", content=sudoers_text(admin),
+                 dest=SUDOERS_FILE, mode="0440", validate="visudo -cf {path}")
 
 
 @operation()

@@ -18,7 +18,7 @@ from pyinfra.operations import apt, systemd
 
 from roles.access_data import SSH_ALLOW_FROM, SSHD_PORT
 from roles.data import DataKey
-from roles.validated import validated_put
+from roles.ops import install_file
 
 JAIL_FILE = "/etc/fail2ban/jail.d/hardkit.local"
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates" / "fail2ban"
@@ -60,12 +60,12 @@ def fail2ban():
     from pyinfra import host
 
     apt.packages(name="Install fail2ban with journal support", packages=["fail2ban", "python3-systemd"])
-    jail = validated_put(
+    jail = install_file(
         name="fail2ban jails (checked with fail2ban-client -t)", content=render(host.data), dest=JAIL_FILE,
-        mode="644",
+        mode="0644",
         # -t reads the whole config folder: test a copy with the staged file in place of the live one.
         validate=("d=$(mktemp -d) && cp -a /etc/fail2ban/. $d/ && cp {path} $d/jail.d/hardkit.local && "
-                  "rm -f $d/jail.d/hardkit.local.hardkit-new && fail2ban-client -c $d -t; rc=$?; rm -rf $d; exit $rc"))
+                  "fail2ban-client -c $d -t; rc=$?; rm -rf $d; exit $rc"))
     systemd.service(name="fail2ban running and enabled", service="fail2ban.service", running=True, enabled=True)
     systemd.service(name="fail2ban restarted on a new configuration", service="fail2ban.service", restarted=True,
                     _if=jail.did_change)

@@ -12,7 +12,7 @@ import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from sandbox import keys, lab_inventory, network
+from sandbox import image, keys, lab_inventory, network
 from sandbox.errors import LabError
 from sandbox.paths import labs_dir
 from sandbox.readiness import ssh_banner
@@ -45,6 +45,7 @@ def up(count: int = 1, tier: str = "nspawn", prefix: str = "lab", log=print) -> 
         raise LabError(f"--count must be between 1 and {MAX_TARGETS}")
     be = backend(tier)
     be.check_host()
+    image.require_built()  # before anything is created: a refused `up` leaves nothing behind
     net = network.LabNet(prefix)
     network.ensure_switch(net)
     pub = (Path(str(keys.operator_key()) + ".pub")).read_text()
@@ -131,6 +132,8 @@ def ssh_command(name: str, command: list[str], user: str = "root", port: int | N
     kh = lab_inventory.known_hosts_path(t.prefix)
     return ["ssh", "-i", str(keys.operator_key()), "-p", str(port or t.ssh_port),
             "-o", f"UserKnownHostsFile={kh}", "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
+            # Also bounds the banner exchange: a forward whose guest port is firewalled accepts and then hangs.
+            "-o", "ConnectTimeout=15",
             "-o", "LogLevel=ERROR", f"{user}@127.0.0.1", *command]
 
 

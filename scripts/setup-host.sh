@@ -43,8 +43,7 @@ fi
 if [ ! -e .venv/.locked ] || [ requirements/controller.lock -nt .venv/.locked ] || [ pyproject.toml -nt .venv/.locked ]; then
   echo "setup: installing locked Python dependencies" >&2
   pip_quiet .venv/bin/pip install -q --disable-pip-version-check --require-hashes --no-deps -r requirements/controller.lock
-  pip_quiet .venv/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e . \
-    || pip_quiet .venv/bin/pip install -q --disable-pip-version-check --no-deps -e .
+  pip_quiet .venv/bin/pip install -q --disable-pip-version-check --no-deps -e .
   if [ -f bot/pyproject.toml ]; then
     pip_quiet .venv/bin/pip install -q --disable-pip-version-check --no-deps -e bot
   fi

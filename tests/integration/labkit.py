@@ -9,7 +9,7 @@ from __future__ import annotations
 import shlex
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from deploy import connect, runner
@@ -23,6 +23,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 class Lab:
     prefix: str
     inventory_path: Path
+    _logins: dict = field(default_factory=dict, repr=False)
 
     @property
     def inventory(self) -> Inventory:
@@ -60,13 +61,24 @@ class Lab:
 
     def ssh(self, name: str, command: str, user: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
         """Run `command` as root on a target: as root before the first deploy, via the admin's sudo after."""
-        login = connect.resolve(next(h for h in self.inventory.hosts if h.name == name))
-        if user is None:
-            user = login.user
-            if login.sudo:
-                command = f"sudo -n sh -c {shlex.quote(command)}"
-        cmd = lab.ssh_command(name, [command], user=user, port=login.port)
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        for attempt in (1, 2):
+            login = self.login(name, fresh=attempt == 2)
+            run_as, line = user or login.user, command
+            if user is None and login.sudo:
+                line = f"sudo -n sh -c {shlex.quote(command)}"
+            cmd = lab.ssh_command(name, [line], user=run_as, port=login.port)
+            res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+            # The login may have changed under us (root locked out by a deploy, sshd moved): look again.
+            stale = ("Permission denied", "refused", "timed out during banner exchange")
+            if not (res.returncode == 255 and any(word in res.stderr for word in stale)):
+                return res
+        return res
+
+    def login(self, name: str, fresh: bool = False) -> connect.Login:
+        """How to log in now (admin or root, which port), remembered until it stops working."""
+        if fresh or name not in self._logins:
+            self._logins[name] = connect.resolve(next(h for h in self.inventory.hosts if h.name == name))
+        return self._logins[name]
 
     def from_client(self, role: str, command: list[str], timeout: float = 30) -> subprocess.CompletedProcess:
         """Run a command inside the allowed or attacker client's network namespace."""

@@ -154,6 +154,26 @@ def test_unconfirmed_change_is_reverted_by_the_host(lab, name, tmp_path, monkeyp
     assert lab.deploy().changed_ops == 0
 
 
+def test_change_left_unconfirmed_by_an_interrupted_deploy_is_reverted_at_boot(lab, name, tmp_path, monkeypatch):
+    from sandbox.readiness import wait_for_ssh
+
+    old_allow = lab.host_data(name)["ssh_allow_from"]
+    inv = lab.variant(tmp_path / "inv.py", ssh_allow_from=old_allow + ["203.0.113.201/32"], guard_revert_seconds=900)
+    monkeypatch.setenv("HARDKIT_FAULT", "confirm-fails:firewall")
+    assert not lab.deploy(inventory_path=inv).ok
+    monkeypatch.delenv("HARDKIT_FAULT")
+    assert "firewall" in lab.ssh(name, "/usr/local/sbin/hardkit-guard pending").stdout
+    # The controller is gone and the host reboots long before the 900 s timer: the boot unit reverts.
+    lab.ssh(name, "systemctl reboot")
+    time.sleep(2)
+    wait_for_ssh("127.0.0.1", lab.host_data(name)["ssh_forwarded_ports"][22], 60)
+    _wait_until_booted(lab, name)
+    assert "203.0.113.201" not in lab.ssh(name, "nft list set inet hardkit ssh_allow_v4").stdout
+    assert lab.ssh(name, "/usr/local/sbin/hardkit-guard pending").stdout.strip() == ""
+    assert "change firewall reverted" in lab.ssh(name, "journalctl -b -t hardkit-guard --no-pager").stdout
+    assert lab.deploy().ok and lab.deploy().changed_ops == 0
+
+
 def test_fail2ban_bans_a_guesser_but_never_the_operator(lab, name, tmp_path, key):
     # Widen the allow-list to a range that includes the attacker: inside an allowed range, guessing still gets banned.
     allow = lab.host_data(name)["ssh_allow_from"] + ["198.51.100.64/26", "2001:db8:5100::/120"]
