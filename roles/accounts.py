@@ -148,6 +148,33 @@ def password_policy_fits_keys():
         host.noop("no empty password; key-only accounts have no password expiry")
 
 
+#: name:uid:home:shell of every account (home folder rule).
+HOMES_COMMAND = ("awk -F: '$3 >= 1000 && $3 < 60000 {print $1 \":\" $6 \":\" $7}' /etc/passwd | "
+                 "while IFS=: read -r n h s; do [ -d \"$h\" ] && echo \"$n:$h:$s:$(stat -c %a \"$h\")\"; done; true")
+HOME_MODE_MAX = 0o750
+
+
+def open_homes(lines: list[str]) -> list[str]:
+    """Home folders of login accounts that group or others may write to or others may enter."""
+    found = []
+    for line in lines:
+        name, home, shell, mode = line.rsplit(":", 3)
+        if shell not in NOLOGIN_SHELLS and int(mode, 8) & ~HOME_MODE_MAX & 0o777:
+            found.append(home)
+    return found
+
+
+@operation()
+def private_homes():
+    """Home folders of login accounts: 0750 at most (login.defs HOME_MODE covers new ones)."""
+    homes = open_homes(host.get_fact(Lines, command=HOMES_COMMAND))
+    if not homes:
+        host.noop("home folders are private")
+        return
+    for home in homes:
+        yield f"chmod g-w,o-rwx {shlex.quote(home)}"
+
+
 @operation()
 def group_members(group: str, members: list[str]):
     """Exactly these members in a (supplementary) group."""
@@ -195,6 +222,7 @@ def accounts():
         files.file(name=f"No {path} (the allow file decides)", path=path, present=False)
 
     password_policy_fits_keys(name="No empty passwords; key-only accounts never expire")
+    private_homes(name="Home folders 0750 at most")
 
 
 apply = accounts

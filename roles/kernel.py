@@ -146,8 +146,9 @@ MODULE_BLACKLIST = [
     "usb_storage", "firewire_core", "firewire_ohci", "thunderbolt",
 ]
 EFI_FILESYSTEM = "vfat"
-#: What a blacklisted module's `install` line runs instead of loading it.
-MODULE_INSTALL_COMMAND = "/bin/false"
+#: What a blacklisted module's `install` line runs instead of loading it: /bin/true, the form
+#: linux-baseline os-10 and Lynis (NETW-3200) look for; either form stops the module loading.
+MODULE_INSTALL_COMMAND = "/bin/true"
 
 #: Validates a staged sysctl file: every literal key must exist on this kernel (a typo or a key this
 #: kernel lacks would otherwise be skipped silently at boot). `-key` and `*` patterns are allowed.

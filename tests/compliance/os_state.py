@@ -10,6 +10,18 @@ from __future__ import annotations
 import json
 import shlex
 
+import pytest
+
+
+def register_checks(namespace: dict, table: dict, make) -> None:
+    """One check per control of `table` ({id: (title, arg)}), built by `make(id, arg)`, added to a
+    test module's namespace with its control mark and its title as docstring."""
+    for control, (title, arg) in table.items():
+        check = make(control, arg)
+        check.__doc__ = title
+        check.__name__ = f"test_{control.replace('-', '_')}"
+        namespace[check.__name__] = pytest.mark.control(control)(check)
+
 
 def sysctl(target) -> dict[str, str]:
     """Every sysctl value in force (`sysctl -a`), whitespace-normalised."""

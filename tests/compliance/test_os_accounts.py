@@ -173,3 +173,10 @@ def test_session_umask(target):
     """Login sessions get umask 027"""
     got = target.check_output("umask").strip()
     assert got.lstrip("0") == role.LOGIN_DEFS["UMASK"].lstrip("0"), f"umask {got}"
+
+
+@pytest.mark.control("hk-os-acct-07")
+def test_private_homes(target):
+    """Home folders of login accounts are 0750 or stricter"""
+    homes = role.open_homes(target.check_output(role.HOMES_COMMAND).splitlines())
+    assert not homes, f"too open: {', '.join(homes)}"

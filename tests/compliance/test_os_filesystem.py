@@ -117,18 +117,15 @@ ABSENT = {
 }
 
 
-def _make_absent_check(control: str, title: str, names: list[str]):
+def _make_absent_check(control: str, names: list[str]):
     def check(target):
         assert set(names) <= set(role.LEGACY_PACKAGES), "the role must remove what the check forbids"
         present = sorted(set(names) & set(os_state.packages(target)))
         assert not present, f"installed: {', '.join(present)}"
-    check.__doc__ = title
-    check.__name__ = f"test_{control.replace('-', '_')}"
-    return pytest.mark.control(control)(check)
+    return check
 
 
-for _control, (_title, _names) in ABSENT.items():
-    globals()[f"test_{_control.replace('-', '_')}"] = _make_absent_check(_control, _title, _names)
+os_state.register_checks(globals(), ABSENT, _make_absent_check)
 
 
 @pytest.mark.control("package-08")

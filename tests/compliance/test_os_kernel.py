@@ -79,7 +79,7 @@ def _kernel_level(key: str) -> bool:
     return key in role.KERNEL or key == "kernel.modules_disabled"
 
 
-def _make_sysctl_check(control: str, title: str, keys: list[str]):
+def _make_sysctl_check(control: str, keys: list[str]):
     def check(target):
         waiver = INVENTORY_WAIVERS.get(control)
         if waiver and waiver[0].value(target.data) == waiver[1]:
@@ -91,13 +91,10 @@ def _make_sysctl_check(control: str, title: str, keys: list[str]):
         optional_missing = {k for k, (got, _) in wrong.items() if got == "missing" and k in role.KERNEL_OPTIONAL}
         assert not set(wrong) - optional_missing, "in force / expected: " + ", ".join(
             f"{k}={got} (want {w})" for k, (got, w) in wrong.items())
-    check.__doc__ = title
-    check.__name__ = f"test_{control.replace('-', '_')}"
-    return pytest.mark.control(control)(check)
+    return check
 
 
-for _control, (_title, _keys) in SYSCTL_CONTROLS.items():
-    globals()[f"test_{_control.replace('-', '_')}"] = _make_sysctl_check(_control, _title, _keys)
+os_state.register_checks(globals(), SYSCTL_CONTROLS, _make_sysctl_check)
 
 
 @pytest.mark.control("sysctl-18")

@@ -44,23 +44,33 @@ def os_changes(result) -> dict[str, list[str]]:
             if any(op.startswith(OS_DEPLOYS) for op in h.changed)}
 
 
+def _os_lab(prefix: str, tier: str, folder):
+    """A booted one-target lab whose inventory points NTP at a responder inside the lab."""
+    handle = boot(prefix, count=1, tier=tier)
+    try:
+        with LabNtp(handle) as ntp:
+            handle.ntp_address = ntp.address
+            handle.os_inventory = derived_inventory(handle, folder, ntp_servers=[ntp.address])
+            handle.os_folder = folder
+            yield handle
+    finally:
+        handle.down()
+
+
+def _deploy_ok(handle):
+    result = handle.deploy(inventory_path=handle.os_inventory)
+    assert result.ok, {n: (h.failed, h.error) for n, h in result.hosts.items()}
+    return result
+
+
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    handle = boot(PREFIX, count=1)
-    folder = tmp_path_factory.mktemp("os")
-    with LabNtp(handle) as ntp:
-        handle.ntp_address = ntp.address
-        handle.os_inventory = derived_inventory(handle, folder, ntp_servers=[ntp.address])
-        handle.os_folder = folder
-        yield handle
-    handle.down()
+    yield from _os_lab(PREFIX, "nspawn", tmp_path_factory.mktemp("os"))
 
 
 @pytest.fixture(scope="module")
 def deployed(lab):
-    first = lab.deploy(inventory_path=lab.os_inventory)
-    assert first.ok, {n: (h.failed, h.error) for n, h in first.hosts.items()}
-    return first
+    return _deploy_ok(lab)
 
 
 def name(lab) -> str:
@@ -248,18 +258,12 @@ def test_every_control_holds_after_reboot(lab, deployed, tmp_path):
 
 @pytest.fixture(scope="module")
 def vmlab(tmp_path_factory):
-    handle = boot("osvmit", count=1, tier="vm")
-    folder = tmp_path_factory.mktemp("osvm")
-    with LabNtp(handle) as ntp:
-        handle.os_inventory = derived_inventory(handle, folder, ntp_servers=[ntp.address])
-        yield handle
-    handle.down()
+    yield from _os_lab("osvmit", "vm", tmp_path_factory.mktemp("osvm"))
 
 
 @pytest.fixture(scope="module")
 def vm_deployed(vmlab):
-    first = vmlab.deploy(inventory_path=vmlab.os_inventory)
-    assert first.ok, {h: (r.failed, r.error) for h, r in first.hosts.items()}
+    first = _deploy_ok(vmlab)
     time.sleep(20)  # let timesyncd reach the lab's NTP responder
     return first
 
@@ -303,7 +307,7 @@ def test_vm_immutable_audit_rules_wait_for_a_reboot(vmlab, vm_deployed, tmp_path
     from roles.audit import BOT_CONFIG_PATHS
 
     n = vmlab.names[0]
-    ntp = vmlab.host_data(n)["lab"]["clients"]["allowed"]["v4"]
+    ntp = vmlab.ntp_address
     locked = derived_inventory(vmlab, tmp_path, ntp_servers=[ntp], audit_immutable=True)
     assert vmlab.deploy(inventory_path=locked).ok
     status = root(vmlab, n, "auditctl -s | head -1; auditctl -w /etc/hostname -k probe 2>&1; true").stdout

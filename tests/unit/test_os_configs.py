@@ -83,7 +83,7 @@ def test_modprobe_blacklist_parses(tmp_path):
     need("modprobe")
     text = render("os/modprobe-blacklist.conf.j2", modules=kernel.blacklist({}, efi=False),
                   install=kernel.MODULE_INSTALL_COMMAND, efi=False)
-    assert "install vfat /bin/false" in text and "install cramfs /bin/false" in text
+    assert "install vfat /bin/true" in text and "install cramfs /bin/true" in text
     res = run_validator(kernel.MODPROBE_CHECK, write(tmp_path, "bl.conf", text))
     assert res.returncode == 0, res.stderr
     assert run_validator(kernel.MODPROBE_CHECK, write(tmp_path, "x.conf", "instal cramfs\n")).returncode != 0
@@ -312,3 +312,9 @@ def test_defaults_pass_their_own_checks():
         for key in mod.KEYS:
             assert key.check(key.default) is None, key.name
             assert key.doc and not key.name.startswith("ssh_"), key.name  # ssh_* keys are pyinfra's
+
+
+def test_open_homes_are_found():
+    lines = ["ops:/home/ops:/bin/bash:755", "bot:/var/lib/bot:/usr/sbin/nologin:777", "ann:/home/ann:/bin/sh:750",
+             "bob:/home/bob:/bin/sh:770"]
+    assert accounts.open_homes(lines) == ["/home/ops", "/home/bob"]
