@@ -303,6 +303,13 @@ def test_vm_guard_unit_runs_in_its_sandbox(vmlab, vm_deployed):
 
 
 @pytest.mark.vm
+def test_vm_auditing_survives_a_journald_restart(vmlab, vm_deployed):
+    """A systemd update restarts journald; auditing must stay on (Debian's journald default would turn it off)."""
+    res = root(vmlab, vmlab.names[0], "systemctl restart systemd-journald && sleep 2 && auditctl -s | head -1")
+    assert res.stdout.strip() == "enabled 1", res.stdout + res.stderr
+
+
+@pytest.mark.vm
 def test_vm_immutable_audit_rules_wait_for_a_reboot(vmlab, vm_deployed, tmp_path):
     """-e 2 locks the rules; a later rule change is left for the next boot and marks a reboot as required."""
     from roles.audit import BOT_CONFIG_PATHS
