@@ -163,7 +163,8 @@ def audit_rules(data):
            "elif auditctl -s | grep -q '^enabled 2'; then "
            "echo 'audit rules are immutable until reboot: new rules load at the next boot' >&2; "
            "echo auditd-rules >> /run/reboot-required.pkgs; touch /run/reboot-required; "
-           "else augenrules --load; fi")
+           "else augenrules --load && auditctl -s | grep -q '^enabled [12]' || "
+           "{ echo 'hardkit: audit rules did not load (auditctl -s: not enabled)' >&2; exit 1; }; fi")
 
 
 @deploy("auditd")
@@ -177,10 +178,11 @@ def audit():
     apt.packages(name="Install auditd", packages=["auditd"])
     conf = install_file(name="auditd.conf (linux-baseline package-08)", dest=AUDITD_CONF, mode="0640",
                         content=render("os/auditd.conf.j2", settings=AUDITD_SETTINGS))
-    audit_rules(name="Audit rules (and load them)", data=data)
     systemd.service(name="auditd runs (skipped in a container)", service="auditd.service", running=None, enabled=True)
+    # Before the rules: on a fresh host, a SIGHUP after loading left the kernel at "enabled 0" (vm tier).
     server.shell(name="auditd re-reads a changed auditd.conf (SIGHUP; it refuses manual restarts)", _if=conf.did_change,
                  commands=["systemd-detect-virt --container --quiet || systemctl kill --signal=HUP auditd.service"])
+    audit_rules(name="Audit rules (and load them)", data=data)
 
     grub = host.get_fact(Lines, command=f"test -f {GRUB_DEFAULTS} && echo grub || true")
     if grub:

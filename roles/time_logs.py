@@ -54,9 +54,11 @@ JOURNAL_FILE_MAX = "64M"
 
 
 def journald_settings(data) -> dict[str, str]:
+    # Audit=yes: Debian's journald has Audit=no, which switches kernel auditing *off* whenever journald
+    # (re)starts - after this role, or after a systemd update - until the next boot (found on the vm tier).
     return {"Storage": "persistent", "Compress": "yes", "SystemMaxUse": JOURNAL_MAX_USE.value(data),
             "SystemKeepFree": JOURNAL_KEEP_FREE, "SystemMaxFileSize": JOURNAL_FILE_MAX,
-            "MaxRetentionSec": JOURNAL_RETENTION.value(data), "ForwardToSyslog": "no"}
+            "MaxRetentionSec": JOURNAL_RETENTION.value(data), "ForwardToSyslog": "no", "Audit": "yes"}
 
 
 @deploy("Time and logs")
