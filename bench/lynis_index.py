@@ -2,7 +2,7 @@
 
     bench/lynis_index.py [--tier vm|nspawn] [--only-os-roles] [--keep]
 
-Boots one fresh target (lab name `osbench`), installs Debian's `lynis` on it (the bench does,
+Boots one fresh target (lab `osbenchv` or `osbenchn`, by tier), installs Debian's `lynis` on it (the bench does,
 not the roles), runs `lynis audit system --quick --no-colors`, reads `hardening_index=` from
 its report file, deploys, and runs Lynis again. Prints both figures with the tier: compare
 figures within one tier only (in a container Lynis sees the host's kernel, modules and sysctls).
@@ -31,7 +31,7 @@ from deploy.inventory import load  # noqa: E402
 from tests.integration.labkit import boot  # noqa: E402
 from tests.integration.oslab import LabNtp, derived_inventory, root  # noqa: E402
 
-PREFIX = "osbench"
+PREFIX = "osbench"  # + the tier's initial, so a vm and an nspawn run never share a lab
 REPORT = "/root/lynis-report.dat"
 OS_ROLES = ["roles.baseline", "roles.updates", "roles.kernel", "roles.accounts", "roles.filesystem", "roles.audit",
             "roles.time_logs"]
@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     p.add_argument("--keep", action="store_true", help="leave the target running")
     args = p.parse_args(argv)
     started = time.monotonic()
-    lab = boot(PREFIX, count=1, tier=args.tier)
+    lab = boot(PREFIX + args.tier[0], count=1, tier=args.tier)
     name = lab.names[0]
     try:
         with LabNtp(lab) as ntp, tempfile.TemporaryDirectory(prefix="hardkit-bench-") as tmp:
