@@ -24,6 +24,7 @@ import time
 from io import BytesIO
 from pathlib import Path
 
+import paramiko
 from pyinfra.api import FileUploadCommand, FunctionCommand, StringCommand, deploy, operation
 from pyinfra.facts.files import Sha256File
 from pyinfra.operations import files, systemd
@@ -113,14 +114,17 @@ def confirm_with_fresh_login(state, host, change_id: str, user: str, sshd_port: 
                                            FIXED_PORT_KEY)}
     target = Host(host.name, [], {k: v for k, v in data.items() if v is not None})
     port = connect.connect_port(target.data, sshd_port)
-    # sshd re-executes itself on reload and is briefly not listening: keep trying for part of the window.
-    deadline = time.monotonic() + min(30.0, revert_seconds / 2)
+    # sshd re-executes itself on reload and a loaded host (a software-CPU VM) may answer slowly: keep
+    # trying until shortly before the host's own revert would fire.
+    deadline = time.monotonic() + min(120.0, max(10.0, revert_seconds - 20.0))
     while True:
         try:
             _confirm_once(target, login_user, change_id, port)
             return
         except Exception as e:  # any failure means: we cannot (yet) prove the new config lets us back in
-            if time.monotonic() < deadline:
+            # A refused key is an answer, not a hiccup: only connection trouble is worth another try.
+            transient = not isinstance(e, paramiko.AuthenticationException)
+            if transient and time.monotonic() < deadline:
                 time.sleep(1.0)
                 continue
             raise GuardError(

@@ -11,7 +11,7 @@ DEB_PACKAGES=(
   mmdebstrap systemd-container slirp4netns iproute2 util-linux e2fsprogs
   qemu-system-x86 qemu-utils zstd
   openssh-client openssh-server nftables fail2ban python3-systemd sudo netbase age
-  make python3-venv
+  kmod make python3-venv
 )
 
 missing=()
