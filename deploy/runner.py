@@ -23,8 +23,6 @@ from roles.access_data import CONNECTED_SSHD_PORT_KEY, FIXED_PORT_KEY, SSH_ALLOW
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SITE = REPO_ROOT / "deploy" / "site.py"
-#: Data keys the runner adds for roles (never set by operators).
-RUN_USER_KEY = "hardkit_login_user"
 
 
 @dataclass
@@ -90,7 +88,7 @@ def write_resolved_inventory(inv: Inventory, hosts: list[Host], logins: dict[str
             continue
         login = logins[h.name]
         data = {k: v for k, v in h.data.items() if k not in ("lab", "ssh_port")}
-        data.update({"ssh_user": login.user, RUN_USER_KEY: login.user, "_sudo": login.sudo,
+        data.update({"ssh_user": login.user, "_sudo": login.sudo,
                      "ssh_port": login.port, FIXED_PORT_KEY: login.sshd_port is None,
                      CONNECTED_SSHD_PORT_KEY: login.sshd_port})
         for g in h.groups:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from deploy import connect, runner
 from deploy.inventory import Inventory, load
-from sandbox import lab, lab_inventory
+from sandbox import lab
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -114,5 +114,3 @@ def tcp_banner_cmd(address: str, port: int = 22, timeout: int = 3) -> list[str]:
              "print(s.recv(64).decode().strip())" % timeout)
     return ["timeout", str(timeout + 1), sys.executable, "-c", probe, address, str(port)]
 
-
-__all__ = ["Lab", "boot", "hardkit", "tcp_banner_cmd", "lab_inventory"]

@@ -7,6 +7,7 @@ and no deploy can lock the operator out.
 from __future__ import annotations
 
 import ipaddress
+import json
 import subprocess
 import sys
 import time
@@ -50,7 +51,6 @@ def sha(lab, name, path) -> str:
 
 def dropped_packets(lab, name) -> int:
     out = lab.ssh(name, "nft -j list counter inet hardkit dropped_in").stdout
-    import json
     return json.loads(out)["nftables"][1]["counter"]["packets"]
 
 
