@@ -19,4 +19,6 @@ ROLE_MODULES = [
     "roles.filesystem",
     "roles.audit",
     "roles.time_logs",
+    # issue 8, the bot on the VPS
+    "roles.bot",
 ]
