@@ -3,6 +3,7 @@
     hardkit sandbox image | up | down | status | ssh      the local lab of disposable Debian 12 VPSs
     hardkit deploy INVENTORY [--limit GROUP|HOST] [--dry] [--json]
     hardkit verify INVENTORY [--report-dir DIR] [--junit FILE]
+    hardkit bot status|halt|flatten|reset|logs|rollback INVENTORY [--limit GROUP|HOST]
 
 Every error an operator can fix is printed as a sentence and exits non-zero; a traceback
 means a bug in hardkit.
@@ -85,6 +86,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--junit", default=None, help="also write JUnit XML here")
     s.add_argument("-k", dest="select", default=None, help="only checks matching this pytest expression")
     s.set_defaults(func=cmd_verify)
+
+    bot = sub.add_parser("bot", help="operate the bots of an inventory over SSH").add_subparsers(metavar="VERB")
+    verbs = {
+        "status": "state, equity, exposure, positions and orders of each host's bot",
+        "halt": "latch HALTED on every selected host (in parallel) and confirm it",
+        "flatten": "halt, cancel, sell every position and verify flat on the exchange",
+        "reset": "back to ACTIVE (a new risk epoch) after a halt",
+        "logs": "the bot's journal",
+        "rollback": "go back to the previous installed release and restart",
+    }
+    for verb, text in verbs.items():
+        s = bot.add_parser(verb, help=text)
+        s.add_argument("inventory")
+        s.add_argument("--limit", help="only these groups or hosts (comma-separated)")
+        s.add_argument("--json", action="store_true", help="one JSON object, keyed by host")
+        if verb == "halt":
+            s.add_argument("--reason", default="operator halt (hardkit bot halt)")
+        if verb == "flatten":
+            s.add_argument("--timeout", type=float, default=30.0)
+        if verb == "reset":
+            s.add_argument("--note", default="operator reset (hardkit bot reset)")
+            s.add_argument("--new-day", action="store_true", help="also start a new daily-loss anchor")
+        if verb == "logs":
+            s.add_argument("-n", "--lines", type=int, default=50)
+        s.set_defaults(func=cmd_bot, verb=verb)
     return p
 
 
@@ -204,6 +230,16 @@ def cmd_verify(args) -> int:
         cmd += ["-k", args.select]
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.run(cmd, cwd=str(REPO_ROOT), env=env).returncode
+
+
+# --- bot ------------------------------------------------------------------------------------------
+
+def cmd_bot(args) -> int:
+    from deploy import botctl
+    from deploy.inventory import load
+
+    inv = load(args.inventory)
+    return botctl.run(inv.limit(args.limit), args.verb, args)
 
 
 if __name__ == "__main__":
