@@ -153,9 +153,9 @@ def credentials_wanted(credstore_listing: list[str]) -> list[str]:
     return [AUDIT_KEY] + sorted(present & set(EXCHANGE_CREDENTIALS))
 
 
-def render_unit(release_dir: str, credentials: list[str], requires: list[str]) -> str:
-    return render("bot/hardkit-bot.service.j2", release_dir=release_dir, requires=requires, user=BOT_USER,
-                  group=OPERATORS_GROUP, inhibit_group=INHIBIT_GROUP, current=CURRENT_LINK,
+def render_unit(credentials: list[str], requires: list[str], current: str = CURRENT_LINK) -> str:
+    return render("bot/hardkit-bot.service.j2", release_dir=current, requires=requires, user=BOT_USER,
+                  group=OPERATORS_GROUP, inhibit_group=INHIBIT_GROUP, current=current,
                   config_file=CONFIG_FILE, inhibit_dir=INHIBIT_DIR, credentials=credentials,
                   credstore=CREDSTORE, cred_prefix=CRED_PREFIX, state_name=STATE_DIR.rsplit("/", 1)[1],
                   sandbox=SANDBOX)
@@ -237,7 +237,7 @@ def bot():
     audit_key = host_generated_credential(name="Audit chain key (made and encrypted on the host)", cred=AUDIT_KEY)
     ensure_modes(name="Credential store is root-only", specs={CREDSTORE: ("root", "root", "0700")})
     unit = install_file(name=f"Unit: {UNIT} (sandboxed)", dest=f"/etc/systemd/system/{UNIT}", mode="0644",
-                        content=render_unit(f"{INSTALL_ROOT}/current", credentials_wanted(
+                        content=render_unit(credentials_wanted(
                             host.get_fact(Lines, command=f"ls -1 {CREDSTORE} 2>/dev/null || true")), REQUIRED_UNITS),
                         validate=quiet_or_fail("systemd-analyze verify {path}"))
     server.shell(name="Reload systemd for the bot unit", _if=unit.did_change, commands=["systemctl daemon-reload"])
