@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-BOT_SRC = Path(__file__).resolve().parent.parent / "bot"
-LOCK = BOT_SRC / "requirements.lock"
+#: The bot's sources: this repository's bot/, or another checkout of it (HARDKIT_BOT_SOURCE), e.g. to
+#: try a branch of the bot on a staging host.
+BOT_SRC = Path(os.environ.get("HARDKIT_BOT_SOURCE") or Path(__file__).resolve().parent.parent / "bot")
 CACHE = Path(os.environ.get("HARDKIT_CACHE", Path.home() / ".cache" / "hardkit")) / "releases"
 #: The VPS's interpreter and platform (Debian 12: CPython 3.11 on x86_64, glibc 2.36).
 TARGET_PYTHON = "3.11"
@@ -86,14 +87,14 @@ def build_wheelhouse(folder: Path) -> None:
          "building the bot's wheel")
     _run(pip + ["download", "-q", "--require-hashes", "--no-deps", "--only-binary=:all:",
                 "--python-version", TARGET_PYTHON, "--implementation", "cp", *[a for p in TARGET_PLATFORMS for a in ("--platform", p)],
-                "-d", str(folder), "-r", str(LOCK)],
+                "-d", str(folder), "-r", str(BOT_SRC / "requirements.lock")],
          "downloading the locked wheels for the VPS")
     wheels = list(folder.glob("hardkit_bot-*.whl"))
     if len(wheels) != 1:
         raise ReleaseError(f"expected one hardkit_bot wheel in {folder}, found {len(wheels)}")
     wheel_hash = hashlib.sha256(wheels[0].read_bytes()).hexdigest()
     (folder / "release.lock").write_text(
-        LOCK.read_text() + f"\nhardkit-bot=={version()} \\\n    --hash=sha256:{wheel_hash}\n")
+        (BOT_SRC / "requirements.lock").read_text() + f"\nhardkit-bot=={version()} \\\n    --hash=sha256:{wheel_hash}\n")
 
 
 @lru_cache(maxsize=1)

@@ -86,7 +86,9 @@ def install_commands(content: str, dest: str, mode: str, user: str = "root", gro
         return
     staged = posixpath.join(STAGING_DIR, posixpath.basename(dest))
     q_staged, q_dest = shlex.quote(staged), shlex.quote(dest)
-    yield f"install -d -m 0700 -o root -g root {STAGING_DIR} && install -d -m 0755 {shlex.quote(posixpath.dirname(dest))}"
+    # An existing parent keeps its mode (install -d would reset it, e.g. a 0750 config folder).
+    parent = shlex.quote(posixpath.dirname(dest))
+    yield f"install -d -m 0700 -o root -g root {STAGING_DIR} && {{ [ -d {parent} ] || install -d -m 0755 {parent}; }}"
     yield FileUploadCommand(BytesIO(data), staged, remote_temp_filename=host.get_temp_filename(staged))
     yield f"chown {shlex.quote(user)}:{shlex.quote(group)} {q_staged} && chmod {mode} {q_staged}"
     if validate:

@@ -1,0 +1,123 @@
+"""The bot on a lab VPS: one deploy installs and starts it; it is idempotent, verifiable, operable
+from the controller (halt that never lies), upgradable and rollable back with its ledger intact,
+and it comes back after a reboot in the state it was left in."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from roles import bot_release
+from roles.bot_paths import INSTALL_ROOT, UNIT
+from tests.integration import oslab
+from tests.integration.labkit import REPO_ROOT, boot, hardkit
+
+PREFIX = "botlab"
+
+
+@pytest.fixture(scope="module")
+def lab():
+    lab = boot(PREFIX)
+    try:
+        first = lab.deploy()
+        assert first.ok, {n: (h.failed, h.error) for n, h in first.hosts.items()}
+        yield lab
+    finally:
+        lab.down()
+
+
+def bot(lab, verb: str, *args: str) -> subprocess.CompletedProcess:
+    return hardkit("bot", verb, str(lab.inventory_path), *args, timeout=600)
+
+
+def status(lab) -> dict:
+    res = bot(lab, "status", "--json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    return json.loads(res.stdout)[lab.names[0]]["status"]
+
+
+def links(lab) -> tuple[str, str]:
+    out = oslab.root(lab, lab.names[0], f"readlink {INSTALL_ROOT}/current; readlink {INSTALL_ROOT}/previous || true")
+    parts = out.stdout.split() + ["", ""]
+    return parts[0].rsplit("/", 1)[-1], parts[1].rsplit("/", 1)[-1]
+
+
+def test_deploy_runs_the_bot_and_a_redeploy_changes_nothing(lab):
+    st = status(lab)
+    assert st["state"] == "ACTIVE" and st["running"], st
+    assert links(lab)[0] == bot_release.name()
+    again = lab.deploy()
+    assert again.ok
+    assert again.raw["results"]["totals"]["success"] == 0, {n: h.changed for n, h in again.hosts.items()}
+
+
+def test_verify_proves_the_bot_controls(lab, tmp_path):
+    res = lab.verify("--report-dir", str(tmp_path), "-k", "bot")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-1000:]
+    report = json.loads((tmp_path / "compliance.json").read_text())
+    ids = {r["control"] for r in report["controls"] if r["status"] == "PASS"}
+    assert {f"hk-bot-0{i}" for i in range(1, 9)} <= ids, sorted(ids)
+
+
+def test_halt_is_confirmed_and_a_wedged_bot_is_still_halted(lab):
+    res = bot(lab, "halt", "--reason", "integration halt")
+    assert res.returncode == 0 and "confirmed by the running bot" in res.stdout, res.stdout + res.stderr
+    assert status(lab)["state"] == "HALTED"
+    res = bot(lab, "reset", "--note", "integration reset")
+    assert res.returncode == 0 and status(lab)["state"] == "ACTIVE", res.stdout + res.stderr
+    # A bot that accepts no command (stopped process): the halt must still be true, never assumed.
+    oslab.root(lab, lab.names[0], f"kill -STOP $(systemctl show -p MainPID --value {UNIT})")
+    res = bot(lab, "halt", "--reason", "wedged bot")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "did not answer" in res.stdout, res.stdout
+    st = status(lab)
+    assert st["state"] == "HALTED" and "wedged bot" in st["reason"], st
+
+
+def test_upgrade_and_rollback_keep_the_ledger(lab, tmp_path):
+    before = status(lab)
+    assert before["state"] == "HALTED"
+    first = links(lab)[0]
+    source = tmp_path / "bot"
+    shutil.copytree(REPO_ROOT / "bot", source, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "build"))
+    init = source / "src" / "hardkit_bot" / "__init__.py"
+    init.write_text(init.read_text() + "\n# a new release for the upgrade test\n")
+    env = dict(os.environ, HARDKIT_BOT_SOURCE=str(source))
+    res = subprocess.run([hardkit_python(), "-m", "deploy.cli", "deploy", str(lab.inventory_path)], cwd=REPO_ROOT,
+                         env=env, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    upgraded, previous = links(lab)
+    assert upgraded != first and previous == first, (upgraded, previous)
+    after = status(lab)
+    assert after["state"] == "HALTED" and after["reason"] == before["reason"] and after["pid"] != before["pid"]
+    res = bot(lab, "rollback")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert links(lab) == (first, upgraded)
+    back = status(lab)
+    assert back["state"] == "HALTED" and back["reason"] == before["reason"], back
+
+
+def test_reboot_brings_the_bot_back_halted(lab):
+    before = status(lab)
+    assert before["state"] == "HALTED"
+    oslab.reboot(lab, lab.names[0])
+    res = oslab.root(lab, lab.names[0], bot_wait_command())
+    assert res.returncode == 0, res.stderr
+    after = status(lab)
+    assert after["state"] == "HALTED" and after["reason"] == before["reason"], after
+    res = bot(lab, "reset", "--note", "after reboot")
+    assert res.returncode == 0 and status(lab)["state"] == "ACTIVE"
+
+
+def hardkit_python() -> str:
+    import sys
+    return sys.executable
+
+
+def bot_wait_command() -> str:
+    from roles.bot import wait_for_bot_command
+    return wait_for_bot_command()
