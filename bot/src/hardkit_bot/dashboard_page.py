@@ -75,7 +75,7 @@ function limits(list) {
     bar.append(fill);
     const tdBar = el("td"); tdBar.append(bar);
     tr.append(el("td", label(u.name), "name"), tdBar, el("td", fmt(u.used), "used"),
-              el("td", fmt(u.limit), "limit"), el("td", fmt(u.pct) + "%%", "pct"));
+              el("td", fmt(u.limit), "limit"), el("td", Number(u.pct).toFixed(1) + "%%", "pct"));
     return tr;
   }));
 }
