@@ -60,4 +60,7 @@ def main(runtime_dir: str | None) -> int:
         return 3
     except BrokenPipeError:
         pass   # the reader of our stdout went away: nothing left to deliver
+    except OSError as e:   # not a directory, path too long for a socket, ...
+        print(f"hardkit-bot: cannot open {path}: {e.strerror or e}", file=sys.stderr)
+        return 3
     return 0

@@ -106,6 +106,14 @@ def test_disabled_dashboard_has_no_socket_and_the_proxy_says_so(bot):
     assert len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("where", ["a-file", "x" * 120])
+def test_proxy_with_a_bad_runtime_dir_is_a_one_line_error(tmp_path, where):
+    (tmp_path / "a-file").write_text("")
+    r = subprocess.run([*proxy_argv(tmp_path / where)], env=proxy_env(), input=b"", capture_output=True, timeout=30)
+    err = r.stderr.decode()
+    assert r.returncode == 3 and err.startswith("hardkit-bot: ") and len(err.strip().splitlines()) == 1, err
+
+
 def test_dashboard_config_keys_are_validated():
     assert parse(config_text()).dashboard == {"enabled": True, "sample_s": 5.0, "points": 720}
     with pytest.raises(ConfigError) as e:
@@ -178,3 +186,28 @@ def test_tunnel_stop_cuts_open_connections_and_a_failing_opener_fails_only_its_c
         socket.create_connection(("127.0.0.1", t.port), timeout=2).close()
     with pytest.raises(ValueError):
         Tunnel(opener, host="0.0.0.0")
+
+
+def test_tunnel_wait_returns_on_ctrl_c_and_closes_the_port():
+    import signal
+    import socket
+    import sys
+    code = ("from deploy.tunnel import ProcessStream, Tunnel\n"
+            "t = Tunnel(lambda: ProcessStream(['cat'])).start()\n"
+            "print(t.port, flush=True)\nt.wait()\nprint('stopped', flush=True)\n")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(p.stdout.readline())
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"hi")
+            assert s.recv(10) == b"hi"
+            p.send_signal(signal.SIGINT)
+            out, _ = p.communicate(timeout=20)
+            assert p.returncode == 0 and out.strip() == "stopped"
+            assert s.recv(10) == b""                # the open connection was cut
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
