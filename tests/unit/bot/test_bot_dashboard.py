@@ -211,3 +211,59 @@ def test_tunnel_wait_returns_on_ctrl_c_and_closes_the_port():
         if p.poll() is None:
             p.kill()
             p.wait()
+
+
+# ---- the server in-process: errors of the status view, the curve's bound -------------------------
+
+def _unix_get(path, target: str) -> tuple[int, bytes]:
+    import socket
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(str(path))
+        s.sendall(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+def test_a_failing_status_is_a_503_and_the_curve_keeps_only_the_last_points(tmp_path):
+    from hardkit_bot.dashboard import DashboardServer
+    from hardkit_bot.metrics import render
+    failing = threading.Event()
+    n = iter(range(10**6))
+    good = {"state": "ACTIVE", "reason": "r", "equity": "100.00", "exposure": "0.00", "open_orders": [],
+            "limits": [], "steps": 1}
+
+    def status():
+        if failing.is_set():
+            raise RuntimeError("ledger locked")
+        return {**good, "equity": f"{100 + next(n)}.00"}
+
+    srv = DashboardServer(tmp_path / "d.sock", status, sample_s=0.05, points=10)
+    srv.start()
+    try:
+        _wait_until(lambda: len(srv.curve.points()) == 10 and srv.curve.points()[0][1] > 110)   # > 20 samples taken
+        pts = srv.curve.points()
+        assert len(pts) == 10 and [p[1] for p in pts] == sorted(p[1] for p in pts)
+        code, body = _unix_get(tmp_path / "d.sock", "/metrics")
+        assert code == 200 and body.decode().startswith(render(good).splitlines()[0])
+        failing.set()
+        code, body = _unix_get(tmp_path / "d.sock", "/metrics")
+        assert code == 503 and json.loads(body)["error"] == "RuntimeError: ledger locked"
+        time.sleep(0.3)   # the sampler survives failures
+        failing.clear()
+        before = srv.curve.points()[-1]
+        _wait_until(lambda: srv.curve.points()[-1] != before)
+        assert _unix_get(tmp_path / "d.sock", "/api/status")[0] == 200
+    finally:
+        srv.stop()
+    assert not (tmp_path / "d.sock").exists()
+
+
+def _wait_until(pred, timeout: float = 20.0) -> None:
+    end = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.05)
