@@ -13,8 +13,8 @@ import sys
 import threading
 from pathlib import Path
 
-#: Where the unit's RuntimeDirectory= puts the sockets; the same as roles/bot_paths.RUNTIME_DIR
-#: (tests/unit/bot/test_bot_dashboard.py pins the two together).
+#: Where the unit's RuntimeDirectory= puts the sockets: roles/bot_paths.RUNTIME_DIR and
+#: DASHBOARD_SOCKET (the bot cannot import the toolkit; tests/unit/bot/test_bot_dashboard.py pins them).
 DEFAULT_RUNTIME_DIR = "/run/hardkit-bot"
 SOCKET_NAME = "dashboard.sock"
 _CHUNK = 65536

@@ -13,7 +13,7 @@ import pytest
 
 from hardkit_bot import control
 from hardkit_bot.config import ConfigError, parse
-from hardkit_bot.dashboard_proxy import DEFAULT_RUNTIME_DIR
+from hardkit_bot.dashboard_proxy import DEFAULT_RUNTIME_DIR, SOCKET_NAME
 
 from bot_helpers import config_text
 from dash_helpers import get, proxy_argv, proxy_env, start_bot, tunnel_to
@@ -123,7 +123,8 @@ def test_dashboard_config_keys_are_validated():
     assert "dashboard.points: must be >= 10" in text
 
 
-def test_proxy_default_runtime_dir_is_the_units():
+def test_proxy_default_socket_is_the_units():
+    assert f"{DEFAULT_RUNTIME_DIR}/{SOCKET_NAME}" == bot_paths.DASHBOARD_SOCKET
     assert DEFAULT_RUNTIME_DIR == bot_paths.RUNTIME_DIR
 
 
