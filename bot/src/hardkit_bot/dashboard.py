@@ -119,7 +119,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.close_connection = True   # its body, if any, is never read
         self._send(405, "text/plain; charset=utf-8", b"read-only: GET and HEAD only\n", False, {"Allow": "GET, HEAD"})
 
-    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _not_allowed
 
     def _send(self, code: int, ctype: str, body: bytes, head: bool, extra: dict | None = None) -> None:
         self.send_response(code)

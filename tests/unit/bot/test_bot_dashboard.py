@@ -52,7 +52,7 @@ def test_endpoints_serve_the_bots_status_limits_curve_and_metrics(bot):
 def test_read_only_loopback_host_only_and_unknown_paths(bot):
     rt = start_bot(bot)
     with tunnel_to(rt) as t:
-        for method in ("POST", "PUT", "DELETE"):
+        for method in ("POST", "PUT", "DELETE", "TRACE"):
             code, hdr, _ = get(t.port, "/api/status", method=method)
             assert code == 405 and hdr["allow"] == "GET, HEAD"
         assert get(t.port, "/api/status", host="evil.example:8080")[0] == 403   # a DNS-rebound page
