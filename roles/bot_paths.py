@@ -27,6 +27,9 @@ CURRENT_LINK = f"{INSTALL_ROOT}/current"
 STATE_DIR = "/var/lib/hardkit-bot"
 RUNTIME_DIR = "/run/hardkit-bot"
 CONTROL_SOCKET = f"{RUNTIME_DIR}/control.sock"
+#: The read-only dashboard (HTTP on a Unix socket, same mode and group as the control socket);
+#: reached with `hardkit-bot dashboard-proxy` over an SSH exec channel.
+DASHBOARD_SOCKET = f"{RUNTIME_DIR}/dashboard.sock"
 
 #: The deploy's own root-only record folder (credential digests, salt, release record).
 DEPLOY_RECORD_DIR = "/var/lib/hardkit"

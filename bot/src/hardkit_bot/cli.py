@@ -1,10 +1,11 @@
-"""hardkit-bot command line: run | status | halt | flatten | reset | audit verify | backtest | check-config | config-doc.
+"""hardkit-bot command line: run | status | halt | flatten | reset | audit verify | dashboard-proxy | backtest |
+check-config | config-doc.
 
 Runtime contract (systemd): state in $STATE_DIRECTORY (else --state-dir), the
 control socket at $RUNTIME_DIRECTORY/control.sock (else --runtime-dir, else the
-state dir), exchange credentials only from $CREDENTIALS_DIRECTORY, logs to
-stderr for journald. Exit codes: 0 ok, 1 operation failed (e.g. not flat),
-2 invalid configuration or usage, 3 bot not reachable.
+state dir) with the dashboard's dashboard.sock beside it, exchange credentials
+only from $CREDENTIALS_DIRECTORY, logs to stderr for journald. Exit codes: 0 ok,
+1 operation failed (e.g. not flat), 2 invalid configuration or usage, 3 bot not reachable.
 """
 from __future__ import annotations
 
@@ -90,8 +91,16 @@ def cmd_run(args) -> int:
     except ExchangeError as e:
         log.error("start-up reconciliation failed: %s", e)
     sock = _socket(args) or sd / "control.sock"
-    server = ControlServer(sock, engine, int(cfg.control["socket_mode"], 8))
+    mode = int(cfg.control["socket_mode"], 8)
+    server = ControlServer(sock, engine, mode)
     server.start()
+    servers = [server]
+    if cfg.dashboard["enabled"]:
+        from .dashboard import DashboardServer
+        from .dashboard_proxy import SOCKET_NAME
+        servers.append(DashboardServer(sock.parent / SOCKET_NAME, engine.status, mode,
+                                       sample_s=cfg.dashboard["sample_s"], points=cfg.dashboard["points"]))
+        servers[-1].start()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -105,7 +114,8 @@ def cmd_run(args) -> int:
         else:
             engine.run(stop)
     finally:
-        server.stop()
+        for srv in servers:
+            srv.stop()
         engine.update_inhibitor()
         view = engine.sm.view()
         log.info("stopped in %s (%s)", view.state.value, view.reason)
@@ -212,6 +222,12 @@ def cmd_audit(args) -> int:
     return 1
 
 
+def cmd_dashboard_proxy(args) -> int:
+    from .dashboard_proxy import main as proxy
+    rt = os.environ.get("RUNTIME_DIRECTORY")
+    return proxy(args.runtime_dir or (rt.split(":")[0] if rt else None))
+
+
 def cmd_backtest(args) -> int:
     cfg = _load_config(args.config)
     from . import backtest
@@ -284,6 +300,9 @@ def main(argv: list[str] | None = None) -> int:
     a = common(sub.add_parser("audit", help="audit log tools"))
     a.add_argument("action", choices=["verify"])
     a.set_defaults(fn=cmd_audit)
+    x = sub.add_parser("dashboard-proxy", help="bridge stdin/stdout to the dashboard socket (run over SSH by the controller)")
+    x.add_argument("--runtime-dir", help="directory of dashboard.sock (default $RUNTIME_DIRECTORY, else /run/hardkit-bot)")
+    x.set_defaults(fn=cmd_dashboard_proxy)
     b = sub.add_parser("backtest", help="replay a price series through the same engine and risk code")
     b.add_argument("--config", required=True)
     b.add_argument("--csv", help="ts,open,high,low,close[,volume] file (default: generated series)")

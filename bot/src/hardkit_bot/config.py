@@ -106,6 +106,11 @@ FIELDS: dict[str, dict[str, Field]] = {
     "metrics": {
         "textfile": Field("str", "", "Path of a Prometheus textfile-collector file; empty disables. No TCP listener exists."),
     },
+    "dashboard": {
+        "enabled": Field("bool", True, "Serve the read-only risk dashboard (page, /api/status, /metrics) on dashboard.sock beside the control socket, same mode. Never on TCP."),
+        "sample_s": Field("float", 5.0, "Seconds between points of the dashboard's in-memory equity curve.", min=0.1, max=3600),
+        "points": Field("int", 720, "Points the equity curve keeps in memory (oldest dropped first; 720 x 5 s = the last hour).", min=10, max=100000),
+    },
 }
 
 INSTRUMENT_FIELDS: dict[str, Field] = {
@@ -126,6 +131,7 @@ class Config:
     risk: dict[str, Any]
     control: dict[str, Any]
     metrics: dict[str, Any]
+    dashboard: dict[str, Any]
     instruments: tuple[Instrument, ...]
     source: str = ""
 

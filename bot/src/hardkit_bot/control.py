@@ -1,8 +1,8 @@
 """The control plane: a local Unix socket, guarded by filesystem permissions.
 
-Served by its own threads, independent of the engine loop: `halt` and `flatten`
-work while the strategy is wedged, because they only need the ledger and the
-exchange, never the loop. The socket is created with a restrictive umask (no
+Served by its own threads (sockserver.UnixSocketServer, shared with the dashboard),
+independent of the engine loop: `halt` and `flatten` work while the strategy is
+wedged, because they only need the ledger and the exchange, never the loop. The socket is created with a restrictive umask (no
 window with looser permissions) and then set to 0600 or 0660; the caller's uid
 (SO_PEERCRED) is written to the audit log with every state-changing command.
 
@@ -12,63 +12,20 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import socket
-import stat
 import struct
-import threading
 from pathlib import Path
+
+from .sockserver import UnixSocketServer
 
 log = logging.getLogger(__name__)
 COMMANDS = ("status", "halt", "flatten", "reset", "metrics", "ping")
 
 
-class ControlServer:
+class ControlServer(UnixSocketServer):
     def __init__(self, path: str | Path, engine, mode: int = 0o660):
-        self.path, self.engine, self.mode = str(path), engine, mode
-        self._sock: socket.socket | None = None
-        self._stop = threading.Event()
-
-    def start(self) -> None:
-        p = Path(self.path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        if p.exists() or p.is_symlink():
-            if not stat.S_ISSOCK(p.lstat().st_mode):
-                raise RuntimeError(f"{p} exists and is not a socket; refusing to replace it")
-            if _alive(self.path):
-                raise RuntimeError(f"another bot is serving {p}")
-            p.unlink()
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o177)
-        try:
-            s.bind(self.path)
-        finally:
-            os.umask(old)
-        os.chmod(self.path, self.mode)
-        s.listen(8)
-        s.settimeout(0.5)
-        self._sock = s
-        threading.Thread(target=self._serve, name="control", daemon=True).start()
-        log.info("control socket %s (mode %o)", self.path, self.mode)
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._sock is not None:
-            self._sock.close()
-        try:
-            os.unlink(self.path)
-        except OSError:
-            pass
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except (socket.timeout, TimeoutError):
-                continue
-            except OSError:
-                return
-            threading.Thread(target=self._handle, args=(conn,), name="control-conn", daemon=True).start()
+        super().__init__(path, mode, "control")
+        self.engine = engine
 
     def _handle(self, conn: socket.socket) -> None:
         with conn:
@@ -117,18 +74,6 @@ def _readline(conn: socket.socket, limit: int = 65536) -> bytes:
         if len(buf) > limit:
             raise ValueError("request too long")
     return buf
-
-
-def _alive(path: str) -> bool:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        s.settimeout(1)
-        s.connect(path)
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
 
 
 def request(path: str | Path, cmd: str, timeout: float = 120, **args) -> dict:
