@@ -76,7 +76,8 @@ def test_daily_loss_uses_local_midnight_not_utc(ledger, clock):
     dl.update(ts("2026-03-10T22:30:00", ZoneInfo("UTC")), 10000.0)   # 23:30 Berlin
     assert dl.day == "2026-03-10"
     dl.update(ts("2026-03-10T23:30:00", ZoneInfo("UTC")), 9000.0)    # 00:30 Berlin: new day, new anchor
-    assert dl.day == "2026-03-11" and dl.loss_pct == 0.0
+    # anchored on the equity seen nearest before Berlin midnight, so the fall across midnight counts
+    assert dl.day == "2026-03-11" and dl.anchor == 10000.0 and dl.loss_pct == 10.0
 
 
 def test_drawdown_is_peak_to_trough_on_equity_and_survives_restart(ledger, clock):
