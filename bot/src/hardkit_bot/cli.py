@@ -30,6 +30,10 @@ class UsageError(Exception):
     """A user mistake: one line on stderr, exit 2, nothing traded or written."""
 
 
+class Unreachable(Exception):
+    """The bot cannot be reached and nothing may be done in its place: exit 3."""
+
+
 def _state_dir(args) -> Path | None:
     env = os.environ.get("STATE_DIRECTORY")
     if env:
@@ -156,7 +160,7 @@ def _ledger(args) -> Path | None:
 
 
 def _no_bot_lock(sd: Path, why: str):
-    """The bot.lock, held: proof that no bot runs on `sd`. Otherwise a UsageError-like exit 3."""
+    """The bot.lock, held: proof that no bot runs on `sd`. Otherwise Unreachable (exit 3)."""
     try:
         lock = runlock.try_lock(sd)
     except OSError as e:
@@ -167,10 +171,6 @@ def _no_bot_lock(sd: Path, why: str):
                           "changed. Stop the unit (systemctl stop hardkit-bot) or give the socket it serves "
                           "(--runtime-dir / --socket), then retry")
     return lock
-
-
-class Unreachable(Exception):
-    """The bot cannot be reached and nothing may be done in its place: exit 3."""
 
 
 def _bot_running(sd: Path) -> bool | None:

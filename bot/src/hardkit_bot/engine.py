@@ -416,7 +416,13 @@ class Engine:
             prev = self.sm.reset(note, epoch_meta(self.clock(), eq, new_day, self.cfg.tz))
             self._reload_risk_state()
             self.breakers(self.clock())
-        return {"ok": True, "from": prev.value, "state": self.sm.effective.value}
+        view = self.sm.view()
+        log.warning("manual reset from %s (%s): new risk epoch at equity %s; now %s", prev.value, note,
+                    "unknown" if eq is None else f"{eq:.2f}", view.state.value)
+        out = {"ok": True, "from": prev.value, "state": view.state.value}
+        if view.state is not TradingState.ACTIVE:
+            out["reason"] = view.reason   # a condition that still holds re-tripped at once: say which
+        return out
 
     # ---- risk view -------------------------------------------------------------------
     def usages(self, now: float) -> list[Usage]:

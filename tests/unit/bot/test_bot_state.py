@@ -156,7 +156,8 @@ def test_reset_after_a_daily_loss_keeps_the_day_unless_told_new_day(tmp_path, cl
     losing_trip(rp, 94.9)
     assert rp.eng.sm.latched is TradingState.HALTED and "daily loss" in rp.eng.sm.view().reason
     # the day's budget stays spent: the reset's own breaker pass re-latches at once (answered truthfully)
-    assert rp.eng.reset("same day") == {"ok": True, "from": "HALTED", "state": "HALTED"}
+    out = rp.eng.reset("same day")
+    assert out["state"] == "HALTED" and "max daily loss" in out["reason"]
     out = rp.eng.reset("new day", new_day=True)
     assert out["state"] == "ACTIVE"
     assert rp.store.get_meta("daily_anchor")["equity"] == pytest.approx(rp.eng.equity_f)
