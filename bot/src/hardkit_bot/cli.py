@@ -2,9 +2,11 @@
 
 Runtime contract (systemd): state in $STATE_DIRECTORY (else --state-dir), the
 control socket at $RUNTIME_DIRECTORY/control.sock (else --runtime-dir, else the
-state dir), exchange credentials only from $CREDENTIALS_DIRECTORY, logs to
-stderr for journald. Exit codes: 0 ok, 1 operation failed (e.g. not flat),
-2 invalid configuration or usage, 3 bot not reachable.
+state dir), exchange and audit-key credentials only from $CREDENTIALS_DIRECTORY
+(or --audit-key-file), logs to stderr for journald. Exit codes: 0 ok, 1 operation
+failed (e.g. not flat), 2 invalid configuration, usage, ledger or key (one line),
+3 bot not reachable — and then the ledger is changed in its place only when
+bot.lock proves no bot runs.
 """
 from __future__ import annotations
 

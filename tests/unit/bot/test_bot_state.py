@@ -226,19 +226,26 @@ def test_a_halt_survives_a_damaged_or_deleted_wal(bot, damage):
     assert "started in ACTIVE" not in (bot.tmp / "bot-1.log").read_text()
 
 
+def boot(path, clock):
+    """What a start sees: the state machine over a freshly opened ledger (closed again)."""
+    s = Store(path, clock)
+    try:
+        return StateMachine(s, clock).view()
+    finally:
+        s.close()
+
+
 def test_state_file_doubt_boots_halted(tmp_path, clock):
     path = tmp_path / "ledger.sqlite"
     Store(path, clock).close()
     sf = statefile.path_for(path)
     assert statefile.read(sf).state == "ACTIVE"
     sf.write_text(sf.read_text().replace("fresh ledger", "edited"))      # damage: checksum mismatch
-    s = Store(path, clock)
-    v = StateMachine(s, clock).view()
+    v = boot(path, clock)
     assert v.latched is TradingState.HALTED and "checksum" in v.reason
-    s.close()
-    assert StateMachine(Store(path, clock), clock).latched is TradingState.HALTED   # and stays, now agreed
+    assert boot(path, clock).latched is TradingState.HALTED               # and stays, now agreed
     sf.unlink()
-    v = StateMachine(Store(path, clock), clock).view()
+    v = boot(path, clock)
     assert v.latched is TradingState.HALTED and "missing" in v.reason
 
 
@@ -250,7 +257,7 @@ def test_a_killed_state_file_over_a_new_ledger_boots_killed(tmp_path, clock):
     for f in tmp_path.glob("ledger.sqlite*"):
         if f.name != statefile.path_for(path).name:
             f.unlink()                                   # the ledger is lost; its state file is not
-    v = StateMachine(Store(path, clock), clock).view()
+    v = boot(path, clock)
     assert v.latched is TradingState.KILLED and "ledger is new" in v.reason
 
 
