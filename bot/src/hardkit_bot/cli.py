@@ -3,14 +3,15 @@ check-config | config-doc.
 
 Runtime contract (systemd): state in $STATE_DIRECTORY (else --state-dir), the
 control socket at $RUNTIME_DIRECTORY/control.sock (else --runtime-dir, else the
-state dir) with the dashboard's dashboard.sock beside it, exchange credentials
-only from $CREDENTIALS_DIRECTORY, logs to stderr for journald. Exit codes: 0 ok,
-1 operation failed (e.g. not flat), 2 invalid configuration or usage, 3 bot not reachable.
+state dir) with the dashboard's dashboard.sock beside it, exchange and audit-key
+credentials only from $CREDENTIALS_DIRECTORY (or --audit-key-file), logs to stderr
+for journald. Exit codes: 0 ok, 1 operation failed (e.g. not flat), 2 invalid
+configuration, usage, ledger or key (one line), 3 bot not reachable — and then the
+ledger is changed in its place only when bot.lock proves no bot runs.
 """
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import logging
 import os
@@ -18,13 +19,22 @@ import signal
 import sqlite3
 import sys
 import threading
-from datetime import datetime, timezone
+import time
 from pathlib import Path
 
-from . import audit, control
+from . import control, creds, runlock
+from .audit import AuditKeyError
 from .config import ConfigError, load
 
 log = logging.getLogger("hardkit_bot")
+
+
+class UsageError(Exception):
+    """A user mistake: one line on stderr, exit 2, nothing traded or written."""
+
+
+class Unreachable(Exception):
+    """The bot cannot be reached and nothing may be done in its place: exit 3."""
 
 
 def _state_dir(args) -> Path | None:
@@ -56,29 +66,44 @@ def _load_config(path: str):
         raise SystemExit(2) from None
 
 
+def _audit_key(args) -> bytes | None:
+    try:
+        return creds.load_audit_key(getattr(args, "audit_key_file", None))
+    except creds.CredentialError as e:
+        raise UsageError(str(e)) from None
+
+
+def _open_store(path: Path, key: bytes | None = None, clock=None, readonly: bool = False):
+    """The ledger, or a UsageError naming what is wrong with the file (never a traceback)."""
+    from .store import Store
+    try:
+        return Store(path, clock or time.time, key, readonly=readonly)
+    except sqlite3.DatabaseError as e:
+        raise UsageError(f"ledger {path} is not a usable SQLite ledger ({e}); nothing was traded") from None
+    except AuditKeyError as e:
+        raise UsageError(str(e)) from None
+
+
 def cmd_run(args) -> int:
     cfg = _load_config(args.config)
     sd = _state_dir(args)
     if sd is None:
-        print("hardkit-bot: no state directory ($STATE_DIRECTORY or --state-dir)", file=sys.stderr)
-        return 2
+        raise UsageError("no state directory ($STATE_DIRECTORY or --state-dir)")
+    key = _audit_key(args)
     sd.mkdir(parents=True, exist_ok=True, mode=0o700)
-    lock = open(sd / "bot.lock", "w")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        print(f"hardkit-bot: another bot already runs on {sd}", file=sys.stderr)
-        return 2
-    import time
-
+    lock = runlock.try_lock(sd)
+    if lock is None:
+        raise UsageError(f"another bot already runs on {sd}")
     from .control import ControlServer
     from .engine import Engine
     from .exchange import build
     from .exchange.base import ExchangeError
     from .inhibitor import RebootInhibitor
-    from .store import Store
     clock = time.time
-    store = Store(sd / "ledger.sqlite", clock=clock)
+    store = _open_store(sd / "ledger.sqlite", key, clock)
+    if key is None:
+        log.warning("no audit key ($CREDENTIALS_DIRECTORY/%s or --audit-key-file): the audit chain is plain "
+                    "SHA-256, which detects damage but not a deliberate rewrite", creds.AUDIT_KEY_FILE)
     try:
         exchange = build(cfg, sd, clock)
     except Exception as e:  # credentials, unknown exchange, missing extra
@@ -86,6 +111,7 @@ def cmd_run(args) -> int:
         return 2
     engine = Engine(cfg, store, exchange, clock, inhibitor=RebootInhibitor(args.inhibit_dir),
                     metrics_file=args.metrics_file or cfg.metrics["textfile"] or None)
+    engine.anchor_audit_head()
     try:
         engine.start()
     except ExchangeError as e:
@@ -117,51 +143,83 @@ def cmd_run(args) -> int:
         for srv in servers:
             srv.stop()
         engine.update_inhibitor()
+        engine.record_equity()
         view = engine.sm.view()
         log.info("stopped in %s (%s)", view.state.value, view.reason)
+        engine.anchor_audit_head()
         store.close()
     return 0
 
 
-def _offline_status(args) -> dict | None:
-    sd = _state_dir(args)
-    if sd is None or not (sd / "ledger.sqlite").exists():
-        return None
-    c = sqlite3.connect(f"file:{sd / 'ledger.sqlite'}?mode=ro", uri=True)
-    try:
-        st, reason, since = c.execute("SELECT state, reason, since FROM trading_state").fetchone()
-        pos = [{"instrument": r[0], "qty": r[1], "avg_price": r[2]}
-               for r in c.execute("SELECT instrument, qty, avg_price FROM positions WHERE CAST(qty AS REAL) > 0")]
-        live = c.execute("SELECT COUNT(*) FROM orders WHERE status IN "
-                         "('PENDING_SUBMIT','UNKNOWN','OPEN','PARTIALLY_FILLED')").fetchone()[0]
-    finally:
-        c.close()
-    return {"running": False, "state": st, "reason": reason,
-            "since": datetime.fromtimestamp(since, timezone.utc).isoformat(), "positions": pos,
-            "live_orders": live, "note": "bot not running: read from the ledger"}
-
-
-def _ask(args, cmd: str, **kw) -> dict | None:
+def _ask(args, req: dict, timeout: float) -> tuple[dict | None, str]:
+    """The bot's answer over its socket, or None and why there is none."""
     sock = _socket(args)
-    if sock is None or not sock.exists():
-        return None
+    if sock is None:
+        return None, "no control socket path ($RUNTIME_DIRECTORY, --runtime-dir, --socket or a state dir)"
+    if not sock.exists():
+        return None, f"control socket {sock} does not exist"
     try:
-        return control.request(sock, cmd, **kw)
+        return control.send(sock, req, timeout), ""
+    except (TimeoutError, OSError) as e:
+        return None, f"control socket {sock} did not answer ({type(e).__name__}: {e})"
+    except ValueError as e:
+        return None, f"control socket {sock} answered garbage ({e})"
+
+
+def _ledger(args) -> Path | None:
+    sd = _state_dir(args)
+    return sd / "ledger.sqlite" if sd is not None and (sd / "ledger.sqlite").exists() else None
+
+
+def _no_bot_lock(sd: Path, why: str):
+    """The bot.lock, held: proof that no bot runs on `sd`. Otherwise Unreachable (exit 3)."""
+    try:
+        lock = runlock.try_lock(sd)
+    except OSError as e:
+        raise Unreachable(f"{why}, and {sd / runlock.NAME} cannot be checked ({e.strerror}): whether a bot runs "
+                          "there is unknown, so the ledger was NOT changed") from None
+    if lock is None:
+        raise Unreachable(f"{why}, but a bot IS running on {sd} (it holds {runlock.NAME}): the ledger was NOT "
+                          "changed. Stop the unit (systemctl stop hardkit-bot) or give the socket it serves "
+                          "(--runtime-dir / --socket), then retry")
+    return lock
+
+
+def _bot_running(sd: Path) -> bool | None:
+    """True when a bot holds bot.lock, False when it is free, None when it cannot be checked."""
+    try:
+        lock = runlock.try_lock(sd)
     except OSError:
         return None
+    if lock is None:
+        return True
+    lock.close()
+    return False
 
 
 def cmd_status(args) -> int:
-    st = _ask(args, "status") or _offline_status(args)
+    st, why = _ask(args, {"cmd": "status"}, 30)
     if st is None:
-        print("hardkit-bot: bot not reachable and no ledger found", file=sys.stderr)
-        return 3
+        ledger = _ledger(args)
+        if ledger is None:
+            raise Unreachable(f"bot not reachable ({why}) and no ledger found")
+        from . import offline
+        store = _open_store(ledger, readonly=True)
+        try:
+            st = offline.status(store)
+        finally:
+            store.close()
+        running = _bot_running(ledger.parent)
+        if running is not False:   # never claim "not running" without the lock's proof
+            st["running"] = running
+            st["note"] = (f"bot not reachable ({why}); the state below is the ledger's, and a bot "
+                          + ("IS running" if running else "may be running") + " on this state directory")
     st.pop("ok", None)
     if args.json:
         print(json.dumps(st, indent=2, default=str))
         return 0
     print(f"state: {st['state']}  ({st['reason']}, since {st['since']})")
-    if not st.get("running", True):
+    if "note" in st:
         print(st["note"])
     for p in st.get("positions", []):
         print(f"position {p['instrument']}: {p['qty']} @ {p['avg_price']}"
@@ -173,50 +231,54 @@ def cmd_status(args) -> int:
 
 def cmd_control(args) -> int:
     kw = {"halt": {"reason": getattr(args, "reason", "")}, "flatten": {"timeout": getattr(args, "timeout", 30.0)},
-          "reset": {"note": getattr(args, "note", "")}}[args.cmd]
-    resp = _ask(args, args.cmd, **kw)
-    if resp is None and args.cmd in ("reset", "halt"):
-        sd = _state_dir(args)
-        if sd is not None and (sd / "ledger.sqlite").exists():
-            resp = _offline_state_change(sd, args.cmd, kw)
+          "reset": {"note": getattr(args, "note", ""), "new_day": getattr(args, "new_day", False)}}[args.cmd]
+    wait = kw["timeout"] + 30 if args.cmd == "flatten" else 60
+    resp, why = _ask(args, {"cmd": args.cmd, **kw}, wait)
     if resp is None:
-        print("hardkit-bot: bot not reachable (is it running? check the socket path)", file=sys.stderr)
-        return 3
+        resp = _offline_state_change(args, kw, why)
     print(json.dumps(resp, indent=2, default=str))
     return 0 if resp.get("ok") else 1
 
 
-def _offline_state_change(sd: Path, cmd: str, kw: dict) -> dict:
-    """halt/reset while the bot is stopped: change the latched state in the ledger directly."""
-    import time
-
-    from .model import TradingState
-    from .risk.state import StateMachine
-    from .store import Store
-    store = Store(sd / "ledger.sqlite")
+def _offline_state_change(args, kw: dict, why: str) -> dict:
+    """halt/reset with no bot running, proven by bot.lock (held while writing the ledger)."""
+    if args.cmd == "flatten":
+        raise Unreachable(f"bot not reachable ({why}): flatten needs the running bot (it trades)")
+    ledger = _ledger(args)
+    if ledger is None:
+        raise Unreachable(f"bot not reachable ({why}) and no ledger found (is it running? check the socket path)")
+    tz = _load_config(args.config).tz if getattr(args, "config", None) else None
+    if kw.get("new_day") and tz is None:
+        raise UsageError("reset --new-day without a running bot needs --config (the day is local to bot.timezone)")
+    lock = _no_bot_lock(ledger.parent, f"bot not reachable ({why})")
+    from . import offline
     try:
-        sm = StateMachine(store, time.time)
-        if cmd == "reset":
-            prev = sm.reset(kw["note"] or "operator (offline)")
-            return {"ok": True, "from": prev.value, "state": "ACTIVE", "offline": True}
-        sm.escalate(TradingState.HALTED, f"operator halt (offline): {kw['reason']}")
-        return {"ok": True, "state": sm.latched.value, "offline": True}
+        store = _open_store(ledger, _audit_key(args))
+        try:
+            if args.cmd == "halt":
+                return offline.halt(store, kw["reason"])
+            return offline.reset(store, kw["note"], kw["new_day"], tz)
+        finally:
+            store.close()
     finally:
-        store.close()
+        lock.close()
 
 
 def cmd_audit(args) -> int:
-    sd = _state_dir(args)
-    if sd is None or not (sd / "ledger.sqlite").exists():
-        print("hardkit-bot: no ledger found ($STATE_DIRECTORY or --state-dir)", file=sys.stderr)
-        return 3
-    c = sqlite3.connect(f"file:{sd / 'ledger.sqlite'}?mode=ro", uri=True)
+    ledger = _ledger(args)
+    if ledger is None:
+        raise Unreachable("no ledger found ($STATE_DIRECTORY or --state-dir)")
+    key = _audit_key(args)
+    store = _open_store(ledger, readonly=True)
     try:
-        res = audit.verify(c)
+        res = store.verify_audit(key)
     finally:
-        c.close()
+        store.close()
+    if res.needs_key:
+        raise UsageError(res.problem)
     if res.ok:
-        print(f"audit log OK: {res.records} records, head {res.head}")
+        print(f"audit log OK: {res.records} records, head {res.head} "
+              f"({'HMAC-SHA256, keyed' if res.keyed else 'plain SHA-256: unkeyed, detects damage but not a rewrite'})")
         return 0
     print(f"audit log TAMPERED at record {res.bad_seq}: {res.problem}", file=sys.stderr)
     return 1
@@ -251,8 +313,38 @@ def cmd_backtest(args) -> int:
 
 def cmd_check_config(args) -> int:
     cfg = _load_config(args.config)
+    problems = _referenced_file_problems(cfg)
+    if problems:
+        print(f"hardkit-bot: configuration {args.config}: {len(problems)} problem(s) in the files it points to:",
+              file=sys.stderr)
+        for p in problems:
+            print(f"  - {p}", file=sys.stderr)
+        return 2
     print(f"{args.config}: OK ({len(cfg.instruments)} instruments, exchange {cfg.exchange['kind']})")
     return 0
+
+
+def _referenced_file_problems(cfg) -> list[str]:
+    """Read every file the config names the way `run` would: a garbage CSV or CA bundle fails here."""
+    import ssl
+
+    from .exchange.base import BadExchangeData
+    from .exchange.market import load_csv
+    x, problems = cfg.exchange, []
+    if x["kind"] == "paper" and x["series"] != "generated":
+        try:
+            load_csv(x["series"])
+        except (BadExchangeData, OSError, UnicodeDecodeError) as e:
+            problems.append(f"exchange.series: {x['series']}: {e}")
+    if x["ca_bundle"]:
+        try:
+            ssl.create_default_context(cafile=x["ca_bundle"])
+        except (ssl.SSLError, OSError, ValueError) as e:
+            problems.append(f"exchange.ca_bundle: {x['ca_bundle']}: not a PEM bundle of CA certificates ({e})")
+    tf = cfg.metrics["textfile"]
+    if tf and not os.access(Path(tf).parent, os.W_OK):
+        problems.append(f"metrics.textfile: {tf}: its directory is missing or not writable")
+    return problems
 
 
 def cmd_config_doc(args) -> int:
@@ -277,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
         sp.add_argument("--state-dir", help="ledger directory (default $STATE_DIRECTORY)")
         sp.add_argument("--runtime-dir", help="control socket directory (default $RUNTIME_DIRECTORY)")
         sp.add_argument("--socket", help="control socket path (overrides the directories)")
+        sp.add_argument("--audit-key-file", help="audit chain HMAC key (default $CREDENTIALS_DIRECTORY/audit-key; "
+                                                 "development and tests)")
         return sp
 
     r = common(sub.add_parser("run", help="run the bot"))
@@ -296,6 +390,8 @@ def main(argv: list[str] | None = None) -> int:
     f.set_defaults(fn=cmd_control, cmd="flatten")
     z = common(sub.add_parser("reset", help="manual reset to ACTIVE (the only way out of HALTED/KILLED)"))
     z.add_argument("--note", default="")
+    z.add_argument("--new-day", action="store_true", help="also re-anchor today's daily loss at the equity now")
+    z.add_argument("--config", help="bot config (only needed for --new-day while the bot is not running)")
     z.set_defaults(fn=cmd_control, cmd="reset")
     a = common(sub.add_parser("audit", help="audit log tools"))
     a.add_argument("action", choices=["verify"])
@@ -316,7 +412,14 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--config", required=True)
     c.set_defaults(fn=cmd_check_config)
     args = p.parse_args(argv)
-    return args.fn(args)
+    try:
+        return args.fn(args)
+    except UsageError as e:
+        print(f"hardkit-bot: {e}", file=sys.stderr)
+        return 2
+    except Unreachable as e:
+        print(f"hardkit-bot: {e}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

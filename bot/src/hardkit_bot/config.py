@@ -301,8 +301,10 @@ def parse(text: str, source: str = "<string>") -> Config:
 def load(path: str | Path) -> Config:
     p = Path(path)
     try:
-        text = p.read_text()
+        text = p.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError([f"{p}: cannot read: {e.strerror}"]) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"{p}: not UTF-8 text (byte {e.start}: {e.reason}); TOML files are UTF-8"]) from None
     return parse(text, str(p))
 

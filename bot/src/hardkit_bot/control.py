@@ -6,7 +6,8 @@ wedged, because they only need the ledger and the exchange, never the loop. The 
 window with looser permissions) and then set to 0600 or 0660; the caller's uid
 (SO_PEERCRED) is written to the audit log with every state-changing command.
 
-Protocol: one JSON object per line each way, e.g. {"cmd": "halt", "reason": "..."}.
+Protocol: one JSON object per line each way, e.g. {"cmd": "halt", "reason": "..."};
+`reset` takes `note` and optionally `new_day` (true: re-anchor the daily loss now).
 """
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ class ControlServer(UnixSocketServer):
             return e.halt(str(req.get("reason", "no reason given"))[:200])
         if cmd == "flatten":
             return e.flatten(float(req.get("timeout", 30)))
-        return e.reset(str(req.get("note", "operator"))[:200])
+        return e.reset(str(req.get("note", "operator"))[:200], bool(req.get("new_day", False)))
 
 
 def _readline(conn: socket.socket, limit: int = 65536) -> bytes:
@@ -77,12 +78,17 @@ def _readline(conn: socket.socket, limit: int = 65536) -> bytes:
 
 
 def request(path: str | Path, cmd: str, timeout: float = 120, **args) -> dict:
-    """Client side: send one command and return the decoded answer."""
+    """Client side: send one command and return the decoded answer (`timeout`: the socket's)."""
+    return send(path, {"cmd": cmd, **args}, timeout)
+
+
+def send(path: str | Path, req: dict, timeout: float = 120) -> dict:
+    """Client side, any request object (e.g. flatten's own `timeout` field)."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
     try:
         s.connect(str(path))
-        s.sendall((json.dumps({"cmd": cmd, **args}) + "\n").encode())
+        s.sendall((json.dumps(req) + "\n").encode())
         return json.loads(_readline(s))
     finally:
         s.close()

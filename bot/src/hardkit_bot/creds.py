@@ -14,6 +14,8 @@ from pathlib import Path
 
 KEY_FILE = "exchange-api-key"
 SECRET_FILE = "exchange-api-secret"
+#: The audit chain's HMAC key: raw random bytes generated on the host (audit.MIN_KEY_BYTES or more).
+AUDIT_KEY_FILE = "audit-key"
 
 
 class CredentialError(Exception):
@@ -51,6 +53,24 @@ def load(directory: str | None = None) -> tuple[Secret, Secret]:
             raise CredentialError(f"credential {name} is empty")
         out.append(Secret(v))
     return out[0], out[1]
+
+
+def load_audit_key(path: str | None = None) -> bytes | None:
+    """The audit key from `path` (--audit-key-file, development and tests), else from
+    $CREDENTIALS_DIRECTORY/audit-key; None when neither exists (the chain is then unkeyed)."""
+    from .audit import MIN_KEY_BYTES
+    if path is None:
+        d = os.environ.get("CREDENTIALS_DIRECTORY")
+        if not d or not (Path(d) / AUDIT_KEY_FILE).exists():
+            return None
+        path = str(Path(d) / AUDIT_KEY_FILE)
+    try:
+        key = Path(path).read_bytes()
+    except OSError as e:
+        raise CredentialError(f"cannot read the audit key {path}: {e.strerror}") from None
+    if len(key) < MIN_KEY_BYTES:
+        raise CredentialError(f"the audit key {path} holds {len(key)} bytes; at least {MIN_KEY_BYTES} are needed")
+    return key
 
 
 class _Redact(logging.Filter):

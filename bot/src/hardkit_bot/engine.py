@@ -1,10 +1,18 @@
 """The engine: wires data, strategy, stops, breakers and the order manager into a loop.
 
-One iteration (`step`): pull and validate market data, feed new bars to the
-strategy, sync live orders and balances, evaluate the breakers, then *enforce*
-the effective state (cancel entries when REDUCING, cancel everything
-non-protective when HALTED, flatten when KILLED, auto-close on the volatility
-breaker, fire stops and targets). Any unexpected exception in an iteration
+One iteration (`step`), in this order:
+1. adopt the ledger's latched state (anyone may have written it: one source of truth);
+2. observe: pull and validate market data, feed new bars to the indicators and the
+   volatility breaker (the strategy's signals are only collected), sync live orders
+   and balances;
+3. breakers: evaluate every limit on the fresh equity and latch what trips;
+4. strategy: act on the collected signals (every order still passes the pipeline,
+   which sees the state the breakers just set);
+5. orders: *enforce* the effective state (cancel entries when REDUCING, cancel
+   everything non-protective when HALTED, flatten when KILLED, auto-close on the
+   volatility breaker, fire stops and targets).
+Breakers before the strategy means a condition that still holds after a reset
+re-trips before any entry can leave. Any unexpected exception in an iteration
 latches HALTED with the error as the reason and the loop carries on, so the
 control socket, stops and status keep working; state is never lost because
 every change is already committed to the ledger.
@@ -21,7 +29,7 @@ import time
 from datetime import datetime, timezone
 from decimal import ROUND_DOWN, ROUND_UP, Decimal
 
-from . import faults
+from . import audit, faults
 from .config import Config
 from .exchange.base import BadExchangeData, ExchangeError
 from .inhibitor import RebootInhibitor
@@ -32,6 +40,7 @@ from .reconcile import ReconcileReport, reconcile
 from .risk.limits import (ActivityRate, ConsecutiveLosses, DailyLoss, Drawdown, EquityFloor, StaleData,
                           Usage, Volatility)
 from .risk.pipeline import RiskLimits, size_for_risk
+from .risk.epoch import epoch_meta
 from .risk.state import StateMachine
 from .stops import TrailingStops
 from .store import Store
@@ -59,7 +68,7 @@ class Engine:
         self.daily = DailyLoss(store, cfg.tz, float(r["daily_loss_reduce_pct"]), float(r["max_daily_loss_pct"]))
         self.drawdown = Drawdown(store, float(r["max_drawdown_pct"]))
         self.streak = ConsecutiveLosses(store, r["max_consecutive_losses"])
-        self.floor = EquityFloor(float(r["equity_floor"]))
+        self.floor = EquityFloor(float(r["equity_floor"]), store, float(r["max_drawdown_pct"]))
         self.stale = StaleData(list(self.instruments), r["stale_data_s"], clock())
         self.vol = {sym: Volatility(r["vol_window"], r["vol_z_enter"], r["vol_z_exit"], r["vol_clear_bars"])
                     for sym in self.instruments}
@@ -78,6 +87,7 @@ class Engine:
         self._warmup_bars = min(500, max(s["slow"], s["atr_period"], r["vol_window"]) + 5)
         self._last_snapshot = 0.0
         self._close_seq = 0
+        self._last_anchor = float("-inf")
         self.started = clock()
         self.steps = 0
 
@@ -134,6 +144,21 @@ class Engine:
     # ---- one live iteration ----------------------------------------------------
     def step(self) -> None:
         now = self.clock()
+        if self.sm.refresh():
+            self._reload_risk_state()
+        signals = self._observe(now)
+        self.breakers(self.clock())
+        for sym, (sig, bar) in signals.items():
+            self.act(sym, sig, bar)
+        self.enforce(self.clock())
+        if self.live:
+            self._housekeeping(self.clock())
+        self.steps += 1
+
+    def _observe(self, now: float) -> dict[str, tuple[Signal, Bar]]:
+        """Market data into indicators, orders and balances into the caches; returns the
+        last actionable signal per instrument (acted on after the breakers)."""
+        signals: dict[str, tuple[Signal, Bar]] = {}
         for sym in self.instruments:
             try:
                 price, ts = self.exchange.ticker(sym)
@@ -147,18 +172,20 @@ class Engine:
             fresh_after = now - 2 * self._bar_seconds - self.cfg.bot["loop_interval_s"]
             for bar in bars:
                 if self.market.accept_bar(sym, bar):
+                    sig = self.observe_bar(sym, bar)
                     # history (warm-up after a start, or catching up) feeds indicators but never trades
-                    self.on_bar(sym, bar, act=bar.ts + self._bar_seconds >= fresh_after)
+                    if sig is not Signal.NONE and bar.ts + self._bar_seconds >= fresh_after:
+                        signals[sym] = (sig, bar)
         try:
             self.om.sync_all()
             self.om.refresh_account()
             self._on_fill()
         except ExchangeError as e:
             log.warning("order/balance sync: %s", e)
-        self.evaluate(self.clock())
-        self.steps += 1
+        return signals
 
-    def on_bar(self, sym: str, bar: Bar, act: bool = True) -> None:
+    def observe_bar(self, sym: str, bar: Bar) -> Signal:
+        """Feed one bar to the volatility breaker, the strategy and the trailing stop; trade nothing."""
         v = self.vol[sym]
         change = v.on_bar(bar.high, bar.low, bar.close)
         if change is True:
@@ -174,11 +201,13 @@ class Engine:
         sig = st.on_bar(bar)
         if sym in self._pos_f:
             self.stops.trail(sym, bar.close, st.atr)
-        if not act or sig is Signal.NONE:
-            return
+        return sig
+
+    def act(self, sym: str, sig: Signal, bar: Bar) -> None:
+        """The strategy's turn: an entry only while ACTIVE, an exit of what we hold."""
         if sig is Signal.ENTER_LONG and sym not in self._pos_f and self.sm.effective is TradingState.ACTIVE \
                 and not any(r["instrument"] == sym for r in self.om.live_rows()):
-            self._enter(sym, bar, st)
+            self._enter(sym, bar, self.strats[sym])
         elif sig is Signal.EXIT_LONG and sym in self._pos_f:
             self.close_position(sym, "exit", protective=False, key=f"{sym}:{int(bar.ts * 1000)}:exit")
 
@@ -227,7 +256,8 @@ class Engine:
             eq += q * (lp if lp is not None else float(self.positions[sym].avg_price))
         return eq
 
-    def evaluate(self, now: float) -> None:
+    def breakers(self, now: float) -> None:
+        """Evaluate every limit and latch what trips (raises only; transient conditions set/clear)."""
         latched = self.sm.latched.severity
         if self._equity_known:
             eq = self.equity_f = self._equity()
@@ -242,9 +272,18 @@ class Engine:
         if reason or self._stale_flag:
             self.sm.set_transient("stale_data", TradingState.REDUCING if reason else None, reason or "")
             self._stale_flag = bool(reason)
+
+    def evaluate(self, now: float) -> None:
+        """Breakers, then enforcement (and housekeeping when live): the tail of an iteration."""
+        self.breakers(now)
         self.enforce(now)
         if self.live:
             self._housekeeping(now)
+
+    def _reload_risk_state(self) -> None:
+        """Re-read what a reset (ours or another process's) changed: streak, peak, anchor, epoch."""
+        for breaker in (self.daily, self.drawdown, self.streak, self.floor):
+            breaker.load()
 
     def enforce(self, now: float) -> None:
         state = self.sm.effective
@@ -273,6 +312,9 @@ class Engine:
             eq, cash, unreal = self.om.equity(self.quote)
             self.store.snapshot_equity(now, eq, cash, unreal)
             self._last_snapshot = now
+        if now - self._last_anchor >= audit.ANCHOR_EVERY_S:
+            self.anchor_audit_head()
+            self._last_anchor = now
         self.update_inhibitor()
         if self.metrics_file:
             from .metrics import write_textfile
@@ -280,6 +322,17 @@ class Engine:
                 write_textfile(self.metrics_file, self.status())
             except OSError as e:
                 log.warning("metrics file: %s", e)
+
+    def anchor_audit_head(self) -> None:
+        """Put the chain head outside the ledger (the journal): a cut-off tail shows against it."""
+        seq, mac = self.store.audit_head()
+        log.info("audit head: seq %d %s %s", seq, "mac" if self.store.keyed else "sha256 (unkeyed)", mac)
+
+    def record_equity(self) -> None:
+        """Persist the equity now (at stop): the next start measures a loss while down from it."""
+        if self._equity_known:
+            eq, cash, unreal = self.om.equity(self.quote)
+            self.store.snapshot_equity(self.clock(), eq, cash, unreal)
 
     def update_inhibitor(self) -> None:
         if self.inhibitor is None:
@@ -292,16 +345,18 @@ class Engine:
 
     # ---- backtest --------------------------------------------------------------------
     def replay_bar(self, sym: str, bar: Bar, bar_seconds: float) -> None:
-        """Feed one historical bar through the live code path (paper exchange in manual mode)."""
+        """Feed one historical bar through the live order of work (paper exchange in manual mode)."""
         self.exchange.feed(sym, bar)
         end = bar.ts + bar_seconds
         if self.market.on_tick(sym, bar.close, end):
             self.stale.seen(sym, end)
-        if self.market.accept_bar(sym, bar):
-            self.on_bar(sym, bar)
+        sig = self.observe_bar(sym, bar) if self.market.accept_bar(sym, bar) else Signal.NONE
         if self.om.has_live:
             self.om.sync_all()
-        self.evaluate(end)
+        self.breakers(end)
+        if sig is not Signal.NONE:
+            self.act(sym, sig, bar)
+        self.enforce(end)
 
     # ---- control operations (called from the control thread) ------------------------
     def halt(self, reason: str) -> dict:
@@ -354,9 +409,20 @@ class Engine:
                 dust[inst.base] = str(amt)
         return {"flat": not held and not open_orders, "holdings": held, "dust": dust, "open_orders": open_orders}
 
-    def reset(self, note: str) -> dict:
-        prev = self.sm.reset(note)
-        return {"ok": True, "from": prev.value, "state": self.sm.effective.value}
+    def reset(self, note: str, new_day: bool = False) -> dict:
+        """Back to ACTIVE in a new risk epoch (risk/epoch.py), audited with the operator's note."""
+        with self.om.lock:
+            eq = self._equity() if self._equity_known else None
+            prev = self.sm.reset(note, epoch_meta(self.clock(), eq, new_day, self.cfg.tz))
+            self._reload_risk_state()
+            self.breakers(self.clock())
+        view = self.sm.view()
+        log.warning("manual reset from %s (%s): new risk epoch at equity %s; now %s", prev.value, note,
+                    "unknown" if eq is None else f"{eq:.2f}", view.state.value)
+        out = {"ok": True, "from": prev.value, "state": view.state.value}
+        if view.state is not TradingState.ACTIVE:
+            out["reason"] = view.reason   # a condition that still holds re-tripped at once: say which
+        return out
 
     # ---- risk view -------------------------------------------------------------------
     def usages(self, now: float) -> list[Usage]:

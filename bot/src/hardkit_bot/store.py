@@ -10,7 +10,11 @@ Tables: `orders` holds one row per intent, written PENDING_SUBMIT before any net
 I/O and then carrying the order's life (status, exchange id, filled); `fills` (unique
 trade ids make fill application idempotent), `positions`, `stops`, `equity` snapshots,
 `risk_decisions` (every approval and denial), `trading_state`, `meta` (daily anchor,
-equity peak, loss streak) and the hash-chained `audit` table.
+equity peak, loss streak, risk epoch, audit key id) and the keyed, chained `audit` table.
+
+The latched trading state is the one thing a damaged `-wal` must never roll back:
+every change of it is checkpointed into the main database and mirrored in a fsynced
+state file (`statefile.py`); `latch_doubt` says at open whether the two disagree.
 
 One connection is shared by the engine and control threads behind an RLock
 (`tx()`); the control thread never waits on the strategy, only on a statement.
@@ -26,7 +30,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Iterator
 
-from . import audit
+from . import audit, statefile
 from .model import ZERO, Fill, Intent, OrderStatus, OrderType, Position, Side, TradingState
 
 SCHEMA = """
@@ -54,6 +58,7 @@ CREATE TABLE IF NOT EXISTS stops (
     instrument TEXT PRIMARY KEY, stop_price TEXT NOT NULL, take_profit TEXT, updated_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS equity (
     ts REAL NOT NULL, equity TEXT NOT NULL, cash TEXT NOT NULL, unrealized TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS equity_ts ON equity(ts);
 CREATE TABLE IF NOT EXISTS risk_decisions (
     id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, intent_key TEXT NOT NULL, instrument TEXT NOT NULL,
     side TEXT NOT NULL, qty TEXT NOT NULL, approved INTEGER NOT NULL, code TEXT, context TEXT NOT NULL);
@@ -67,22 +72,88 @@ def _d(v: str | None) -> Decimal | None:
 
 
 class Store:
-    def __init__(self, path: str | Path, clock=time.time):
+    def __init__(self, path: str | Path, clock=time.time, audit_key: bytes | None = None, *, readonly: bool = False):
+        """Open (or create) the ledger. Raises sqlite3.DatabaseError when the file is not a
+        database and audit.AuditKeyError when `audit_key` does not fit its chain.
+        `readonly`: an existing ledger, for reading only (status, audit verify); nothing is written."""
         self.path = str(path)
         self.clock = clock
+        self._key = audit_key
         self._lock = threading.RLock()
+        self.state_file = None if self.path == ":memory:" else statefile.path_for(self.path)
+        if readonly:
+            self.conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False, timeout=10)
+            self.conn.row_factory = sqlite3.Row
+            try:
+                self.get_state()
+                self.latch_doubt, self.file_latch = self._cross_check(False)
+            except BaseException:
+                self.conn.close()
+                raise
+            return
         self.conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10)
         self.conn.row_factory = sqlite3.Row
-        if self.path != ":memory:":
-            self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=FULL")
-        self.conn.execute("PRAGMA busy_timeout=10000")
-        with self._lock:
-            self.conn.executescript(SCHEMA)
-        with self.tx():
-            if self.conn.execute("SELECT 1 FROM trading_state").fetchone() is None:
-                self.conn.execute("INSERT INTO trading_state VALUES (1, ?, ?, ?)",
-                                  (TradingState.ACTIVE.value, "fresh ledger", self.clock()))
+        try:
+            if self.state_file is not None:
+                self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=FULL")
+            self.conn.execute("PRAGMA busy_timeout=10000")
+            with self._lock:
+                self.conn.executescript(SCHEMA)
+            with self.tx():
+                fresh = self.conn.execute("SELECT 1 FROM trading_state").fetchone() is None
+                self._check_audit_key(fresh)
+                if fresh:
+                    self.conn.execute("INSERT INTO trading_state VALUES (1, ?, ?, ?)",
+                                      (TradingState.ACTIVE.value, "fresh ledger", self.clock()))
+            #: Why the latched state cannot be trusted (None when the ledger and the state file agree).
+            self.latch_doubt, self.file_latch = self._cross_check(fresh)
+        except BaseException:
+            self.conn.close()
+            raise
+
+    def _check_audit_key(self, fresh: bool) -> None:
+        kid = audit.stored_key_id(self.conn)
+        if fresh or (kid is None and self.conn.execute("SELECT 1 FROM audit LIMIT 1").fetchone() is None):
+            if self._key is not None and kid is None:
+                self.conn.execute("INSERT INTO meta VALUES ('audit_key_id', ?)", (json.dumps(audit.key_id(self._key)),))
+            elif self._key is None and kid is not None:
+                raise audit.AuditKeyError(f"{self.path}: the audit chain is keyed (key id {kid}) but no audit key was given")
+            return
+        if self._key is None and kid is not None:
+            raise audit.AuditKeyError(f"{self.path}: the audit chain is keyed (key id {kid}) but no audit key was given "
+                                      "($CREDENTIALS_DIRECTORY/audit-key or --audit-key-file)")
+        if self._key is not None and kid != audit.key_id(self._key):
+            raise audit.AuditKeyError(
+                f"{self.path}: the audit key does not fit this ledger (ledger key id {kid}, given {audit.key_id(self._key)})"
+                if kid else f"{self.path}: this ledger's audit chain was started without a key; a keyed bot will not "
+                            "extend an unkeyed chain (move the ledger aside to start a keyed one)")
+
+    @property
+    def keyed(self) -> bool:
+        return self._key is not None
+
+    def _cross_check(self, fresh: bool) -> tuple[str | None, statefile.Latch | None]:
+        """Compare the ledger's latch with the state file; write the file for a fresh ledger."""
+        if self.state_file is None:
+            return None, None
+        try:
+            on_file = statefile.read(self.state_file)
+        except statefile.StateFileError as e:
+            return f"{e}", None
+        st, reason, since = self.get_state()
+        if fresh:
+            if on_file is not None:
+                return (f"the ledger is new but {self.state_file.name} records {on_file.state} since {on_file.since} "
+                        f"({on_file.reason}): the ledger was lost, replaced or damaged"), on_file
+            statefile.write(self.state_file, statefile.Latch(st.value, reason, since))
+            return None, None
+        if on_file is None:
+            return f"{self.state_file.name} is missing beside an existing ledger", None
+        if (on_file.state, on_file.since) != (st.value, since):
+            return (f"the ledger says {st.value} since {since}, {self.state_file.name} says {on_file.state} since "
+                    f"{on_file.since} (a damaged or lost -wal, or a restored file)"), on_file
+        return None, on_file
 
     def close(self) -> None:
         with self._lock:
@@ -102,7 +173,11 @@ class Store:
 
     def audit(self, kind: str, payload: dict[str, Any]) -> None:
         """Append an audit record; must be called inside tx()."""
-        audit.append(self.conn, self.clock(), kind, payload)
+        audit.append(self.conn, self.clock(), kind, payload, self._key)
+
+    def audit_head(self) -> tuple[int, str]:
+        with self._lock:
+            return audit.head(self.conn)
 
     # ---- key/value -------------------------------------------------------
     def get_meta(self, key: str, default: Any = None) -> Any:
@@ -121,13 +196,34 @@ class Store:
     def get_state(self) -> tuple[TradingState, str, float]:
         with self._lock:
             r = self.conn.execute("SELECT state, reason, since FROM trading_state WHERE id = 1").fetchone()
+        if r is None:
+            raise sqlite3.DatabaseError("the ledger has no trading state row")
         return TradingState(r[0]), r[1], r[2]
 
-    def set_state(self, state: TradingState, reason: str, since: float, prev: TradingState) -> None:
+    def verify_audit(self, key: bytes | None) -> audit.VerifyResult:
+        with self._lock:
+            return audit.verify(self.conn, key)
+
+    def set_state(self, state: TradingState, reason: str, since: float, prev: TradingState,
+                  meta: dict[str, Any] | None = None, audit_kind: str = "state", note: dict | None = None) -> None:
+        """Change the latch (with `meta` changes, None deleting a key, in the same transaction),
+        then make it durable outside the -wal: checkpoint and state file."""
         with self.tx() as c:
             c.execute("UPDATE trading_state SET state = ?, reason = ?, since = ? WHERE id = 1",
                       (state.value, reason, since))
-            self.audit("state", {"from": prev.value, "to": state.value, "reason": reason, "since": since})
+            for key, value in (meta or {}).items():
+                if value is None:
+                    c.execute("DELETE FROM meta WHERE key = ?", (key,))
+                else:
+                    c.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                              (key, json.dumps(value)))
+            self.audit(audit_kind, {"from": prev.value, "to": state.value, "reason": reason, "since": since,
+                                    **(note or {}), **({"meta": meta} if meta else {})})
+        if self.state_file is not None:
+            with self._lock:
+                self.conn.execute("PRAGMA wal_checkpoint(FULL)")
+            statefile.write(self.state_file, statefile.Latch(state.value, reason, since))
+        self.latch_doubt = None
 
     # ---- orders ----------------------------------------------------------
     def insert_intent(self, intent: Intent, instance_id: str) -> str:
@@ -289,6 +385,12 @@ class Store:
     def snapshot_equity(self, ts: float, equity: Decimal, cash: Decimal, unrealized: Decimal) -> None:
         with self.tx() as c:
             c.execute("INSERT INTO equity VALUES (?,?,?,?)", (ts, str(equity), str(cash), str(unrealized)))
+
+    def last_equity_before(self, ts: float) -> tuple[float, float] | None:
+        """(ts, equity) of the last snapshot strictly before `ts`, if any."""
+        with self._lock:
+            r = self.conn.execute("SELECT ts, equity FROM equity WHERE ts < ? ORDER BY ts DESC LIMIT 1", (ts,)).fetchone()
+        return (r[0], float(r[1])) if r else None
 
     def record_decision(self, intent: Intent, denial, cid: str | None = None) -> None:
         now = self.clock()

@@ -139,3 +139,40 @@ def test_a_frozen_feed_goes_stale_even_if_it_keeps_answering(rig):
     eng.step()
     v = eng.sm.view()
     assert v.state is TradingState.REDUCING and "stale" in v.reason
+
+
+def one_line_exit_2(r):
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr and r.stderr.startswith("hardkit-bot: "), r.stderr
+
+
+def test_a_non_utf8_config_is_a_clear_error_for_run_and_check_config(bot):
+    bot.config.write_bytes(config_text().encode().replace(b'"hk1"', b'"hk\xff1"'))
+    for cmd in ("run", "check-config"):
+        r = bot.cli(cmd, "--config", str(bot.config), state=cmd == "run")
+        one_line_exit_2(r)
+        assert "not UTF-8" in r.stderr
+    assert not (bot.state / "ledger.sqlite").exists()             # nothing was started
+
+
+@pytest.mark.parametrize("cmd", [("run", "--config", "{config}", "--max-steps", "2"), ("status",), ("status", "--json"),
+                                 ("halt",), ("audit", "verify")])
+def test_a_ledger_that_is_not_a_database_is_a_clear_error(bot, cmd):
+    bot.write_config(config_text())
+    bot.state.mkdir(parents=True)
+    (bot.state / "ledger.sqlite").write_bytes(b"this is not an SQLite file, just text\n" * 100)
+    r = bot.cli(*[a.format(config=bot.config) for a in cmd])
+    one_line_exit_2(r)
+    assert "not a usable SQLite ledger" in r.stderr
+    assert not (bot.state / "paper-exchange.sqlite").exists()    # no exchange was touched
+
+
+def test_check_config_reads_the_files_the_config_points_to(bot, tmp_path):
+    csv = tmp_path / "prices.csv"
+    csv.write_text("ts,open,high,low,close\n1,1,2,0.5,1.5\n2,abc,2,0.5,1\n")
+    bot.write_config(config_text().replace('kind = "paper"', f'kind = "paper"\nseries = "{csv}"'))
+    r = bot.cli("check-config", "--config", str(bot.config), state=False)
+    assert r.returncode == 2 and "exchange.series" in r.stderr and "could not convert" in r.stderr, r.stderr
+    csv.write_text("ts,open,high,low,close\n1,1,2,0.5,1.5\n2,1.5,2,1,1.8\n")
+    r = bot.cli("check-config", "--config", str(bot.config), state=False)
+    assert r.returncode == 0, r.stderr

@@ -19,9 +19,9 @@ STEP = 60.0
 
 
 class Replay:
-    def __init__(self, tmp, clock, extra_risk=""):
+    def __init__(self, tmp, clock, extra_risk="", streak=1000):
         self.tmp, self.clock = tmp, clock
-        self.cfg = parse(config_text(extra_risk=extra_risk).replace("[strategy]", "[strategy]\nband_atr = 20"))
+        self.cfg = parse(config_text(extra_risk=extra_risk, streak=streak).replace("[strategy]", "[strategy]\nband_atr = 20"))
         self.store = Store(tmp / "ledger.sqlite", clock)
         self.ex = PaperExchange(":memory:", {i.symbol: i for i in self.cfg.instruments}, bar_seconds=STEP,
                                 clock=clock, manual=True, slippage_bps=D(0), fee_rate=D(0))

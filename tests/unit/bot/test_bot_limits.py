@@ -76,7 +76,8 @@ def test_daily_loss_uses_local_midnight_not_utc(ledger, clock):
     dl.update(ts("2026-03-10T22:30:00", ZoneInfo("UTC")), 10000.0)   # 23:30 Berlin
     assert dl.day == "2026-03-10"
     dl.update(ts("2026-03-10T23:30:00", ZoneInfo("UTC")), 9000.0)    # 00:30 Berlin: new day, new anchor
-    assert dl.day == "2026-03-11" and dl.loss_pct == 0.0
+    # anchored on the equity seen nearest before Berlin midnight, so the fall across midnight counts
+    assert dl.day == "2026-03-11" and dl.anchor == 10000.0 and dl.loss_pct == 10.0
 
 
 def test_drawdown_is_peak_to_trough_on_equity_and_survives_restart(ledger, clock):
@@ -181,3 +182,16 @@ def test_volatility_breaker_has_hysteresis():
     for _ in range(2):
         assert v.on_bar(101, 99, 100) is None and v.active         # calm, but fewer than clear_bars
     assert v.on_bar(101, 99, 100) is False and not v.active        # third calm bar: clears
+
+
+def test_a_loss_while_down_across_midnight_counts_for_the_new_day(ledger, clock):
+    store = Store(ledger, clock)
+    dl = DailyLoss(store, BERLIN, 2.0, 3.0)
+    assert dl.update(ts("2026-03-10T23:40:00"), 10000.0) == []
+    store.snapshot_equity(ts("2026-03-10T23:50:00"), D("10000"), D("10000"), D("0"))   # the bot's last record, then down
+    store.close()
+    store = Store(ledger, clock)                                   # back at 00:30, 3.5 % poorer
+    sm, dl = StateMachine(store, clock), DailyLoss(store, BERLIN, 2.0, 3.0)
+    apply(sm, dl.update(ts("2026-03-11T00:30:00"), 9650.0))
+    assert dl.day == "2026-03-11" and dl.anchor == 10000.0
+    assert sm.effective is TradingState.HALTED and "3.50%" in sm.view().reason

@@ -96,7 +96,7 @@ def test_lost_request_stays_unknown_blocks_entries_then_is_abandoned(rig, clock)
     clock.advance(6)                                              # past unknown_grace_s
     rig.eng.step()
     assert rig.store.order(r.client_order_id)["status"] == OrderStatus.ABANDONED.value
-    assert rig.exchange_orders() == []                            # never re-sent
+    assert rig.exchange_orders(r.client_order_id) == []           # never re-sent
     assert rig.buy().status is OrderStatus.FILLED                 # the instrument is usable again
 
 

@@ -1,9 +1,11 @@
 """Circuit breakers: the portfolio-level limits that move the trading state.
 
 Each breaker is small and owns one concern. Anything that must survive a
-restart (the daily anchor, the equity peak, the loss streak) lives in the
-ledger's meta table, so a restart measures from the same anchor and peak.
-Equity always includes unrealized PnL (positions marked at the last price).
+restart (the daily anchor, the equity peak, the loss streak, the risk epoch)
+lives in the ledger's meta table, so a restart measures from the same anchor and
+peak; `load()` re-reads it after a reset (`risk/epoch.py`) or a change made by
+another process. Equity always includes unrealized PnL (positions marked at the
+last price).
 
 | breaker            | trips at                                   | to        | latched |
 |--------------------|--------------------------------------------|-----------|---------|
@@ -45,13 +47,24 @@ Trip = tuple[TradingState, str]
 
 
 class DailyLoss:
-    """Loss of equity since the first observation after local midnight in `tz`."""
+    """Loss of equity since local midnight in `tz`.
+
+    The anchor is the equity recorded nearest before midnight: the bot's own last
+    observation when it ran across midnight, else the ledger's last equity snapshot
+    before midnight (the bot was down across midnight: a loss while it was down counts
+    for the new day), else (a fresh ledger) the first equity seen. Within a day the
+    anchor is persisted, so a restart compares with it and a loss while down counts too.
+    """
 
     def __init__(self, store: Store, tz: ZoneInfo, reduce_pct: float, max_pct: float):
         self.store, self.tz, self.reduce_pct, self.max_pct = store, tz, reduce_pct, max_pct
-        a = store.get_meta("daily_anchor")
-        self.day, self.anchor = (a["day"], a["equity"]) if a else (None, None)
         self.loss_pct = 0.0
+        self._last_seen: tuple[float, float] | None = None   # (ts, equity) of the previous update
+        self.load()
+
+    def load(self) -> None:
+        a = self.store.get_meta("daily_anchor")
+        self.day, self.anchor = (a["day"], a["equity"]) if a else (None, None)
         self._day_start = self._day_end = 0.0   # [start, end) of self.day in epoch seconds
 
     def update(self, now: float, equity: float) -> list[Trip]:
@@ -62,14 +75,23 @@ class DailyLoss:
             self._day_end = (start + timedelta(days=1)).replace(tzinfo=self.tz).timestamp()
             day = local.date().isoformat()
             if day != self.day:
-                self.day, self.anchor = day, equity
-                self.store.set_meta("daily_anchor", {"day": day, "equity": equity}, audit_kind="daily_anchor")
+                self.day, self.anchor = day, self._equity_before(self._day_start, equity)
+                self.store.set_meta("daily_anchor", {"day": day, "equity": self.anchor}, audit_kind="daily_anchor")
+        if self.anchor is None:   # a new day chosen by an offline reset: anchored on the first equity seen
+            self.anchor = equity
+            self.store.set_meta("daily_anchor", {"day": self.day, "equity": equity}, audit_kind="daily_anchor")
+        self._last_seen = (now, equity)
         self.loss_pct = max(0.0, (self.anchor - equity) * 100.0 / self.anchor) if self.anchor > 0 else 0.0
         if self.loss_pct >= self.max_pct:
             return [(TradingState.HALTED, f"max daily loss: {self.loss_pct:.2f}% >= {self.max_pct}% since {self.day} 00:00 {self.tz.key}")]
         if self.loss_pct >= self.reduce_pct:
             return [(TradingState.REDUCING, f"daily loss: {self.loss_pct:.2f}% >= {self.reduce_pct}% since {self.day} 00:00 {self.tz.key}")]
         return []
+
+    def _equity_before(self, midnight: float, now_equity: float) -> float:
+        seen = self._last_seen if self._last_seen and self._last_seen[0] < midnight else None
+        known = [x for x in (seen, self.store.last_equity_before(midnight)) if x]
+        return max(known, key=lambda x: x[0])[1] if known else now_equity
 
     def usage(self) -> Usage:
         return Usage("daily_loss_pct", self.loss_pct, self.max_pct)
@@ -84,8 +106,11 @@ class Drawdown:
 
     def __init__(self, store: Store, max_pct: float):
         self.store, self.max_pct = store, max_pct
-        self.peak = self._saved = store.get_meta("equity_peak")
         self.dd_pct = 0.0
+        self.load()
+
+    def load(self) -> None:
+        self.peak = self._saved = self.store.get_meta("equity_peak")
 
     def update(self, now: float, equity: float) -> list[Trip]:
         if self.peak is None or equity > self.peak:
@@ -113,6 +138,8 @@ class ConsecutiveLosses:
         """Re-read the streak; the ledger updates it in the same transaction as the closing fill."""
         self.streak = int(self.store.get_meta("consecutive_losses", 0))
 
+    load = refresh
+
     def update(self, now: float, equity: float) -> list[Trip]:
         if self.streak >= self.limit:
             return [(TradingState.HALTED, f"{self.streak} consecutive losing trades >= {self.limit}")]
@@ -123,14 +150,33 @@ class ConsecutiveLosses:
 
 
 class EquityFloor:
-    def __init__(self, floor: float):
-        self.floor = floor
+    """Equity below the floor kills. After a reset made below the configured floor, the
+    epoch's floor is where the drawdown limit from the reset equity would halt
+    (`risk/epoch.py`): the reset accepts the loss so far, never an unlimited one."""
+
+    def __init__(self, floor: float, store: Store | None = None, max_drawdown_pct: float = 100.0):
+        self.configured, self.store, self.max_dd = floor, store, max_drawdown_pct
         self.equity = math.inf
+        self.load()
+
+    def load(self) -> None:
+        self.epoch = self.store.get_meta("risk_epoch") if self.store is not None else None
+
+    @property
+    def floor(self) -> float:
+        base = self.epoch.get("equity") if self.epoch else None
+        if base is None or base >= self.configured:
+            return self.configured
+        return min(self.configured, base * (1 - self.max_dd / 100.0))
 
     def update(self, now: float, equity: float) -> list[Trip]:
         self.equity = equity
-        if self.floor > 0 and equity < self.floor:
-            return [(TradingState.KILLED, f"equity {equity:.2f} below floor {self.floor:.2f}")]
+        if self.epoch is not None and self.epoch.get("equity") is None:   # an offline reset: first equity seen
+            self.epoch = {**self.epoch, "equity": equity}
+            self.store.set_meta("risk_epoch", self.epoch, audit_kind="risk_epoch")
+        floor = self.floor
+        if floor > 0 and equity < floor:
+            return [(TradingState.KILLED, f"equity {equity:.2f} below floor {floor:.2f}")]
         return []
 
 

@@ -5,17 +5,27 @@ explicit operator `reset` lowers it. The state, its reason and the time are
 persisted in the ledger with an audit record and restored at start, so neither
 a restart nor a midnight rollover clears a halt.
 
+The ledger is the one source of truth: `refresh()` (every live iteration, and
+inside every change) adopts a latch written by any other process, so the bot and
+anything reading the ledger never disagree. When the ledger and its state file
+disagree at start (`Store.latch_doubt`), the bot boots HALTED (or KILLED if
+either copy says so), never ACTIVE.
+
 Transient conditions (stale market data, the volatility breaker) are separate:
 they raise the *effective* state while they hold and clear themselves with
 hysteresis; they never touch the latch.
 """
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 from ..model import TradingState
 from ..store import Store
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -35,14 +45,41 @@ class StateMachine:
         self._lock = threading.Lock()
         self._latched, self._reason, self._since = store.get_state()
         self._transient: dict[str, tuple[TradingState, str]] = {}
+        if store.latch_doubt:
+            self._boot_in_doubt(store.latch_doubt)
+
+    def _boot_in_doubt(self, doubt: str) -> None:
+        on_file = self.store.file_latch
+        target = max((TradingState.HALTED, self._latched, TradingState(on_file.state) if on_file else TradingState.HALTED),
+                     key=lambda s: s.severity)
+        reason = f"latched state in doubt at start: {doubt}"
+        now = self.clock()
+        log.error("%s -> %s", reason, target.value)
+        self.store.set_state(target, reason, now, self._latched)
+        self._latched, self._reason, self._since = target, reason, now
 
     @property
     def latched(self) -> TradingState:
         return self._latched
 
+    def refresh(self) -> bool:
+        """Adopt the ledger's latch if someone else changed it. Returns True on a change."""
+        with self._lock:
+            return self._refresh()
+
+    def _refresh(self) -> bool:
+        st, reason, since = self.store.get_state()
+        if (st, since) == (self._latched, self._since):
+            return False
+        log.warning("latched state changed in the ledger by another writer: %s -> %s (%s)",
+                    self._latched.value, st.value, reason)
+        self._latched, self._reason, self._since = st, reason, since
+        return True
+
     def escalate(self, state: TradingState, reason: str) -> bool:
         """Raise the latched state (never lowers it). Returns True if it changed."""
         with self._lock:
+            self._refresh()
             if state.severity <= self._latched.severity:
                 return False
             now = self.clock()
@@ -50,13 +87,18 @@ class StateMachine:
             self._latched, self._reason, self._since = state, reason, now
             return True
 
-    def reset(self, operator_note: str) -> TradingState:
-        """Manual reset to ACTIVE (the only way down). Returns the state it left."""
+    def reset(self, operator_note: str, epoch: dict[str, Any] | None = None) -> TradingState:
+        """Manual reset to ACTIVE (the only way down), starting a new risk epoch: `epoch`
+        holds the meta changes (peak, streak, anchor, ...) written in the same transaction.
+        Returns the state it left."""
         with self._lock:
+            self._refresh()
             prev = self._latched
             now = self.clock()
-            self.store.set_state(TradingState.ACTIVE, f"manual reset: {operator_note}", now, prev)
-            self._latched, self._reason, self._since = TradingState.ACTIVE, f"manual reset: {operator_note}", now
+            reason = f"manual reset: {operator_note}"
+            self.store.set_state(TradingState.ACTIVE, reason, now, prev, meta=epoch, audit_kind="reset",
+                                 note={"note": operator_note})
+            self._latched, self._reason, self._since = TradingState.ACTIVE, reason, now
             return prev
 
     def set_transient(self, name: str, state: TradingState | None, reason: str = "") -> bool:

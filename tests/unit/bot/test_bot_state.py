@@ -1,0 +1,272 @@
+"""One latched state: the kill switch never lies, a reset resets, a damaged -wal never un-latches.
+
+Real processes where the claim is about processes (a running bot, a second writer, SIGKILL and a
+damaged -wal); the engine through its replay path where the claim is about the order of work.
+"""
+import json
+import os
+import signal
+import sqlite3
+import time
+
+import pytest
+
+from hardkit_bot import control, statefile
+from hardkit_bot.model import TradingState
+from hardkit_bot.risk.state import StateMachine
+from hardkit_bot.store import Store
+
+from bot_helpers import config_text
+from test_bot_engine import Replay
+
+
+def sock_status(path):
+    return control.request(path, "status", timeout=10)
+
+
+def ledger_state(bot):
+    s = Store(bot.state / "ledger.sqlite", readonly=True)
+    try:
+        return s.get_state()
+    finally:
+        s.close()
+
+
+# ---- 1. the kill switch never lies ------------------------------------------------------------
+
+def test_offline_halt_is_refused_while_a_bot_runs_elsewhere_and_the_bot_keeps_the_truth(bot, tmp_path):
+    """The issue's scenario: bot serving its socket from --runtime-dir, operator points at the state dir."""
+    bot.write_config(config_text(loop=0.05, bar=0.02))
+    rt = tmp_path / "rt"
+    bot.start("--runtime-dir", str(rt))
+    sock = rt / "control.sock"
+    bot.wait_for(sock.exists, what="control socket in the runtime dir")
+    bot.wait_for(lambda: sock_status(sock)["steps"] > 2, what="a few iterations")
+
+    r = bot.cli("halt", "--reason", "operator at the wrong socket")
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert r.stdout == "" and "IS running" in r.stderr and "NOT changed" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    # nothing anywhere claims a halt the bot does not obey
+    assert ledger_state(bot)[0] is TradingState.ACTIVE
+    assert sock_status(sock)["state"] == "ACTIVE"
+    r = bot.cli("reset", "--note", "x")
+    assert r.returncode == 3 and "NOT changed" in r.stderr
+    st = json.loads(bot.cli("status", "--json").stdout)     # no socket at the state dir: the ledger, honestly labelled
+    assert st["state"] == "ACTIVE" and st["running"] is True and "IS running" in st["note"]
+
+    r = bot.cli("halt", "--reason", "right socket", "--runtime-dir", str(rt))
+    assert r.returncode == 0 and json.loads(r.stdout)["state"] == "HALTED"
+    assert sock_status(sock)["state"] == "HALTED" and ledger_state(bot)[0] is TradingState.HALTED
+
+
+def test_offline_halt_and_reset_work_when_the_lock_proves_no_bot_runs(bot):
+    bot.write_config(config_text(loop=0.05, bar=0.02))
+    assert bot.start(max_steps=3).wait(30) == 0
+    r = bot.cli("halt", "--reason", "maintenance")
+    assert r.returncode == 0 and json.loads(r.stdout) == {"ok": True, "state": "HALTED", "offline": True}
+    st = json.loads(bot.cli("status", "--json").stdout)
+    assert st["running"] is False and st["state"] == "HALTED"
+    assert bot.start(max_steps=3).wait(30) == 0
+    assert ledger_state(bot)[0] is TradingState.HALTED and "maintenance" in ledger_state(bot)[1]
+    r = bot.cli("reset", "--note", "done")
+    assert r.returncode == 0 and json.loads(r.stdout)["from"] == "HALTED"
+    assert ledger_state(bot)[0] is TradingState.ACTIVE
+
+
+def test_a_latch_written_by_another_process_is_obeyed_by_the_running_bot(bot):
+    bot.write_config(config_text(loop=0.05, bar=0.02))
+    bot.start()
+    sock = bot.state / "control.sock"
+    bot.wait_for(sock.exists, what="control socket")
+    bot.wait_for(lambda: sock_status(sock)["steps"] > 2, what="a few iterations")
+    other = Store(bot.state / "ledger.sqlite")          # a second writer: another process's view of the ledger
+    StateMachine(other, time.time).escalate(TradingState.HALTED, "written by another process")
+    other.close()
+    st = bot.wait_for(lambda: (s := sock_status(sock))["state"] == "HALTED" and s, timeout=5, what="the bot to obey")
+    obeyed = time.time()
+    assert st["reason"] == "written by another process"
+    time.sleep(0.5)
+    late = [r for r in Store(bot.state / "ledger.sqlite", readonly=True).orders()
+            if r["side"] == "buy" and r["created_at"] > obeyed]
+    assert late == [], "an entry left after the bot reported the latch"
+
+
+def test_the_next_iteration_adopts_a_latch_written_by_another_writer(tmp_path, clock):
+    rp = Replay(tmp_path, clock)
+    rp.bar()
+    other = Store(tmp_path / "ledger.sqlite", clock)
+    StateMachine(other, clock).escalate(TradingState.HALTED, "another writer")
+    other.close()
+    assert rp.eng.sm.latched is TradingState.ACTIVE      # not yet: the engine reads it at the top of an iteration
+    rp.eng.step()
+    v = rp.eng.sm.view()
+    assert v.latched is TradingState.HALTED and v.reason == "another writer"
+
+
+# ---- 2. a reset resets ------------------------------------------------------------------------
+
+def losing_trip(rp, price):
+    assert rp.buy(qty="40", stop="90", tp="130").denial is None
+    rp.bar(price)
+
+
+def stays_active(rp, bars=5):
+    for _ in range(bars):
+        rp.bar()
+        assert rp.eng.sm.effective is TradingState.ACTIVE, rp.eng.sm.view().reason
+
+
+RELAXED = 'vol_z_enter = 50\nrisk_per_trade_pct = "5"\nmax_order_notional = "5000"\nmax_total_exposure = "8000"\n'
+
+
+def test_reset_after_a_loss_streak_starts_a_new_epoch(tmp_path, clock):
+    rp = Replay(tmp_path, clock, extra_risk=RELAXED, streak=2)
+    for _ in range(5):
+        rp.bar()
+    for _ in range(2):                                   # two losing round trips
+        losing_trip(rp, rp.price - 0.5)
+        rp.eng.close_position("BTC/USDT", "test exit")
+        rp.bar()
+    assert rp.eng.sm.latched is TradingState.HALTED and "consecutive losing" in rp.eng.sm.view().reason
+    out = rp.eng.reset("reviewed the strategy")
+    assert out == {"ok": True, "from": "HALTED", "state": "ACTIVE"}
+    assert rp.store.get_meta("consecutive_losses") == 0
+    stays_active(rp)
+
+
+def test_reset_after_a_drawdown_halt_takes_the_peak_from_now(tmp_path, clock):
+    rp = Replay(tmp_path, clock, extra_risk=RELAXED + 'max_drawdown_pct = "1"\nmax_daily_loss_pct = "50"\n'
+                                                      'daily_loss_reduce_pct = "40"\n')
+    for _ in range(5):
+        rp.bar()
+    losing_trip(rp, 97.0)                                # -120 on 10000: 1.2 % from the peak
+    assert rp.eng.sm.latched is TradingState.HALTED and "drawdown" in rp.eng.sm.view().reason
+    assert rp.eng.reset("accepting the drawdown")["state"] == "ACTIVE"
+    assert rp.store.get_meta("equity_peak") == pytest.approx(rp.eng.equity_f)
+    stays_active(rp)
+    rp.bar(94.0)                                         # a new 1.2 % fall in the new epoch trips again
+    assert rp.eng.sm.latched is TradingState.HALTED
+
+
+def test_reset_after_a_daily_loss_keeps_the_day_unless_told_new_day(tmp_path, clock):
+    rp = Replay(tmp_path, clock, extra_risk=RELAXED + 'daily_loss_reduce_pct = "1"\nmax_daily_loss_pct = "2"\n')
+    for _ in range(5):
+        rp.bar()
+    losing_trip(rp, 94.9)
+    assert rp.eng.sm.latched is TradingState.HALTED and "daily loss" in rp.eng.sm.view().reason
+    # the day's budget stays spent: the reset's own breaker pass re-latches at once (answered truthfully)
+    out = rp.eng.reset("same day")
+    assert out["state"] == "HALTED" and "max daily loss" in out["reason"]
+    out = rp.eng.reset("new day", new_day=True)
+    assert out["state"] == "ACTIVE"
+    assert rp.store.get_meta("daily_anchor")["equity"] == pytest.approx(rp.eng.equity_f)
+    stays_active(rp)
+    kinds = [json.loads(r[1]) for r in rp.store.conn.execute("SELECT kind, payload FROM audit WHERE kind = 'reset'")]
+    assert [k["note"] for k in kinds] == ["same day", "new day"] and kinds[-1]["meta"]["risk_epoch"]["new_day"]
+
+
+def test_reset_after_an_equity_floor_kill_stays_active(tmp_path, clock):
+    rp = Replay(tmp_path, clock, extra_risk=RELAXED + 'equity_floor = "9950"\nmax_daily_loss_pct = "50"\n'
+                                                      'daily_loss_reduce_pct = "40"\n')
+    for _ in range(5):
+        rp.bar()
+    losing_trip(rp, 97.0)                                # equity 9880 < 9950: KILLED and flattened
+    assert rp.eng.sm.latched is TradingState.KILLED and rp.qty == 0
+    assert rp.eng.reset("operator reviewed")["state"] == "ACTIVE"
+    stays_active(rp)
+    # the epoch's floor: the loss so far is accepted, a further drawdown-sized one is not
+    assert rp.eng.floor.floor == pytest.approx(rp.eng.equity_f * 0.9)
+
+
+def test_breakers_run_before_the_strategy_so_no_entry_leaves_before_a_re_trip(tmp_path, clock):
+    """A latch lowered from outside the engine (here: straight in the state machine, as another
+    process could) while the daily loss still holds: the next bar carries an entry signal, and the
+    breaker must re-latch before the strategy acts."""
+    rp = Replay(tmp_path, clock, extra_risk=RELAXED + 'daily_loss_reduce_pct = "1"\nmax_daily_loss_pct = "2"\n')
+    rp.eng.strats["BTC/USDT"].band = 0.5                 # the fixture's strategy never signals; this one does
+    for _ in range(12):
+        rp.bar()
+    losing_trip(rp, 94.9)
+    rp.eng.close_position("BTC/USDT", "test exit")
+    for _ in range(12):                                  # flat and calm: the strategy is out and re-arms
+        rp.bar()
+    assert rp.qty == 0 and rp.eng.sm.latched is TradingState.HALTED
+    rp.eng.sm.reset("lowered without a new epoch")
+    decided = len(rp.store.decisions())
+    rp.bar(98.0)                                         # a sharp up bar: the trend entry signal
+    assert rp.eng.strats["BTC/USDT"].above, "the bar should have produced an entry signal"
+    entries = [d for d in rp.store.decisions()[decided:] if d["intent_key"].endswith(":enter")]
+    assert entries == [] and rp.eng.sm.latched is TradingState.HALTED
+
+
+# ---- 3. a damaged or lost -wal never un-latches ---------------------------------------------------
+
+@pytest.mark.parametrize("damage", ["garbled", "deleted"])
+def test_a_halt_survives_a_damaged_or_deleted_wal(bot, damage):
+    bot.write_config(config_text(loop=0.05, bar=0.02))
+    p = bot.start()
+    sock = bot.state / "control.sock"
+    bot.wait_for(sock.exists, what="control socket")
+    bot.wait_for(lambda: sock_status(sock)["steps"] > 3, what="a few iterations")
+    assert control.request(sock, "halt", reason="latched before the crash")["state"] == "HALTED"
+    p.send_signal(signal.SIGKILL)                        # at once: the -wal has had no chance to checkpoint
+    p.wait(10)
+    wal = bot.state / "ledger.sqlite-wal"
+    assert wal.exists() and wal.stat().st_size > 0
+    if damage == "deleted":
+        wal.unlink()
+    else:
+        with open(wal, "r+b") as f:
+            f.write(os.urandom(32))                      # the -wal header: SQLite ignores the whole log
+    p2 = bot.start(max_steps=5)
+    assert p2.wait(30) == 0, bot.logs()[-2000:]
+    st = json.loads(bot.cli("status", "--json").stdout)
+    assert st["state"] == "HALTED", st
+    assert "started in ACTIVE" not in (bot.tmp / "bot-1.log").read_text()
+
+
+def boot(path, clock):
+    """What a start sees: the state machine over a freshly opened ledger (closed again)."""
+    s = Store(path, clock)
+    try:
+        return StateMachine(s, clock).view()
+    finally:
+        s.close()
+
+
+def test_state_file_doubt_boots_halted(tmp_path, clock):
+    path = tmp_path / "ledger.sqlite"
+    Store(path, clock).close()
+    sf = statefile.path_for(path)
+    assert statefile.read(sf).state == "ACTIVE"
+    sf.write_text(sf.read_text().replace("fresh ledger", "edited"))      # damage: checksum mismatch
+    v = boot(path, clock)
+    assert v.latched is TradingState.HALTED and "checksum" in v.reason
+    assert boot(path, clock).latched is TradingState.HALTED               # and stays, now agreed
+    sf.unlink()
+    v = boot(path, clock)
+    assert v.latched is TradingState.HALTED and "missing" in v.reason
+
+
+def test_a_killed_state_file_over_a_new_ledger_boots_killed(tmp_path, clock):
+    path = tmp_path / "ledger.sqlite"
+    s = Store(path, clock)
+    StateMachine(s, clock).escalate(TradingState.KILLED, "equity floor")
+    s.close()
+    for f in tmp_path.glob("ledger.sqlite*"):
+        if f.name != statefile.path_for(path).name:
+            f.unlink()                                   # the ledger is lost; its state file is not
+    v = boot(path, clock)
+    assert v.latched is TradingState.KILLED and "ledger is new" in v.reason
+
+
+def test_every_state_change_is_checkpointed_into_the_main_database(tmp_path, clock):
+    path = tmp_path / "ledger.sqlite"
+    s = Store(path, clock)
+    StateMachine(s, clock).escalate(TradingState.HALTED, "durable")
+    # read the main file alone, ignoring the -wal (immutable=1 never looks at it)
+    c = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+    assert c.execute("SELECT state, reason FROM trading_state").fetchone() == ("HALTED", "durable")
+    c.close()
+    s.close()
