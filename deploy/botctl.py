@@ -181,6 +181,35 @@ VERBS: dict[str, Callable[[Session, object], Row]] = {
 }
 
 
+def dashboard(h: Host, port: int = 0, ready: Callable[[str], None] | None = None) -> int:
+    """Serve one host's dashboard on this controller's loopback until interrupted.
+
+    sshd forwards nothing (AllowTcpForwarding no is a checked control), so each browser connection
+    gets its own SSH exec channel running `hardkit-bot dashboard-proxy` as the admin, which copies
+    bytes to the bot's dashboard socket. Nothing on the host listens on a network port.
+    """
+    from deploy.tunnel import Tunnel
+    from roles.bot_paths import RUNTIME_DIR
+
+    s = Session(h)
+    transport = s.client.get_transport()
+    proxy = f"{bot_role.CLI_LINK} dashboard-proxy --runtime-dir {RUNTIME_DIR}"
+
+    def opener():
+        channel = transport.open_session()
+        channel.exec_command(proxy)
+        return channel
+
+    try:
+        with Tunnel(opener, port=port) as tunnel:
+            (ready or (lambda url: print(f"{h.name}: dashboard at {url} (metrics: {url}metrics); Ctrl-C to stop",
+                                         flush=True)))(tunnel.url)
+            tunnel.wait()
+    finally:
+        s.close()
+    return EXIT_OK
+
+
 def _one(h: Host, verb: str, args) -> Row:
     try:
         s = Session(h)

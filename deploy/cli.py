@@ -4,6 +4,7 @@
     hardkit deploy INVENTORY [--limit GROUP|HOST] [--dry] [--json]
     hardkit verify INVENTORY [--report-dir DIR] [--junit FILE]
     hardkit bot status|halt|flatten|reset|logs|rollback INVENTORY [--limit GROUP|HOST]
+    hardkit bot dashboard INVENTORY --host HOST [--port P]
 
 Every error an operator can fix is printed as a sentence and exits non-zero; a traceback
 means a bug in hardkit.
@@ -111,6 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
         if verb == "logs":
             s.add_argument("-n", "--lines", type=int, default=50)
         s.set_defaults(func=cmd_bot, verb=verb)
+    s = bot.add_parser("dashboard", help="serve one host's risk dashboard on this machine's loopback (over SSH)")
+    s.add_argument("inventory")
+    s.add_argument("--host", required=True, help="the host whose bot to show")
+    s.add_argument("--port", type=int, default=0, help="local port (default: any free port)")
+    s.set_defaults(func=cmd_bot_dashboard)
     return p
 
 
@@ -240,6 +246,22 @@ def cmd_bot(args) -> int:
 
     inv = load(args.inventory)
     return botctl.run(inv.limit(args.limit), args.verb, args)
+
+
+def cmd_bot_dashboard(args) -> int:
+    from deploy import botctl, connect
+    from deploy.inventory import load
+
+    inv = load(args.inventory)
+    host = next((h for h in inv.hosts if h.name == args.host), None)
+    if host is None:
+        print(f"error: no host {args.host!r} in {args.inventory}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        return botctl.dashboard(host, port=args.port)
+    except connect.LoginError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":
