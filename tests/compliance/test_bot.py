@@ -12,7 +12,7 @@ import pytest
 from roles import bot as role
 from roles import bot_config
 from roles.bot_paths import (BOT_USER, CONFIG_DIR, CONFIG_FILE, CONTROL_SOCKET, CREDSTORE, CURRENT_LINK,
-                             OPERATORS_GROUP, RUNTIME_DIR, UNIT)
+                             DASHBOARD_SOCKET, OPERATORS_GROUP, RUNTIME_DIR, UNIT)
 from tests.compliance import os_state
 
 #: `systemctl show` reports some settings in its own words.
@@ -133,11 +133,12 @@ def test_bot_config(target):
 
 @pytest.mark.control("hk-bot-07")
 def test_bot_control_plane_local(target):
-    """The bot is operated through Unix sockets for its operators only; it listens on no network port"""
-    stats = os_state.stats(target, [RUNTIME_DIR, CONTROL_SOCKET])
+    """The bot's control and dashboard are Unix sockets for its operators only; it listens on no network port"""
+    stats = os_state.stats(target, [RUNTIME_DIR, CONTROL_SOCKET, DASHBOARD_SOCKET])
     assert stats.get(RUNTIME_DIR, ())[:2] == (BOT_USER, OPERATORS_GROUP) and stats[RUNTIME_DIR][2] & 0o007 == 0, stats
-    assert stats.get(CONTROL_SOCKET, ())[:2] == (BOT_USER, OPERATORS_GROUP), stats
-    assert stats[CONTROL_SOCKET][2] & 0o007 == 0, f"control socket mode {oct(stats[CONTROL_SOCKET][2])}"
+    for sock in (CONTROL_SOCKET, DASHBOARD_SOCKET):
+        assert stats.get(sock, ())[:2] == (BOT_USER, OPERATORS_GROUP), stats
+        assert stats[sock][2] & 0o007 == 0, f"{sock} mode {oct(stats[sock][2])}"
     pid = _show(target).get("MainPID")
     listening = target.check_output("ss -H -ltnup")
     assert f"pid={pid}," not in listening, f"the bot listens on a network port:\n{listening}"

@@ -121,3 +121,41 @@ def hardkit_python() -> str:
 def bot_wait_command() -> str:
     from roles.bot import wait_for_bot_command
     return wait_for_bot_command()
+
+
+def test_dashboard_through_ssh_in_chromium_and_nowhere_else(lab, tmp_path):
+    """The dashboard reaches the controller's browser through SSH only, and follows a halt live."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests import browser
+
+    if not browser.available():
+        pytest.skip(browser.MISSING)
+    proc = subprocess.Popen([hardkit_python(), "-m", "deploy.cli", "bot", "dashboard", str(lab.inventory_path),
+                             "--host", lab.names[0]], cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert "dashboard at http://127.0.0.1:" in line, line
+        url = line.split("dashboard at ", 1)[1].split()[0]
+        with browser.chromium(tmp_path) as page:
+            page.get(url)
+            wait = WebDriverWait(page, 60)
+            wait.until(lambda d: d.find_element(By.ID, "state").text == "ACTIVE")
+            limits = page.find_elements(By.CSS_SELECTOR, "#limits tr[data-limit]")
+            assert {r.get_attribute("data-limit") for r in limits} >= {
+                "daily_loss_pct", "drawdown_pct", "consecutive_losses", "total_exposure"}
+            assert bot(lab, "halt", "--reason", "seen in the browser").returncode == 0
+            wait.until(lambda d: d.find_element(By.ID, "state").text == "HALTED")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert bot(lab, "reset", "--note", "after the dashboard test").returncode == 0
+    # Neither lab client reaches anything of the bot: only sshd listens, and only sshd answers.
+    address = lab.lab_address(lab.names[0])
+    for role in ("allowed", "attacker"):
+        for port in (80, 443, 8080, 9464, 8787):
+            probe = lab.from_client(role, ["timeout", "4", hardkit_python(), "-c",
+                                           "import socket,sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), 3)",
+                                           address, str(port)])
+            assert probe.returncode != 0, f"{role} client reached {address}:{port}"

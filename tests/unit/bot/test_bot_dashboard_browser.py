@@ -2,20 +2,13 @@
 selenium), through deploy/tunnel.py and a real dashboard-proxy to a running paper bot: every
 limit shows with its threshold, and a halt from the bot's CLI appears without a reload."""
 import json
-import os
-import shutil
 
 import pytest
 
 from dash_helpers import start_bot, tunnel_to
+from tests import browser as browser_tool
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-pytestmark = pytest.mark.skipif(not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)),
-                                reason="Debian's chromium and chromium-driver are not installed (scripts/setup-host.sh installs them)")
-# This machine's Chromium: no sandbox (root), no GPU, nothing fetched from the network on its own.
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--window-size=1280,1100")
+pytestmark = pytest.mark.skipif(not browser_tool.available(), reason=browser_tool.MISSING)
 REQUIRED = {"daily_loss_pct": "Daily loss", "drawdown_pct": "Drawdown", "consecutive_losses": "Loss streak",
             "total_exposure": "Exposure", "orders_per_minute_throttle": "Order rate"}
 
@@ -27,17 +20,8 @@ ROWS_JS = """return [...document.querySelectorAll('#limits tr[data-limit]')].map
 
 @pytest.fixture
 def browser(tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for f in (*FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"):
-        opts.add_argument(f)
-    d = webdriver.Chrome(options=opts, service=Service(executable_path=CHROMEDRIVER, log_output=str(tmp_path / "chromedriver.log")))
-    d.set_page_load_timeout(30)
-    yield d
-    d.quit()
-    shutil.rmtree(tmp_path / "chromium-profile", ignore_errors=True)
+    with browser_tool.chromium(tmp_path) as driver:
+        yield driver
 
 
 def test_page_shows_every_limit_with_its_threshold_and_updates_to_halted_without_reload(bot, browser, tmp_path):
