@@ -19,4 +19,7 @@ ROLE_MODULES = [
     "roles.filesystem",
     "roles.audit",
     "roles.time_logs",
+    # issue 8, the bot (roles.bot goes between these two: it needs the user, the egress table needs the unit name)
+    "roles.bot_user",
+    "roles.bot_egress",
 ]
