@@ -1,0 +1,178 @@
+"""The bot's egress allow-list on a real lab target, with real packets.
+
+An "exchange" (a small TCP service on 443) runs in the lab's allowed-client namespace and a second
+one in the attacker namespace. The inventory allows only the first, by name (resolved on the host
+through /etc/hosts, so no DNS server is needed in the lab). From the bot's uid the allowed
+exchange answers and the other is dropped and counted; root and other users still reach it; a
+second deploy changes nothing; the timer's refresh follows the name to a new address and keeps the
+last good one when the name stops resolving; the table is back after a reboot; verify passes.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from roles import bot_egress as role
+from roles.bot_paths import BOT_USER
+from tests.integration.labkit import boot
+from tests.integration.oslab import derived_inventory, reboot, root
+
+pytestmark = pytest.mark.lab
+PREFIX = "exeg"
+EXCHANGE_NAME = "exchange.hardkit.test"
+PORT = 443
+GREETING = "hardkit-lab-exchange"
+#: The @deploy names of this slice's roles (operation names start with them).
+DEPLOYS = ("Bot service user", "Bot egress allow-list")
+
+
+def serve(address: str, port: int) -> None:
+    """Greet every TCP client with one line, until killed (runs inside a client's namespace)."""
+    srv = socket.create_server((address, port))
+    while True:
+        conn, _ = srv.accept()
+        with conn:
+            conn.sendall(f"{GREETING} {address}\n".encode())
+
+
+class Exchange:
+    """A greeting service in one of the lab's client namespaces (started here, stopped by PID)."""
+
+    def __init__(self, netns: str, address: str):
+        repo = Path(__file__).resolve().parents[2]
+        self.address = address
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", netns, sys.executable, "-c",
+             f"import sys; sys.path.insert(0, {str(repo)!r}); "
+             f"from tests.integration.test_bot_egress import serve; serve({address!r}, {PORT})"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    handle = boot(PREFIX, count=1)
+    clients = handle.host_data(handle.names[0])["lab"]["clients"]
+    servers = [Exchange(clients[role_]["netns"], clients[role_]["v4"]) for role_ in ("allowed", "attacker")]
+    try:
+        handle.allowed, handle.other = clients["allowed"]["v4"], clients["attacker"]["v4"]
+        handle.egress_inventory = derived_inventory(handle, tmp_path_factory.mktemp("egress"),
+                                                    bot_egress_endpoints=[f"{EXCHANGE_NAME}:{PORT}"])
+        set_hosts_entry(handle, handle.allowed)
+        yield handle
+    finally:
+        for s in servers:
+            s.stop()
+        handle.down()
+
+
+def name(lab) -> str:
+    return lab.names[0]
+
+
+def set_hosts_entry(lab, address: str | None) -> None:
+    """Point the exchange's name at `address` in the target's /etc/hosts (None: the name is unknown)."""
+    line = f"echo '{address} {EXCHANGE_NAME}' >> /etc/hosts" if address else "true"
+    res = root(lab, name(lab), f"sed -i '/ {EXCHANGE_NAME}$/d' /etc/hosts && {line}")
+    assert res.returncode == 0, res.stderr
+
+
+def connect_as(lab, user: str, address: str) -> subprocess.CompletedProcess:
+    """A TCP connection from the target to address:443 made by `user`'s process (prints the greeting)."""
+    probe = (f"import socket; s = socket.create_connection(({address!r}, {PORT}), timeout=3); "
+             "print(s.recv(64).decode().strip())")
+    who = "" if user == "root" else f"setpriv --reuid={user} --regid=$(id -g {user}) --clear-groups -- "
+    return root(lab, name(lab), f"{who}python3 -c \"{probe}\"")
+
+
+def dropped(lab) -> int:
+    out = root(lab, name(lab), f"nft -j list counter inet hardkit_bot {role.COUNTER}").stdout
+    return next(o["counter"]["packets"] for o in json.loads(out)["nftables"] if "counter" in o)
+
+
+def refresh(lab) -> str:
+    """Run the timer's service now; its journal lines of this run."""
+    since = root(lab, name(lab), "date '+%Y-%m-%d %H:%M:%S'").stdout.strip()
+    res = root(lab, name(lab), f"systemctl start {role.REFRESH_UNIT}")
+    assert res.returncode == 0, res.stderr
+    return root(lab, name(lab), f"journalctl -u {role.REFRESH_UNIT} --since '{since}' -o cat --no-pager").stdout
+
+
+@pytest.fixture(scope="module")
+def deployed(lab):
+    result = lab.deploy(inventory_path=lab.egress_inventory)
+    assert result.ok, {n: (h.failed, h.error) for n, h in result.hosts.items()}
+    return result
+
+
+def test_bot_reaches_the_allowed_exchange(lab, deployed):
+    res = connect_as(lab, BOT_USER, lab.allowed)
+    assert res.returncode == 0 and f"{GREETING} {lab.allowed}" in res.stdout, res.stderr
+
+
+def test_other_addresses_are_dropped_and_counted_for_the_bot_only(lab, deployed):
+    before = dropped(lab)
+    res = connect_as(lab, BOT_USER, lab.other)
+    assert res.returncode != 0 and "timed out" in res.stderr, (res.stdout, res.stderr)
+    assert dropped(lab) > before
+    for user in ("root", "nobody"):  # other users' egress is unchanged
+        res = connect_as(lab, user, lab.other)
+        assert res.returncode == 0 and f"{GREETING} {lab.other}" in res.stdout, (user, res.stderr)
+
+
+def test_second_deploy_changes_nothing(lab, deployed):
+    again = lab.deploy(inventory_path=lab.egress_inventory)
+    assert again.ok
+    assert deployed.hosts[name(lab)].changed and any(op.startswith(DEPLOYS[1]) for op in
+                                                     deployed.hosts[name(lab)].changed)
+    mine = [op for op in again.hosts[name(lab)].changed if op.startswith(DEPLOYS)]
+    assert mine == [], mine
+
+
+def test_refresh_follows_the_name_and_keeps_the_last_good_address(lab, deployed):
+    try:
+        set_hosts_entry(lab, lab.other)  # the exchange "moved"
+        log = refresh(lab)
+        assert f"exchange_v4: +{lab.other} . {PORT}, -{lab.allowed} . {PORT}" in log, log
+        assert connect_as(lab, BOT_USER, lab.other).returncode == 0
+        assert connect_as(lab, BOT_USER, lab.allowed).returncode != 0
+        set_hosts_entry(lab, None)  # the name stops resolving: the last good address stays
+        log = refresh(lab)
+        assert "resolution failed" in log and f"keeping the last good addresses: {lab.other}" in log, log
+        assert connect_as(lab, BOT_USER, lab.other).returncode == 0
+    finally:
+        set_hosts_entry(lab, lab.allowed)
+        refresh(lab)
+    assert connect_as(lab, BOT_USER, lab.allowed).returncode == 0
+
+
+def test_verify_passes_the_egress_controls(lab, deployed, tmp_path):
+    from tests.integration.labkit import hardkit
+
+    res = hardkit("verify", str(lab.egress_inventory), "--report-dir", str(tmp_path))
+    rows = json.loads((tmp_path / "compliance.json").read_text())["controls"]
+    mine = {r["control"]: r["status"] for r in rows if r["control"].startswith("hk-bot-egr-")}
+    assert mine and set(mine.values()) == {"PASS"} and len(mine) == 6, (mine, res.stdout[-3000:])
+
+
+def test_allow_list_survives_a_reboot(lab, deployed):
+    reboot(lab, name(lab))
+    deadline = time.monotonic() + 60
+    while root(lab, name(lab), f"systemctl is-active {role.BOOT_UNIT}").stdout.strip() != "active":
+        assert time.monotonic() < deadline, "the allow-list's unit did not start at boot"
+        time.sleep(2)
+    assert connect_as(lab, BOT_USER, lab.allowed).returncode == 0
+    before = dropped(lab)
+    assert connect_as(lab, BOT_USER, lab.other).returncode != 0
+    assert dropped(lab) > before
