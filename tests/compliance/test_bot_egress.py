@@ -41,7 +41,8 @@ def _accepts(expr: list[dict]) -> str | None:
 def test_only_the_bots_uid_is_judged(target):
     """The bot's table is loaded: its output chain sends only the bot's uid to the allow-list"""
     out = nft_state.chain(target, "output", tool.TABLE)
-    assert out and out["hook"] == "output" and out["policy"] == "accept", out
+    assert out, f"inet {tool.TABLE} has no output chain: the bot's egress is not filtered"
+    assert out["hook"] == "output" and out["policy"] == "accept", out
     jumps = nft_state.rules(target, "output", tool.TABLE)
     skuid = {"match": {"op": "==", "left": {"meta": {"key": "skuid"}}, "right": _bot_uid(target)}}
     assert jumps == [[skuid, {"jump": {"target": role.CHAIN}}]], jumps
@@ -50,7 +51,8 @@ def test_only_the_bots_uid_is_judged(target):
 @pytest.mark.control("hk-bot-egr-02")
 def test_bot_reaches_only_dns_and_the_exchange(target):
     """The bot's uid may reach only loopback, DNS to the host's resolvers and the exchange endpoints"""
-    assert nft_state.chain(target, role.CHAIN, tool.TABLE) is not None, "the bot's chain is not loaded"
+    chain = nft_state.chain(target, role.CHAIN, tool.TABLE)
+    assert chain, f"chain {role.CHAIN} of inet {tool.TABLE} is not loaded"
     accepted = [nft_state.verdict(e) == "accept" and _accepts(e) for e in nft_state.rules(target, role.CHAIN,
                                                                                           tool.TABLE)]
     assert None not in accepted, "an accept rule outside the allow-list"

@@ -1,9 +1,11 @@
 """The bot's egress allow-list on a real lab target, with real packets.
 
-An "exchange" (a small TCP service on 443) runs in the lab's allowed-client namespace and a second
-one in the attacker namespace. The inventory allows only the first, by name (resolved on the host
-through /etc/hosts, so no DNS server is needed in the lab). From the bot's uid the allowed
-exchange answers and the other is dropped and counted; root and other users still reach it; a
+An "exchange" (a small TCP service on 443, and a UDP one on 53 standing in for a resolver) runs in
+the lab's allowed-client namespace, v4 and v6, and a second set in the attacker namespace. The
+inventory allows only the first: by name for v4 (resolved on the host through /etc/hosts, so no
+DNS server is needed in the lab) and as a literal IPv6 endpoint. From the bot's uid the allowed
+exchange answers and the other is dropped and counted; DNS reaches only a resolver listed in
+/etc/resolv.conf; root and other users still reach everything; a
 second deploy changes nothing; the timer's refresh follows the name to a new address and keeps the
 last good one when the name stops resolving; the table is back after a reboot; verify passes.
 """
@@ -28,30 +30,38 @@ pytestmark = pytest.mark.lab
 PREFIX = "exeg"
 EXCHANGE_NAME = "exchange.hardkit.test"
 PORT = 443
+DNS_PORT = 53
 GREETING = "hardkit-lab-exchange"
 #: The @deploy names of this slice's roles (operation names start with them).
 DEPLOYS = ("Bot service user", "Bot egress allow-list")
 
 
-def serve(address: str, port: int) -> None:
-    """Greet every TCP client with one line, until killed (runs inside a client's namespace)."""
-    srv = socket.create_server((address, port))
+def serve(address: str, port: int, udp: bool = False) -> None:
+    """Greet every TCP client (or answer every UDP datagram) with one line, until killed (in a client's namespace)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    greeting = f"{GREETING} {address}\n".encode()
+    if udp:
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        sock.bind((address, port))
+        while True:
+            _, peer = sock.recvfrom(512)
+            sock.sendto(greeting, peer)
+    srv = socket.create_server((address, port), family=family)
     while True:
         conn, _ = srv.accept()
         with conn:
-            conn.sendall(f"{GREETING} {address}\n".encode())
+            conn.sendall(greeting)
 
 
-class Exchange:
+class Service:
     """A greeting service in one of the lab's client namespaces (started here, stopped by PID)."""
 
-    def __init__(self, netns: str, address: str):
+    def __init__(self, netns: str, address: str, port: int, udp: bool = False):
         repo = Path(__file__).resolve().parents[2]
-        self.address = address
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", netns, sys.executable, "-c",
              f"import sys; sys.path.insert(0, {str(repo)!r}); "
-             f"from tests.integration.test_bot_egress import serve; serve({address!r}, {PORT})"],
+             f"from tests.integration.test_bot_egress import serve; serve({address!r}, {port}, {udp})"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def stop(self) -> None:
@@ -64,11 +74,15 @@ class Exchange:
 def lab(tmp_path_factory):
     handle = boot(PREFIX, count=1)
     clients = handle.host_data(handle.names[0])["lab"]["clients"]
-    servers = [Exchange(clients[role_]["netns"], clients[role_]["v4"]) for role_ in ("allowed", "attacker")]
+    servers = [Service(c["netns"], c[family], port, udp=port == DNS_PORT)
+               for c in (clients["allowed"], clients["attacker"]) for family in ("v4", "v6")
+               for port in (PORT, DNS_PORT)]
     try:
         handle.allowed, handle.other = clients["allowed"]["v4"], clients["attacker"]["v4"]
-        handle.egress_inventory = derived_inventory(handle, tmp_path_factory.mktemp("egress"),
-                                                    bot_egress_endpoints=[f"{EXCHANGE_NAME}:{PORT}"])
+        handle.allowed_v6, handle.other_v6 = clients["allowed"]["v6"], clients["attacker"]["v6"]
+        handle.egress_inventory = derived_inventory(
+            handle, tmp_path_factory.mktemp("egress"),
+            bot_egress_endpoints=[f"{EXCHANGE_NAME}:{PORT}", f"[{handle.allowed_v6}]:{PORT}"])
         set_hosts_entry(handle, handle.allowed)
         yield handle
     finally:
@@ -88,10 +102,15 @@ def set_hosts_entry(lab, address: str | None) -> None:
     assert res.returncode == 0, res.stderr
 
 
-def connect_as(lab, user: str, address: str) -> subprocess.CompletedProcess:
-    """A TCP connection from the target to address:443 made by `user`'s process (prints the greeting)."""
-    probe = (f"import socket; s = socket.create_connection(({address!r}, {PORT}), timeout=3); "
-             "print(s.recv(64).decode().strip())")
+def connect_as(lab, user: str, address: str, udp: bool = False) -> subprocess.CompletedProcess:
+    """From the target, `user`'s process reaches address:443 over TCP (or :53 over UDP) and prints the greeting."""
+    if udp:
+        family = "socket.AF_INET6" if ":" in address else "socket.AF_INET"
+        probe = (f"import socket; s = socket.socket({family}, socket.SOCK_DGRAM); s.settimeout(3); "
+                 f"s.sendto(b'q', ({address!r}, {DNS_PORT})); print(s.recv(64).decode().strip())")
+    else:
+        probe = (f"import socket; s = socket.create_connection(({address!r}, {PORT}), timeout=3); "
+                 "print(s.recv(64).decode().strip())")
     who = "" if user == "root" else f"setpriv --reuid={user} --regid=$(id -g {user}) --clear-groups -- "
     return root(lab, name(lab), f"{who}python3 -c \"{probe}\"")
 
@@ -117,18 +136,37 @@ def deployed(lab):
 
 
 def test_bot_reaches_the_allowed_exchange(lab, deployed):
-    res = connect_as(lab, BOT_USER, lab.allowed)
-    assert res.returncode == 0 and f"{GREETING} {lab.allowed}" in res.stdout, res.stderr
+    for address in (lab.allowed, lab.allowed_v6):  # by name (v4) and as a literal IPv6 endpoint
+        res = connect_as(lab, BOT_USER, address)
+        assert res.returncode == 0 and f"{GREETING} {address}" in res.stdout, (address, res.stderr)
 
 
 def test_other_addresses_are_dropped_and_counted_for_the_bot_only(lab, deployed):
-    before = dropped(lab)
-    res = connect_as(lab, BOT_USER, lab.other)
-    assert res.returncode != 0 and "timed out" in res.stderr, (res.stdout, res.stderr)
-    assert dropped(lab) > before
-    for user in ("root", "nobody"):  # other users' egress is unchanged
-        res = connect_as(lab, user, lab.other)
-        assert res.returncode == 0 and f"{GREETING} {lab.other}" in res.stdout, (user, res.stderr)
+    for address in (lab.other, lab.other_v6):
+        before = dropped(lab)
+        res = connect_as(lab, BOT_USER, address)
+        assert res.returncode != 0 and "timed out" in res.stderr, (address, res.stdout, res.stderr)
+        assert dropped(lab) > before, address
+        for user in ("root", "nobody"):  # other users' egress is unchanged
+            res = connect_as(lab, user, address)
+            assert res.returncode == 0 and f"{GREETING} {address}" in res.stdout, (user, address, res.stderr)
+
+
+def test_dns_only_to_the_hosts_resolvers(lab, deployed):
+    """A resolver listed in /etc/resolv.conf is reachable from the bot on port 53 (after a refresh); another is not."""
+    try:
+        assert root(lab, name(lab), f"cp /etc/resolv.conf /etc/resolv.conf.exeg && "
+                                    f"echo 'nameserver {lab.allowed}' >> /etc/resolv.conf").returncode == 0
+        assert f"resolvers_v4: +{lab.allowed}" in refresh(lab)
+        res = connect_as(lab, BOT_USER, lab.allowed, udp=True)
+        assert res.returncode == 0 and f"{GREETING} {lab.allowed}" in res.stdout, res.stderr
+        before = dropped(lab)
+        assert connect_as(lab, BOT_USER, lab.other, udp=True).returncode != 0
+        assert dropped(lab) > before
+        assert connect_as(lab, "nobody", lab.other, udp=True).returncode == 0
+    finally:
+        root(lab, name(lab), "mv /etc/resolv.conf.exeg /etc/resolv.conf")
+        refresh(lab)
 
 
 def test_second_deploy_changes_nothing(lab, deployed):
