@@ -10,8 +10,9 @@ address . port, v4 and v6); everything else from that uid is logged (rate-limite
 The table file is rendered here and checked with `nft -c` before it goes live. The sets are
 filled on the host by hardkit-bot-egress (roles/bot_egress_refresh.py, installed as a tool):
 at boot and at deploy by its own oneshot unit (which loads table and elements in one
-transaction), then every few minutes by a timer that re-resolves names and keeps the last
-good addresses when DNS fails. The bot's unit (roles/bot.py) Requires= the boot unit.
+transaction; a deploy reloads it, never restarts it), then every few minutes by a timer that
+re-resolves names, keeps the last good addresses when DNS fails and puts the table back if
+something flushed it. The bot's unit (roles/bot.py) Requires= and After= the boot unit.
 
 Both firewall tables judge the bot's packets: an endpoint on a port other than 80/443 also
 needs an `egress_allow` rule in the host firewall when `egress_policy` is restricted.
@@ -32,7 +33,7 @@ from pyinfra.operations.util import any_changed
 from roles import bot_egress_refresh as tool
 from roles.bot_paths import BOT_USER, UNIT as BOT_UNIT
 from roles.data import DataKey
-from roles.ops import install_file, render
+from roles.ops import Lines, install_file, render
 from roles.updates import UNIT_CHECK
 
 
@@ -124,9 +125,14 @@ def bot_egress():
              for unit, text in render_units(data).items()]
     server.shell(name="Reload systemd for the egress units", _if=any_changed(*units),
                  commands=["systemctl daemon-reload"])
-    server.shell(name="Load the changed allow-list (names resolved now)", _if=any_changed(*installed, units[0]),
-                 commands=[f"systemctl restart {BOOT_UNIT}"])
+    changed = any_changed(*installed, units[0])
+    loaded = host.get_fact(Lines, command=f"nft list table {tool.FAMILY} {tool.TABLE} >/dev/null 2>&1 "
+                                          "&& echo loaded || true")
+    server.shell(name="Load the allow-list (names resolved now)", _if=lambda: not loaded or changed(),
+                 commands=[f"systemctl reload-or-restart {BOOT_UNIT}"])
     systemd.service(name="Load the allow-list at boot", service=BOOT_UNIT, running=True, enabled=True)
+    server.shell(name="Re-enable the loader for a changed [Install]", _if=units[0].did_change,
+                 commands=[f"systemctl reenable {BOOT_UNIT}"])
     systemd.service(name="Refresh the endpoints' addresses on a timer", service=REFRESH_TIMER,
                     running=True, enabled=True)
     server.shell(name="Restart the timer for a changed interval", _if=units[2].did_change,

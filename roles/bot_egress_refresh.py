@@ -6,6 +6,7 @@ library only (the VPS has python3, not hardkit's dependencies).
 
     hardkit-bot-egress load       load the table (ruleset file) with its set elements, one transaction
     hardkit-bot-egress refresh    re-resolve the endpoints and replace the set elements, one transaction
+                                  (the whole table if it is missing)
     hardkit-bot-egress check-config PATH    exit 2 with a one-line error if the config is invalid
 
 The config (JSON, written by the deploy): {"ruleset": PATH, "endpoints": ["host:port", ...]}.
@@ -257,13 +258,15 @@ def run(action: str, config: str, state: str, resolv_conf: str = RESOLV_CONF, nf
         nameservers = {4: set(), 6: set()}
     wanted = wanted_elements(endpoints, resolved, nameservers)
     before = current_elements(nft)
+    if action == "refresh" and before is None:
+        # e.g. `systemctl restart nftables` flushed every table: until reloaded, the bot would be
+        # judged by the host firewall alone, so the refresh puts the whole table back.
+        log(f"table {FAMILY} {TABLE} was not loaded: loading it")
+        action = "load"
     if action == "load":
         with open(ruleset_path) as f:
             apply(transaction(wanted, ruleset=f.read()), nft)
         log(f"table {FAMILY} {TABLE} loaded from {ruleset_path}")
-    elif before is None:
-        log(f"table {FAMILY} {TABLE} is not loaded: start hardkit-bot-egress.service first")
-        return 1
     elif before != wanted:
         apply(transaction(wanted), nft)
     for line in changes(before, wanted) or ["sets unchanged"]:

@@ -6,7 +6,7 @@ inventory allows only the first: by name for v4 (resolved on the host through /e
 DNS server is needed in the lab) and as a literal IPv6 endpoint. From the bot's uid the allowed
 exchange answers and the other is dropped and counted; DNS reaches only a resolver listed in
 /etc/resolv.conf; root and other users still reach everything; a
-second deploy changes nothing; the timer's refresh follows the name to a new address and keeps the
+second deploy changes nothing; a firewall restart or a flushed table is repaired; the timer's refresh follows the name to a new address and keeps the
 last good one when the name stops resolving; the table is back after a reboot; verify passes.
 """
 
@@ -176,6 +176,27 @@ def test_second_deploy_changes_nothing(lab, deployed):
                                                      deployed.hosts[name(lab)].changed)
     mine = [op for op in again.hosts[name(lab)].changed if op.startswith(DEPLOYS)]
     assert mine == [], mine
+
+
+def table_loaded(lab) -> bool:
+    return root(lab, name(lab), "nft list table inet hardkit_bot >/dev/null").returncode == 0
+
+
+def test_table_comes_back_after_a_firewall_restart_or_a_flush(lab, deployed):
+    # Debian's nftables.service flushes every table when it stops: the loader is PartOf= it.
+    assert root(lab, name(lab), "systemctl restart nftables.service").returncode == 0
+    deadline = time.monotonic() + 30
+    while not table_loaded(lab):
+        assert time.monotonic() < deadline, "the allow-list was not reloaded with nftables.service"
+        time.sleep(1)
+    assert connect_as(lab, BOT_USER, lab.other).returncode != 0
+    # Removed behind systemd's back: the next deploy puts it back (and so would the timer's refresh).
+    assert root(lab, name(lab), "nft delete table inet hardkit_bot").returncode == 0
+    result = lab.deploy(inventory_path=lab.egress_inventory)
+    assert result.ok and table_loaded(lab)
+    assert [op for op in result.hosts[name(lab)].changed if op.startswith(DEPLOYS)], result.hosts[name(lab)].changed
+    assert connect_as(lab, BOT_USER, lab.other).returncode != 0
+    assert connect_as(lab, BOT_USER, lab.allowed).returncode == 0
 
 
 def test_refresh_follows_the_name_and_keeps_the_last_good_address(lab, deployed):

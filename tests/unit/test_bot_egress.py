@@ -137,7 +137,8 @@ def test_boot_unit_orders_before_the_bot():
     units = role.render_units({"bot_egress_refresh_minutes": 5})
     boot = units[role.BOOT_UNIT]
     assert "After=nftables.service" in boot and f"Before={role.BOT_UNIT}" in boot
-    assert "RemainAfterExit=yes" in boot and "WantedBy=multi-user.target" in boot
+    assert "RemainAfterExit=yes" in boot and "WantedBy=multi-user.target nftables.service" in boot
+    assert "PartOf=nftables.service" in boot and "ExecReload=" in boot and "ExecReload=" not in units[role.REFRESH_UNIT]
     assert "OnUnitActiveSec=5min" in units[role.REFRESH_TIMER]
     assert "[Install]" not in units[role.REFRESH_UNIT]
 
@@ -259,8 +260,15 @@ def test_removed_endpoints_leave_the_sets(egress_host):
                         "resolvers_v6": set()}
 
 
-def test_refresh_without_the_table_fails(egress_host):
-    assert egress_host.run("refresh") == 1 and "is not loaded" in egress_host.log[-1]
+def test_refresh_puts_a_missing_table_back(egress_host):
+    h = egress_host
+    h.answers["exchange.lab"] = ["203.0.113.5"]
+    h.run("load")
+    subprocess.run([h.nft, "delete", "table", "inet", tool.TABLE], check=True)  # what `nft flush ruleset` does to it
+    assert h.run("refresh") == 0
+    assert "table inet hardkit_bot was not loaded: loading it" in h.log
+    assert h.sets()["exchange_v4"] == {"203.0.113.5 . 443", "198.51.100.10 . 8443"}
+    assert any(o.get("counter", {}).get("name") == role.COUNTER for o in h.listing())
 
 
 def test_a_rejected_load_changes_nothing(egress_host):
