@@ -57,7 +57,8 @@ class Endpoint:
 
     @property
     def text(self) -> str:
-        return f"[{self.host}]:{self.port}" if self.address and self.address.version == 6 else f"{self.host}:{self.port}"
+        bracketed = self.address is not None and self.address.version == 6
+        return f"[{self.host}]:{self.port}" if bracketed else f"{self.host}:{self.port}"
 
 
 def parse_endpoint(text: object) -> Endpoint:

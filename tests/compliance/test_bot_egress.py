@@ -20,7 +20,7 @@ def _bot_uid(target) -> int:
     return target.fact("bot:uid", lambda t: int(t.check_output(f"id -u {BOT_USER}").strip()))
 
 
-def _accepts(expr: list[dict]) -> str | None:
+def accepted_traffic(expr: list[dict]) -> str | None:
     """What an accept rule of the bot's chain lets through, or None for anything unexpected."""
     matches = [e["match"] for e in expr if "match" in e]
     rights = [m["right"] for m in matches]
@@ -53,8 +53,8 @@ def test_bot_reaches_only_dns_and_the_exchange(target):
     """The bot's uid may reach only loopback, DNS to the host's resolvers and the exchange endpoints"""
     chain = nft_state.chain(target, role.CHAIN, tool.TABLE)
     assert chain, f"chain {role.CHAIN} of inet {tool.TABLE} is not loaded"
-    accepted = [nft_state.verdict(e) == "accept" and _accepts(e) for e in nft_state.rules(target, role.CHAIN,
-                                                                                          tool.TABLE)]
+    rules = nft_state.rules(target, role.CHAIN, tool.TABLE)
+    accepted = [accepted_traffic(e) for e in rules if nft_state.verdict(e) == "accept"]
     assert None not in accepted, "an accept rule outside the allow-list"
     assert {"loopback", "replies", "dns", "exchange"} <= set(accepted)
 

@@ -5,9 +5,10 @@ the lab's allowed-client namespace, v4 and v6, and a second set in the attacker 
 inventory allows only the first: by name for v4 (resolved on the host through /etc/hosts, so no
 DNS server is needed in the lab) and as a literal IPv6 endpoint. From the bot's uid the allowed
 exchange answers and the other is dropped and counted; DNS reaches only a resolver listed in
-/etc/resolv.conf; root and other users still reach everything; a
-second deploy changes nothing; a firewall restart or a flushed table is repaired; the timer's refresh follows the name to a new address and keeps the
-last good one when the name stops resolving; the table is back after a reboot; verify passes.
+/etc/resolv.conf; root and other users still reach everything; a second deploy changes
+nothing; a firewall restart or a flushed table is repaired; the timer's refresh follows the name
+to a new address and keeps the last good one when the name stops resolving; the table is back
+after a reboot; verify passes.
 """
 
 from __future__ import annotations

@@ -293,3 +293,21 @@ def test_cli_bad_config_is_one_line_exit_2(tmp_path):
     res = subprocess.run([sys.executable, str(role.TOOL_SOURCE), "check-config", str(cfg)],
                          capture_output=True, text=True)
     assert res.returncode == 2 and "cannot read the config" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_compliance_sees_a_widened_allow_list(egress_host):
+    """hk-bot-egr-02's reading of the loaded chain: every accept is one of the four allowed kinds,
+    and an extra accept (here SSH anywhere) is caught."""
+    from tests.compliance.test_bot_egress import accepted_traffic
+
+    h = egress_host
+    h.run("load")
+
+    def kinds():
+        return [accepted_traffic(o["rule"]["expr"]) for o in h.listing()
+                if "rule" in o and o["rule"]["chain"] == role.CHAIN and any("accept" in e for e in o["rule"]["expr"])]
+
+    assert kinds() == ["loopback", "replies", "dns", "dns", "exchange", "exchange"]
+    subprocess.run([h.nft, "insert", "rule", "inet", tool.TABLE, role.CHAIN, "tcp", "dport", "22", "accept"],
+                   check=True)
+    assert None in kinds()
