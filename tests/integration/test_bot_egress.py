@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -177,6 +178,9 @@ def test_second_deploy_changes_nothing(lab, deployed):
                                                      deployed.hosts[name(lab)].changed)
     mine = [op for op in again.hosts[name(lab)].changed if op.startswith(DEPLOYS)]
     assert mine == [], mine
+    others = [op for op in again.hosts[name(lab)].changed if not op.startswith(DEPLOYS)]
+    if others:  # other roles are held to this by their own tests
+        warnings.warn(f"operations of other roles changed on a repeated deploy: {others}")
 
 
 def table_loaded(lab) -> bool:
