@@ -21,6 +21,8 @@ _fleet = {
     # Who may reach SSH at all: your office/VPN/bastion addresses. The deploy refuses to run if the
     # address it connects from is not in this list (it would lock you out).
     "ssh_allow_from": ["203.0.113.7/32", "2001:db8:42::/48"],
+    # Where the bot may connect (its egress allow-list, roles/bot_egress.py); paper mode needs none.
+    # "bot_egress_endpoints": ["api.binance.com:443"],
 }
 
 # The bots. Replace the documentation addresses (203.0.113.0/24, 2001:db8::/32) with yours.

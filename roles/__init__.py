@@ -19,6 +19,8 @@ ROLE_MODULES = [
     "roles.filesystem",
     "roles.audit",
     "roles.time_logs",
-    # issue 8, the bot on the VPS
+    # issue 8, the bot on the VPS: its user, its egress allow-list (the unit requires it), the bot
+    "roles.bot_user",
+    "roles.bot_egress",
     "roles.bot",
 ]

@@ -23,7 +23,7 @@ from pyinfra.api import FactBase, FileUploadCommand, deploy, operation
 from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
-from roles import bot_release, bot_user
+from roles import bot_egress, bot_release
 from roles.bot_config import BOT_ENABLED, KEYS as CONFIG_KEYS, rendered
 from roles.bot_paths import (BOT_USER, CONFIG_DIR, CONFIG_FILE, CONTROL_SOCKET, CRED_PREFIX, CREDSTORE,
                              CURRENT_LINK, INSTALL_ROOT, OPERATORS_GROUP, RELEASES_DIR, STATE_DIR, UNIT)
@@ -201,8 +201,8 @@ SANDBOX = [
 #: The most `systemd-analyze security` may score the unit (offline in the unit tests, live in verify).
 MAX_EXPOSURE = 1.5
 
-#: Units the bot must not run without (the egress allow-list, when its role is deployed).
-REQUIRED_UNITS: list[str] = []
+#: Units the bot must not run without: its egress allow-list (no table, no bot).
+REQUIRED_UNITS = [bot_egress.BOOT_UNIT]
 
 
 def wait_for_bot_command() -> str:
@@ -220,7 +220,6 @@ def bot():
     if not BOT_ENABLED.value(data):
         host.noop("bot_enabled is false: no bot on this host")
         return
-    bot_user.bot_user()
     apt.packages(name="Install python3-venv (the bot's offline install)", packages=PACKAGES)
 
     release = bot_release.current()

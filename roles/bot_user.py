@@ -1,8 +1,12 @@
-"""The bot's system user and the operators' group.
+"""The bot's service user and the operators' group.
 
-A fixed system user (not DynamicUser=), so the egress firewall can match the bot's packets by
-uid. Operators (the inventory's admin) join `hardkit-operators`, the group of the bot's control
-socket and dashboard socket: they can halt and inspect the bot without sudo.
+A dedicated system user (not DynamicUser=): the egress allow-list (roles/bot_egress.py) matches
+the bot's packets by uid, which must exist before that table loads and stay the same at every
+boot. The user has no login shell, no home and a locked password: it only runs the service.
+The inventory's admin joins the operators' group, which owns the bot's control socket, so
+`hardkit bot ...` works over SSH as the admin without sudo.
+
+Usage: ``roles.bot_user.apply()`` (before roles.bot and roles.bot_egress).
 """
 
 from __future__ import annotations
@@ -12,16 +16,27 @@ from pyinfra.api import deploy
 from pyinfra.operations import server
 
 from roles.access_data import ADMIN_USER
+from roles.admin import lock_password
 from roles.bot_paths import BOT_USER, OPERATORS_GROUP
 
+KEYS: list = []
 
-@deploy("Bot user and operators")
+#: No login shell and a home that does not exist (Debian's convention for service users).
+BOT_SHELL = "/usr/sbin/nologin"
+BOT_HOME = "/nonexistent"
+
+
+@deploy("Bot service user")
 def bot_user():
-    server.group(name=f"Group of the bot's operators: {OPERATORS_GROUP}", group=OPERATORS_GROUP, system=True)
-    server.user(name=f"System user for the bot: {BOT_USER}", user=BOT_USER, system=True,
-                shell="/usr/sbin/nologin", home="/nonexistent", create_home=False, groups=[OPERATORS_GROUP])
-    server.user(name="The admin operates the bot", user=ADMIN_USER.value(host.data),
-                groups=[OPERATORS_GROUP], append=True)
+    admin = ADMIN_USER.value(host.data)
+    server.group(name=f"Group {BOT_USER} (the bot's primary group)", group=BOT_USER, system=True)
+    server.group(name=f"Group {OPERATORS_GROUP} (may use the bot's control socket)", group=OPERATORS_GROUP,
+                 system=True)
+    server.user(name=f"System user {BOT_USER}: no shell, no home", user=BOT_USER, group=BOT_USER, system=True,
+                shell=BOT_SHELL, home=BOT_HOME, create_home=False, ensure_home=False)
+    lock_password(name=f"Keep {BOT_USER}'s password locked", user=BOT_USER)
+    server.user(name=f"Admin {admin} in {OPERATORS_GROUP}", user=admin, groups=[OPERATORS_GROUP], append=True,
+                ensure_home=False)
 
 
 apply = bot_user

@@ -16,12 +16,12 @@ def objects(target, kind: str, table: str = TABLE, family: str = "inet") -> list
             if kind in o and o[kind].get("table") == table and o[kind].get("family") == family]
 
 
-def chain(target, name: str) -> dict | None:
-    return next((c for c in objects(target, "chain") if c["name"] == name), None)
+def chain(target, name: str, table: str = TABLE) -> dict | None:
+    return next((c for c in objects(target, "chain", table) if c["name"] == name), None)
 
 
-def rules(target, chain_name: str) -> list[list[dict]]:
-    return [r["expr"] for r in objects(target, "rule") if r["chain"] == chain_name]
+def rules(target, chain_name: str, table: str = TABLE) -> list[list[dict]]:
+    return [r["expr"] for r in objects(target, "rule", table) if r["chain"] == chain_name]
 
 
 def set_networks(target, name: str, table: str = TABLE, family: str = "inet") -> set:
