@@ -3,6 +3,7 @@
     hardkit sandbox image | up | down | status | ssh      the local lab of disposable Debian 12 VPSs
     hardkit deploy INVENTORY [--limit GROUP|HOST] [--dry] [--json]
     hardkit verify INVENTORY [--report-dir DIR] [--junit FILE]
+    hardkit secrets init | set | edit | show-recipients | add-recipient | rotate ENV   (deploy/secrets_cli.py)
 
 Every error an operator can fix is printed as a sentence and exits non-zero; a traceback
 means a bug in hardkit.
@@ -17,6 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from deploy import secrets_cli
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -29,12 +32,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_BAD_INPUT
     from deploy.inventory import InventoryError
+    from deploy.secrets_store import SecretsError
     from sandbox.errors import LabError
 
     try:
         return args.func(args)
     except InventoryError as e:
         print(f"error: {e.render()}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except SecretsError as e:
+        print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except LabError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -85,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--junit", default=None, help="also write JUnit XML here")
     s.add_argument("-k", dest="select", default=None, help="only checks matching this pytest expression")
     s.set_defaults(func=cmd_verify)
+
+    secrets_cli.add_parser(sub)
     return p
 
 
