@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e.render()}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except SecretsError as e:
-        print(f"error: {e}", file=sys.stderr)
+        for line in str(e).splitlines():
+            print(f"error: {line}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except LabError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -83,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", help="only these groups or hosts (comma-separated)")
     s.add_argument("--dry", action="store_true", help="show what would change, change nothing")
     s.add_argument("--json", action="store_true", help="print the run's results as JSON on stdout")
+    s.add_argument("--identity", default=None, help="age identity that decrypts the hosts' secrets_env "
+                   "(default $HARDKIT_AGE_IDENTITY, else ~/.config/hardkit/age-identity.txt)")
     s.set_defaults(func=cmd_deploy)
 
     s = sub.add_parser("verify", help="run the compliance checks against every host of an inventory")
@@ -171,12 +174,15 @@ def cmd_deploy(args) -> int:
 
     inv = load(args.inventory)
     hosts = inv.limit(args.limit)
-    result = runner.deploy(inv, hosts, dry=args.dry)
+    result = runner.deploy(inv, hosts, dry=args.dry, identity=args.identity)
     if args.json:
         print(json.dumps({
             "ok": result.ok,
             "hosts": {n: {"login": h.login, "changed": h.changed, "unchanged": len(h.unchanged),
-                          "failed": h.failed, "refused": h.error} for n, h in result.hosts.items()},
+                          "failed": h.failed, "refused": h.error,
+                          "credentials": h.credentials and {"sent": h.credentials.sent,
+                                                            "removed": h.credentials.removed}}
+                      for n, h in result.hosts.items()},
             "pyinfra": result.raw,
         }, indent=2))
     _print_deploy_summary(result, dry=args.dry)
@@ -194,6 +200,9 @@ def _print_deploy_summary(result, dry: bool) -> None:
         else:
             verb = "would change" if dry else "changed"
             print(f"  OK      {name} as {h.login}: {len(h.changed)} {verb}, {len(h.unchanged)} unchanged", file=out)
+            if h.credentials and h.credentials.changed:
+                print(f"          credentials: {'would send' if dry else 'sent'} {', '.join(h.credentials.sent) or '-'}"
+                      f"; {'would remove' if dry else 'removed'} {', '.join(h.credentials.removed) or '-'}", file=out)
 
 
 def cmd_verify(args) -> int:

@@ -11,11 +11,12 @@ Every problem an operator can fix raises `SecretsError` with one line naming the
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyrage
+
+from roles.secrets_data import NAME_RE
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,9 +27,6 @@ DEFAULT_ROOT = REPO_ROOT / "secrets"
 DEFAULT_IDENTITY = Path("~/.config/hardkit/age-identity.txt")
 RECIPIENTS_FILE = "recipients.txt"
 SUFFIX = ".age"
-
-#: Environment and secret names: safe as folder/file names and as systemd credential names.
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 
 class SecretsError(Exception):
@@ -169,21 +167,28 @@ class Env:
     def _why_not(self, path: Path, identity: Identity, detail: str) -> str:
         if "no matching keys" not in detail.lower():
             return f"{path} cannot be decrypted ({detail}): it is damaged; restore it from git or set it again"
-        try:
-            listed = set(self.recipient_lines())
-        except SecretsError:
-            listed = set()
-        if not listed & set(identity.public_keys):
-            return (f"{path} is not encrypted to your identity {identity.path} ({identity.public_keys[0]}), "
-                    f"which is not a recipient of {self.name!r}: pass the right --identity, or have an operator "
-                    f"who can decrypt run `hardkit secrets add-recipient {self.name} {identity.public_keys[0]}`")
+        if not self.lists(identity):
+            return self._not_a_recipient(identity)
         return (f"{path} is encrypted to other recipients than {self.recipients_file} lists (yours included): "
                 f"an operator who can decrypt it must run `hardkit secrets rotate {self.name}`")
 
+    def lists(self, identity: Identity) -> bool:
+        return bool(set(self.recipient_lines()) & set(identity.public_keys))
+
+    def _not_a_recipient(self, identity: Identity) -> str:
+        key = identity.public_keys[0]
+        return (f"your identity {identity.path} ({key}) is not a recipient in {self.recipients_file}: pass the "
+                f"right --identity, or have an operator who can decrypt run "
+                f"`hardkit secrets add-recipient {self.name} {key}`")
+
     def decrypt_all(self, identity: Identity) -> dict[str, bytes]:
-        """Every value, or SecretsError listing every file that failed (one line each)."""
+        """Every value, or SecretsError listing every file that failed (one line each; one line in all
+        when the identity is not a recipient of the environment)."""
+        names = self.names()
+        if names and not self.lists(identity):
+            raise SecretsError(self._not_a_recipient(identity))
         values, problems = {}, []
-        for secret in self.names():
+        for secret in names:
             try:
                 values[secret] = self.decrypt(secret, identity)
             except SecretsError as e:

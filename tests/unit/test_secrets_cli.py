@@ -121,7 +121,7 @@ def test_errors_are_one_line_naming_the_file(kit, tmp_path):
                    "no age identity")
     stranger = tmp_path / "stranger.txt"
     stranger_key = keygen(stranger)
-    one_line_error(kit.run("rotate", "prod", "--identity", str(stranger)), "api.age", "not a recipient",
+    one_line_error(kit.run("rotate", "prod", "--identity", str(stranger)), "recipients.txt", "not a recipient",
                    f"add-recipient prod {stranger_key}")
     # Listed in recipients.txt by hand, but the file was encrypted before: an older recipient must rotate.
     with (kit.root / "prod" / "recipients.txt").open("a") as f:
