@@ -43,7 +43,7 @@ def add_parser(sub) -> None:
     verb("edit", cmd_edit, "edit NAME's value in $EDITOR (plaintext only in a private memory folder)", secret=True)
     verb("show-recipients", cmd_show_recipients, "list the public keys ENV is encrypted to")
     verb("add-recipient", cmd_add_recipient, "add a public key and re-encrypt every value to it").add_argument(
-        "key", metavar="KEY", help="an age public key (age1...) or an ssh-ed25519 public key line")
+        "key", metavar="KEY", help="an age public key (age1..., from `age-keygen -y`)")
     verb("rotate", cmd_rotate, "re-encrypt every value to the recipients listed now")
 
 
@@ -64,7 +64,7 @@ def cmd_init(args) -> int:
         _say(f"created your age identity {path} (0600): back it up; whoever holds it can read these secrets")
     env.folder.mkdir(parents=True, exist_ok=True)
     env.recipients_file.write_text(
-        f"# Public keys that can decrypt secrets/{env.name}/*.age, one a line (age1... or ssh-ed25519 ...).\n"
+        f"# Public keys that can decrypt secrets/{env.name}/*.age, one a line (age1...).\n"
         f"# After removing one, run `hardkit secrets rotate {env.name}` and change the values it could read.\n"
         f"{identity.public_keys[0]}\n")
     _say(f"created {env.recipients_file} with your public key {identity.public_keys[0]}")

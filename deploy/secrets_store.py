@@ -1,7 +1,7 @@
 """The repository's encrypted secrets: `secrets/<env>/<name>.age`, one recipient list per environment.
 
 Every value is an age file (pyrage) encrypted to the public keys in `secrets/<env>/recipients.txt`
-(one `age1...` or `ssh-ed25519 ...` key a line; `#` comments and blank lines allowed). Values are
+(one `age1...` key a line; `#` comments and blank lines allowed). Values are
 decrypted only into this process's memory; nothing here ever writes plaintext to disk. An operator
 decrypts with an age identity file (see `identity_path`).
 
@@ -97,16 +97,12 @@ def create_identity(path: Path) -> Identity:
 # --- recipients ----------------------------------------------------------------------------------
 
 def parse_recipient(text: str):
-    """An age recipient from its public key line: `age1...` or an OpenSSH ed25519/RSA public key."""
+    """An age X25519 recipient from its public key (`age1...`, as `age-keygen -y` prints it)."""
     text = text.strip()
     try:
-        if text.startswith("age1"):
-            return pyrage.x25519.Recipient.from_str(text)
-        if text.startswith(("ssh-ed25519 ", "ssh-rsa ")):
-            return pyrage.ssh.Recipient.from_str(text)
+        return pyrage.x25519.Recipient.from_str(text)
     except pyrage.RecipientError:
-        pass
-    raise ValueError(f"{text[:40]!r} is not an age public key (age1...) or an ssh-ed25519/ssh-rsa key")
+        raise ValueError(f"{text[:40]!r} is not an age public key (age1..., from `age-keygen -y`)") from None
 
 
 # --- an environment ------------------------------------------------------------------------------

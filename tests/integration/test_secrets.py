@@ -239,3 +239,17 @@ def test_wrong_identity_is_refused_before_any_connection(canary, tmp_path):
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert "not a recipient" in res.stderr and "Traceback" not in res.stderr
     assert after == before + 1, "only the counting login itself may have been accepted"
+
+
+def test_without_secrets_env_the_delivered_credentials_go_and_nothing_else(canary, tmp_path):
+    """Last (it changes the host): the lab's own inventory has no secrets_env, as in `make demo`."""
+    lab, name = canary["lab"], canary["name"]
+    host_made = f"{CREDSTORE}/{CRED_PREFIX}audit-key"  # as the bot role makes it: never hardkit-delivered
+    lab.ssh(name, f"head -c 32 /dev/urandom | systemd-creds encrypt --name=audit-key - {host_made}")
+    env = {**os.environ, "HARDKIT_AGE_IDENTITY": str(tmp_path / "no-identity-needed.txt")}
+    res = subprocess.run([sys.executable, "-m", "deploy.cli", "deploy", str(lab.inventory_path), "--json"],
+                         cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert json.loads(res.stdout)["hosts"][name]["credentials"] == {
+        "sent": [], "removed": ["exchange-api-key", "exchange-api-secret"]}
+    assert lab.ssh(name, f"ls {CREDSTORE}").stdout.split() == [f"{CRED_PREFIX}audit-key"]
