@@ -58,8 +58,19 @@ def _terminations_raise():
             signal.signal(s, handler)
 
 
+#: Editors that keep copies of what they edit elsewhere unless told not to: vim's swap files and its
+#: ~/.viminfo (registers, i.e. yanked plaintext) — off with `-n -i NONE`.
+VIM_FLAGS = ("vi", "vim", "nvim", "vim.basic", "vim.tiny", "vim.nox", "vim.gtk3"), ["-n", "-i", "NONE"]
+
+
 def editor_command() -> list[str]:
-    return shlex.split(os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi")
+    """$VISUAL, else $EDITOR, else vi; vim-family editors are kept from writing swap and viminfo files."""
+    cmd = shlex.split(os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi")
+    found = shutil.which(cmd[0]) if cmd else None
+    names, flags = VIM_FLAGS
+    if found and Path(os.path.realpath(found)).name in names and os.path.basename(cmd[0]) in names:
+        cmd[1:1] = flags
+    return cmd
 
 
 def edit_value(label: str, value: bytes) -> bytes:

@@ -200,3 +200,22 @@ def test_edit_uses_a_private_memory_folder_and_removes_it(kit, editor, tmp_path,
     assert kit.age_decrypt("api").stdout == b"edited-value"
     if runtime_dir:
         Path(env["XDG_RUNTIME_DIR"]).rmdir()  # empty again: nothing left behind
+
+
+def test_edit_with_vim_leaves_no_viminfo_or_swap_file(kit, tmp_path):
+    """vim keeps deleted text (the old value) in ~/.viminfo and the buffer in a swap file unless told not to."""
+    kit.run("set", "prod", "api", value=b"old-Secret-7")
+    env = {**kit.env, "EDITOR": "vim", "VISUAL": "", "TERM": "xterm"}
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.chdir(REPO)
+        os.execve(sys.executable, [sys.executable, "-m", "deploy.cli", "secrets", "edit", "prod", "api"], env)
+    time.sleep(1.5)
+    os.write(fd, b"ddinew-Secret-8\x1b:wq\r")
+    _read_until(fd, b"\n", final=True, timeout=10)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert kit.age_decrypt("api").stdout == b"new-Secret-8"
+    home = Path(kit.env["HOME"])
+    left = [p for p in home.rglob("*") if p.is_file() and b"Secret" in p.read_bytes()]
+    assert left == [] and not (home / ".viminfo").exists(), left
