@@ -1,7 +1,7 @@
 """`hardkit`: the operator's command line.
 
     hardkit sandbox image | up | down | status | ssh      the local lab of disposable Debian 12 VPSs
-    hardkit deploy INVENTORY [--limit GROUP|HOST] [--dry] [--json]
+    hardkit deploy INVENTORY [--limit GROUP|HOST] [--dry] [--json] [--identity FILE]
     hardkit verify INVENTORY [--report-dir DIR] [--junit FILE]
     hardkit secrets init | set | edit | show-recipients | add-recipient | rotate ENV   (deploy/secrets_cli.py)
 

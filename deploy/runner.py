@@ -1,8 +1,10 @@
-"""Runs the pyinfra deploy for an inventory: probe logins, pre-flight, then pyinfra itself.
+"""Runs the pyinfra deploy for an inventory: check secrets, probe logins, pre-flight, deliver the
+bot's credentials (deploy/credentials.py, outside pyinfra), then pyinfra itself.
 
 pyinfra runs as a subprocess on a *resolved* copy of the operator's inventory: the same hosts
 and data plus the login chosen for this run (bootstrap user or admin with sudo). The copy holds
-no secret (only paths and names) and lives in a private temporary folder removed afterwards.
+no secret (only paths and names, among them the credentials that changed) and lives in a private
+temporary folder removed afterwards.
 Results are read from pyinfra's `--json` output, never from its text.
 """
 

@@ -27,21 +27,22 @@ def add_parser(sub) -> None:
     verbs = sub.add_parser("secrets", help="age-encrypted secrets per environment (secrets/ENV/*.age)"
                            ).add_subparsers(metavar="VERB")
 
-    def verb(name, func, help_text, *, secret=False):
+    def verb(name, func, help_text, *, secret=False, identity=True):
         s = verbs.add_parser(name, help=help_text)
         s.add_argument("env", metavar="ENV")
         if secret:
             s.add_argument("secret", metavar="NAME")
-        s.add_argument("--identity", default=None,
-                       help="your age identity file (default $HARDKIT_AGE_IDENTITY, else ~/.config/hardkit/"
-                            "age-identity.txt)")
+        if identity:  # set and show-recipients need only the public keys
+            s.add_argument("--identity", default=None,
+                           help="your age identity file (default $HARDKIT_AGE_IDENTITY, else ~/.config/hardkit/"
+                                "age-identity.txt)")
         s.set_defaults(func=func)
         return s
 
     verb("init", cmd_init, "create secrets/ENV encrypted to your key (creating your identity if missing)")
-    verb("set", cmd_set, "store NAME's value, read from stdin", secret=True)
+    verb("set", cmd_set, "store NAME's value, read from stdin", secret=True, identity=False)
     verb("edit", cmd_edit, "edit NAME's value in $EDITOR (plaintext only in a private memory folder)", secret=True)
-    verb("show-recipients", cmd_show_recipients, "list the public keys ENV is encrypted to")
+    verb("show-recipients", cmd_show_recipients, "list the public keys ENV is encrypted to", identity=False)
     verb("add-recipient", cmd_add_recipient, "add a public key and re-encrypt every value to it").add_argument(
         "key", metavar="KEY", help="an age public key (age1..., from `age-keygen -y`)")
     verb("rotate", cmd_rotate, "re-encrypt every value to the recipients listed now")
