@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import shlex
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -34,6 +35,10 @@ from roles.secrets_data import BOT_CREDENTIALS, HOST_GENERATED, SECRETS_ENV
 SALT_FILE = f"{DEPLOY_RECORD_DIR}/credentials.salt"
 #: One line per delivered credential: `<name> <hex HMAC-SHA256(salt, value)>`.
 DIGESTS_FILE = f"{DEPLOY_RECORD_DIR}/credentials.digests"
+
+
+#: Seconds one delivery command on the host may take (reading state, one systemd-creds encrypt).
+COMMAND_TIMEOUT = 120
 
 
 class DeliveryError(Exception):
@@ -117,11 +122,11 @@ class _Session:
     def run(self, script: str, stdin: bytes = b"") -> str:
         line = ("sudo -n " if self.sudo else "") + "sh -c " + shlex.quote(script)
         chan = self.client.get_transport().open_session(timeout=30)
-        chan.settimeout(120)
+        chan.settimeout(COMMAND_TIMEOUT)
         chan.exec_command(line)
         chan.sendall(stdin)
         chan.shutdown_write()
-        out, err = _drain(chan)
+        out, err = _drain(chan, self.name)
         rc = chan.recv_exit_status()
         chan.close()
         if rc != 0:
@@ -133,9 +138,11 @@ class _Session:
         self.client.close()
 
 
-def _drain(chan) -> tuple[bytes, bytes]:
+def _drain(chan, host: str) -> tuple[bytes, bytes]:
+    """Everything the command prints, until it exits (at most COMMAND_TIMEOUT seconds)."""
     out, err = bytearray(), bytearray()
-    while True:
+    deadline = time.monotonic() + COMMAND_TIMEOUT
+    while time.monotonic() < deadline:
         if chan.recv_ready():
             out += chan.recv(65536)
         elif chan.recv_stderr_ready():
@@ -144,6 +151,8 @@ def _drain(chan) -> tuple[bytes, bytes]:
             return bytes(out), bytes(err)
         else:
             chan.status_event.wait(0.05)
+    chan.close()
+    raise DeliveryError(f"{host}: credential delivery: no answer within {COMMAND_TIMEOUT} s")
 
 
 def sync_host(host: Host, login: connect.Login, wanted: dict[str, bytes], dry: bool = False) -> Delivery:
