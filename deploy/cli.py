@@ -1,10 +1,11 @@
 """`hardkit`: the operator's command line.
 
     hardkit sandbox image | up | down | status | ssh      the local lab of disposable Debian 12 VPSs
-    hardkit deploy INVENTORY [--limit GROUP|HOST] [--dry] [--json]
+    hardkit deploy INVENTORY [--limit GROUP|HOST] [--dry] [--json] [--identity FILE]
     hardkit verify INVENTORY [--report-dir DIR] [--junit FILE]
     hardkit bot status|halt|flatten|reset|logs|rollback INVENTORY [--limit GROUP|HOST]
     hardkit bot dashboard INVENTORY --host HOST [--port P]
+    hardkit secrets init | set | edit | show-recipients | add-recipient | rotate ENV   (deploy/secrets_cli.py)
 
 Every error an operator can fix is printed as a sentence and exits non-zero; a traceback
 means a bug in hardkit.
@@ -19,6 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from deploy import secrets_cli
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -31,12 +34,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_BAD_INPUT
     from deploy.inventory import InventoryError
+    from deploy.secrets_store import SecretsError
     from sandbox.errors import LabError
 
     try:
         return args.func(args)
     except InventoryError as e:
         print(f"error: {e.render()}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except SecretsError as e:
+        for line in str(e).splitlines():
+            print(f"error: {line}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except LabError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -78,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", help="only these groups or hosts (comma-separated)")
     s.add_argument("--dry", action="store_true", help="show what would change, change nothing")
     s.add_argument("--json", action="store_true", help="print the run's results as JSON on stdout")
+    s.add_argument("--identity", default=None, help="age identity that decrypts the hosts' secrets_env "
+                   "(default $HARDKIT_AGE_IDENTITY, else ~/.config/hardkit/age-identity.txt)")
     s.set_defaults(func=cmd_deploy)
 
     s = sub.add_parser("verify", help="run the compliance checks against every host of an inventory")
@@ -117,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", required=True, help="the host whose bot to show")
     s.add_argument("--port", type=int, default=0, help="local port (default: any free port)")
     s.set_defaults(func=cmd_bot_dashboard)
+    secrets_cli.add_parser(sub)
     return p
 
 
@@ -194,12 +205,15 @@ def cmd_deploy(args) -> int:
 
     inv = load(args.inventory)
     hosts = inv.limit(args.limit)
-    result = runner.deploy(inv, hosts, dry=args.dry)
+    result = runner.deploy(inv, hosts, dry=args.dry, identity=args.identity)
     if args.json:
         print(json.dumps({
             "ok": result.ok,
             "hosts": {n: {"login": h.login, "changed": h.changed, "unchanged": len(h.unchanged),
-                          "failed": h.failed, "refused": h.error} for n, h in result.hosts.items()},
+                          "failed": h.failed, "refused": h.error,
+                          "credentials": h.credentials and {"sent": h.credentials.sent,
+                                                            "removed": h.credentials.removed}}
+                      for n, h in result.hosts.items()},
             "pyinfra": result.raw,
         }, indent=2))
     _print_deploy_summary(result, dry=args.dry)
@@ -217,6 +231,9 @@ def _print_deploy_summary(result, dry: bool) -> None:
         else:
             verb = "would change" if dry else "changed"
             print(f"  OK      {name} as {h.login}: {len(h.changed)} {verb}, {len(h.unchanged)} unchanged", file=out)
+            if h.credentials and h.credentials.changed:
+                print(f"          credentials: {'would send' if dry else 'sent'} {', '.join(h.credentials.sent) or '-'}"
+                      f"; {'would remove' if dry else 'removed'} {', '.join(h.credentials.removed) or '-'}", file=out)
 
 
 def cmd_verify(args) -> int:

@@ -1,8 +1,10 @@
-"""Runs the pyinfra deploy for an inventory: probe logins, pre-flight, then pyinfra itself.
+"""Runs the pyinfra deploy for an inventory: check secrets, probe logins, pre-flight, deliver the
+bot's credentials (deploy/credentials.py, outside pyinfra), then pyinfra itself.
 
 pyinfra runs as a subprocess on a *resolved* copy of the operator's inventory: the same hosts
 and data plus the login chosen for this run (bootstrap user or admin with sudo). The copy holds
-no secret (only paths and names) and lives in a private temporary folder removed afterwards.
+no secret (only paths and names, among them the credentials that changed) and lives in a private
+temporary folder removed afterwards.
 Results are read from pyinfra's `--json` output, never from its text.
 """
 
@@ -17,9 +19,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deploy import connect
+from deploy import connect, credentials
 from deploy.inventory import Host, Inventory
 from roles.access_data import CONNECTED_SSHD_PORT_KEY, FIXED_PORT_KEY, SSH_ALLOW_FROM
+from roles.secrets_data import CREDENTIALS_CHANGED_KEY
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SITE = REPO_ROOT / "deploy" / "site.py"
@@ -33,6 +36,7 @@ class HostResult:
     unchanged: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     error: str = ""  # set when the host was refused before pyinfra ran
+    credentials: credentials.Delivery | None = None  # names sent/removed (would be, with --dry)
 
     @property
     def ok(self) -> bool:
@@ -81,7 +85,8 @@ def preflight(hosts: list[Host]) -> tuple[dict[str, connect.Login], dict[str, st
     return logins, refusals
 
 
-def write_resolved_inventory(inv: Inventory, hosts: list[Host], logins: dict[str, connect.Login], folder: Path) -> Path:
+def write_resolved_inventory(inv: Inventory, hosts: list[Host], logins: dict[str, connect.Login], folder: Path,
+                             changed_credentials: dict[str, list[str]] | None = None) -> Path:
     groups: dict[str, list] = {}
     for h in hosts:
         if h.name not in logins:
@@ -90,7 +95,8 @@ def write_resolved_inventory(inv: Inventory, hosts: list[Host], logins: dict[str
         data = {k: v for k, v in h.data.items() if k not in ("lab", "ssh_port")}
         data.update({"ssh_user": login.user, "_sudo": login.sudo,
                      "ssh_port": login.port, FIXED_PORT_KEY: login.sshd_port is None,
-                     CONNECTED_SSHD_PORT_KEY: login.sshd_port})
+                     CONNECTED_SSHD_PORT_KEY: login.sshd_port,
+                     CREDENTIALS_CHANGED_KEY: (changed_credentials or {}).get(h.name, [])})
         for g in h.groups:
             groups.setdefault(g, []).append((h.name, data))
     lines = [f'"""Resolved copy of {inv.path} for one hardkit run."""']
@@ -102,18 +108,28 @@ def write_resolved_inventory(inv: Inventory, hosts: list[Host], logins: dict[str
 
 
 def deploy(inv: Inventory, hosts: list[Host], *, dry: bool = False, extra_args: list[str] | None = None,
-           stream=sys.stderr, site: Path = SITE) -> RunResult:
+           stream=sys.stderr, site: Path = SITE, identity: str | None = None) -> RunResult:
+    """Decrypt and check every host's credentials (SecretsError before any host is touched), probe the
+    logins, deliver the credentials, then run pyinfra on the hosts that passed."""
+    wanted = credentials.wanted_credentials(hosts, identity)
     logins, refusals = preflight(hosts)
+    deliveries, failures = credentials.sync_all(hosts, logins, wanted, dry=dry)
+    del wanted  # the plaintext is not needed any more
+    for name, why in failures.items():
+        refusals[name] = why
+        del logins[name]
     results = {h.name: HostResult(h.name) for h in hosts}
     for name, why in refusals.items():
         results[name].error = why
     for name, login in logins.items():
         results[name].login = login.user + (" (sudo)" if login.sudo else "")
+        results[name].credentials = deliveries.get(name)
     if not logins:
         return RunResult(results, None, 1)
     with tempfile.TemporaryDirectory(prefix="hardkit-run-") as tmp:
         os.chmod(tmp, 0o700)
-        resolved = write_resolved_inventory(inv, hosts, logins, Path(tmp))
+        resolved = write_resolved_inventory(inv, hosts, logins, Path(tmp),
+                                            {n: d.changed for n, d in deliveries.items()})
         cmd = [sys.executable, "-m", "pyinfra", str(resolved), str(site), "-y", "--json"]
         if dry:
             cmd.append("--dry")

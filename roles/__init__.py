@@ -6,6 +6,7 @@ collects every module's `KEYS` from here, so a role that adds a key is validated
 
 ROLE_MODULES = [
     "roles.access_data",
+    "roles.secrets_data",
     "roles.baseline",
     "roles.guard",
     "roles.admin",

@@ -59,15 +59,17 @@ class Lab:
     def verify(self, *extra: str) -> subprocess.CompletedProcess:
         return hardkit("verify", str(self.inventory_path), *extra)
 
-    def ssh(self, name: str, command: str, user: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-        """Run `command` as root on a target: as root before the first deploy, via the admin's sudo after."""
+    def ssh(self, name: str, command: str, user: str | None = None, timeout: float = 60,
+            stdin: str | None = None) -> subprocess.CompletedProcess:
+        """Run `command` as root on a target: as root before the first deploy, via the admin's sudo after.
+        `stdin` is fed to the command (how a test hands a target something that must not be on a command line)."""
         for attempt in (1, 2):
             login = self.login(name, fresh=attempt == 2)
             run_as, line = user or login.user, command
             if user is None and login.sudo:
                 line = f"sudo -n sh -c {shlex.quote(command)}"
             cmd = lab.ssh_command(name, [line], user=run_as, port=login.port)
-            res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+            res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, input=stdin)
             # The login may have changed under us (root locked out by a deploy, sshd moved): look again.
             stale = ("Permission denied", "refused", "timed out during banner exchange")
             if not (res.returncode == 255 and any(word in res.stderr for word in stale)):

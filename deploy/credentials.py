@@ -1,0 +1,213 @@
+"""The bot's credentials, from the repository's age files to the host's systemd credential store.
+
+Outside pyinfra on purpose: pyinfra prints operation arguments and `_stdin` in its debug and JSON
+output. Here each value is decrypted into the controller's memory only and written to the SSH
+channel's stdin of `systemd-creds encrypt --name=NAME - OUT` (never a command argument, never a
+file on the host), which writes /etc/credstore.encrypted/hardkit-bot.NAME; the unit loads it with
+`LoadCredentialEncrypted=NAME:/etc/credstore.encrypted/hardkit-bot.NAME`.
+
+Key: `--with-key=host+tpm2` when the host has a TPM2 resource manager (/dev/tpmrm0), else
+`--with-key=host` (/var/lib/systemd/credential.secret); never systemd's null key.
+
+Idempotent: the host keeps, root-only in /var/lib/hardkit/, a random 32-byte salt (made on first
+use) and HMAC-SHA256(salt, value) of each credential it holds. A value whose keyed digest and file
+are in place is not sent again; a changed one is; one that left the environment is removed. Only
+names recorded there are ever removed (the host-generated `audit-key` is never touched).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import shlex
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import paramiko
+
+from deploy import connect
+from deploy.inventory import Host
+from deploy.secrets_store import SecretsError, identity_path, load_identity, open_env, secrets_root
+from roles.bot_paths import CRED_PREFIX, CREDSTORE, DEPLOY_RECORD_DIR
+from roles.secrets_data import BOT_CREDENTIALS, HOST_GENERATED, SECRETS_ENV
+
+SALT_FILE = f"{DEPLOY_RECORD_DIR}/credentials.salt"
+#: One line per delivered credential: `<name> <hex HMAC-SHA256(salt, value)>`.
+DIGESTS_FILE = f"{DEPLOY_RECORD_DIR}/credentials.digests"
+
+
+#: Seconds one delivery command on the host may take (reading state, one systemd-creds encrypt).
+COMMAND_TIMEOUT = 120
+
+
+class DeliveryError(Exception):
+    pass
+
+
+# --- before any host is touched: what each host should hold -------------------------------------
+
+def wanted_credentials(hosts: list[Host], identity: str | None = None) -> dict[str, dict[str, bytes]]:
+    """{host: {credential: value}} for every host (empty without secrets_env).
+
+    Every environment a host names must exist and every file in it must decrypt with the operator's
+    identity; otherwise SecretsError lists every problem at once, one line each.
+    """
+    envs = sorted({h.get(SECRETS_ENV) for h in hosts} - {None})
+    values, problems = {}, []
+    if envs:
+        ident = load_identity(identity_path(identity))
+    for name in envs:
+        try:
+            env = open_env(name, secrets_root()).require()
+            problems += [f"secrets_env {name!r}: {env.file(n)} would replace the host-generated credential "
+                         f"{n!r}; remove it" for n in HOST_GENERATED if n in env.names()]
+            values[name] = env.decrypt_all(ident)
+        except SecretsError as e:
+            problems += [f"secrets_env {name!r}: {line}" for line in str(e).splitlines()]
+    if problems:
+        raise SecretsError("\n".join(problems))
+    return {h.name: {n: v for n, v in values.get(h.get(SECRETS_ENV), {}).items() if n in BOT_CREDENTIALS}
+            for h in hosts}
+
+
+# --- on one host ---------------------------------------------------------------------------------
+
+@dataclass
+class Delivery:
+    sent: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> list[str]:
+        return sorted(self.sent + self.removed)
+
+
+def digest(salt: bytes, value: bytes) -> str:
+    return hmac.new(salt, value, hashlib.sha256).hexdigest()
+
+
+def _read_state(create_salt: bool) -> str:
+    """Prints `salt HEX` (or `salt -`), `digest NAME HEX` lines and `file NAME` per stored credential."""
+    make = (f"mkdir -p -m 700 {DEPLOY_RECORD_DIR}; [ -s {SALT_FILE} ] || {{ head -c 32 /dev/urandom > "
+            f"{SALT_FILE}.tmp && mv {SALT_FILE}.tmp {SALT_FILE}; }}; ") if create_salt else ""
+    return ("umask 077; " + make +
+            f"if [ -s {SALT_FILE} ]; then echo salt $(od -An -tx1 -v {SALT_FILE} | tr -d ' \\n'); "
+            "else echo salt -; fi; "
+            f"[ -f {DIGESTS_FILE} ] && sed 's/^/digest /' {DIGESTS_FILE}; "
+            f"for f in {CREDSTORE}/{CRED_PREFIX}*; do [ -f \"$f\" ] && echo \"file ${{f#{CREDSTORE}/{CRED_PREFIX}}}\"; "
+            "done; true")
+
+
+def _encrypt_command(name: str) -> str:
+    out = f"{CREDSTORE}/{CRED_PREFIX}{name}"
+    return (f"umask 077; mkdir -p -m 700 {CREDSTORE}; k=host; [ -c /dev/tpmrm0 ] && k=host+tpm2; "
+            f"systemd-creds encrypt --with-key=$k --name={name} - {out}.tmp && mv -f {out}.tmp {out} "
+            f"|| {{ rm -f {out}.tmp; exit 1; }}")
+
+
+def _record_command(removed: list[str]) -> str:
+    rm = "".join(f"rm -f {CREDSTORE}/{CRED_PREFIX}{n}; " for n in removed)
+    return f"umask 077; {rm}cat > {DIGESTS_FILE}.tmp && mv -f {DIGESTS_FILE}.tmp {DIGESTS_FILE}"
+
+
+class _Session:
+    """Commands as root over one SSH login (through `sudo -n` when the login is the admin)."""
+
+    def __init__(self, host: Host, login: connect.Login):
+        self.name = host.name
+        self.sudo = login.sudo
+        self.client = connect.open_client(host, login.user, port=login.port)
+
+    def run(self, script: str, stdin: bytes = b"") -> str:
+        line = ("sudo -n " if self.sudo else "") + "sh -c " + shlex.quote(script)
+        chan = self.client.get_transport().open_session(timeout=30)
+        chan.settimeout(COMMAND_TIMEOUT)
+        chan.exec_command(line)
+        chan.sendall(stdin)
+        chan.shutdown_write()
+        out, err = _drain(chan, self.name)
+        rc = chan.recv_exit_status()
+        chan.close()
+        if rc != 0:
+            raise DeliveryError(f"{self.name}: credential delivery failed (exit {rc}): "
+                                f"{err.decode(errors='replace').strip()[-300:]}")
+        return out.decode(errors="replace")
+
+    def close(self):
+        self.client.close()
+
+
+def _drain(chan, host: str) -> tuple[bytes, bytes]:
+    """Everything the command prints, until it exits (at most COMMAND_TIMEOUT seconds)."""
+    out, err = bytearray(), bytearray()
+    deadline = time.monotonic() + COMMAND_TIMEOUT
+    while time.monotonic() < deadline:
+        if chan.recv_ready():
+            out += chan.recv(65536)
+        elif chan.recv_stderr_ready():
+            err += chan.recv_stderr(65536)
+        elif chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+            return bytes(out), bytes(err)
+        else:
+            chan.status_event.wait(0.05)
+    chan.close()
+    raise DeliveryError(f"{host}: credential delivery: no answer within {COMMAND_TIMEOUT} s")
+
+
+def sync_host(host: Host, login: connect.Login, wanted: dict[str, bytes], dry: bool = False) -> Delivery:
+    """Bring one host's bot credentials to `wanted`; with dry, only say what would change."""
+    session = _Session(host, login)
+    try:
+        salt, recorded, present = _parse_state(session.run(_read_state(create_salt=bool(wanted) and not dry)))
+        delivery = Delivery()
+        digests = {}
+        for name, value in sorted(wanted.items()):
+            digests[name] = digest(salt, value) if salt else ""
+            if not salt or recorded.get(name) != digests[name] or name not in present:
+                delivery.sent.append(name)
+        delivery.removed = sorted(n for n in recorded if n not in wanted)
+        if dry or not (delivery.sent or delivery.removed or set(recorded) != set(digests)):
+            return delivery
+        for name in delivery.sent:
+            session.run(_encrypt_command(name), stdin=wanted[name])
+        record = "".join(f"{n} {d}\n" for n, d in sorted(digests.items()))
+        session.run(_record_command(delivery.removed), stdin=record.encode())
+        return delivery
+    finally:
+        session.close()
+
+
+def _parse_state(text: str) -> tuple[bytes | None, dict[str, str], set[str]]:
+    salt, recorded, present = None, {}, set()
+    for line in text.splitlines():
+        word, _, rest = line.partition(" ")
+        if word == "salt" and rest != "-":
+            salt = bytes.fromhex(rest)
+        elif word == "digest" and len(rest.split()) == 2:
+            name, hexdigest = rest.split()
+            recorded[name] = hexdigest
+        elif word == "file":
+            present.add(rest)
+    return salt, recorded, present
+
+
+def sync_all(hosts: list[Host], logins: dict[str, connect.Login], wanted: dict[str, dict[str, bytes]],
+             dry: bool = False) -> tuple[dict[str, Delivery], dict[str, str]]:
+    """sync_host on every logged-in host in parallel: (deliveries, errors) by host name."""
+    todo = [h for h in hosts if h.name in logins]
+    deliveries, errors = {}, {}
+
+    def one(h: Host):
+        try:
+            return h.name, sync_host(h, logins[h.name], wanted.get(h.name, {}), dry), None
+        except (DeliveryError, OSError, paramiko.SSHException) as e:
+            return h.name, None, str(e) if isinstance(e, DeliveryError) else f"{h.name}: credential delivery: {e}"
+
+    with ThreadPoolExecutor(max_workers=min(16, max(1, len(todo)))) as pool:
+        for name, delivery, err in pool.map(one, todo):
+            if err:
+                errors[name] = err
+            else:
+                deliveries[name] = delivery
+    return deliveries, errors
