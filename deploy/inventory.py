@@ -56,6 +56,16 @@ def declared_keys() -> dict[str, DataKey]:
     return keys
 
 
+def host_problems(data: dict) -> list[str]:
+    """Problems of a host's keys taken together: each role module may define `host_problems(data)`."""
+    found = []
+    for mod_name in ROLE_MODULES:
+        check = getattr(importlib.import_module(mod_name), "host_problems", None)
+        if check is not None:
+            found += check(data)
+    return found
+
+
 @dataclass
 class Host:
     name: str
@@ -151,6 +161,7 @@ def validate(inv: Inventory) -> list[str]:
     if not inv.hosts:
         problems.append("defines no hosts (a group is a module-level list of (name, data) tuples)")
     for h in inv.hosts:
+        before = len(problems)
         for key_name, value in h.data.items():
             if key_name.startswith("_"):
                 continue  # pyinfra's own per-host arguments (e.g. _sudo) are pyinfra's business
@@ -167,6 +178,8 @@ def validate(inv: Inventory) -> list[str]:
                 problems.append(f"{h.name}: missing required key {key.name!r} ({key.doc})")
         if h.data.get("ssh_port") is not None and h.data.get("ssh_forwarded_ports") is not None:
             problems.append(f"{h.name}: set ssh_port or ssh_forwarded_ports, not both")
+        if len(problems) == before:  # the keys are sound: check how they fit together
+            problems += [f"{h.name}: {p}" for p in host_problems(h.data)]
         host_addr = h.data.get("ssh_hostname")
         if host_addr is not None and not _valid_host(host_addr):
             problems.append(f"{h.name}: ssh_hostname {host_addr!r} is not an IP address or DNS name")

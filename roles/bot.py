@@ -24,10 +24,11 @@ from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
 from roles import bot_egress, bot_release
-from roles.bot_config import BOT_ENABLED, KEYS as CONFIG_KEYS, rendered
+from roles.bot_config import BOT_ENABLED, KEYS as CONFIG_KEYS, config_for, mode, rendered
 from roles.bot_paths import (BOT_USER, CONFIG_DIR, CONFIG_FILE, CONTROL_SOCKET, CRED_PREFIX, CREDSTORE,
                              CURRENT_LINK, INSTALL_ROOT, OPERATORS_GROUP, RELEASES_DIR, STATE_DIR, UNIT)
 from roles.ops import Lines, ensure_modes, install_file, quiet_or_fail, render
+from roles.secrets_data import BOT_CREDENTIALS, CREDENTIALS_CHANGED_KEY, SECRETS_ENV
 from roles.updates import INHIBIT_DIR, INHIBIT_GROUP
 
 KEYS = CONFIG_KEYS
@@ -39,12 +40,32 @@ INCOMING = f"{INSTALL_ROOT}/incoming"
 CLI_LINK = "/usr/local/bin/hardkit-bot"
 #: The audit chain's HMAC key: made on the host, encrypted with the host's credential key.
 AUDIT_KEY = "audit-key"
-#: Credentials the deploy delivers from the operator's secrets when present.
-EXCHANGE_CREDENTIALS = ["exchange-api-key", "exchange-api-secret"]
 #: How long a restarted bot has to answer on its control socket before the deploy fails.
 START_TIMEOUT = 90
-#: Set by the runner for one run: the credential names whose value it re-sent to this host.
-CREDENTIALS_CHANGED_KEY = "hardkit_credentials_changed"
+
+
+def host_problems(data) -> list[str]:
+    """What stops this host's bot from running as configured, found before any host is touched:
+    a live config needs the exchange credentials in its secrets environment, and an egress
+    allow-list to reach the exchange through."""
+    if not BOT_ENABLED.value(data) or not isinstance(config_for(data), dict) or mode(config_for(data)) != "live":
+        return []
+    from deploy.secrets_store import secrets_root
+
+    problems = []
+    env = SECRETS_ENV.value(data)
+    if env is None:
+        problems.append("bot is live (exchange.kind is not 'paper') but secrets_env is not set: its exchange "
+                        f"credentials ({', '.join(BOT_CREDENTIALS)}) must come from a secrets environment")
+    else:
+        missing = [n for n in BOT_CREDENTIALS if not (secrets_root() / env / f"{n}.age").is_file()]
+        if missing:
+            problems.append(f"bot is live but secrets environment {env!r} has no {', '.join(missing)}: "
+                            f"add them with `hardkit secrets set {env} NAME`")
+    if not bot_egress.ENDPOINTS.value(data):
+        problems.append("bot is live but bot_egress_endpoints is empty: list the exchange's host:port, or the "
+                        "bot's egress allow-list lets it reach nothing")
+    return problems
 
 
 def cred_path(name: str) -> str:
@@ -150,7 +171,7 @@ def credentials_wanted(credstore_listing: list[str]) -> list[str]:
     """The credential names the unit loads, from the credential store's file names: the host's own
     audit key, and the delivered secrets the bot knows."""
     present = {name.removeprefix(CRED_PREFIX) for name in credstore_listing if name.startswith(CRED_PREFIX)}
-    return [AUDIT_KEY] + sorted(present & set(EXCHANGE_CREDENTIALS))
+    return [AUDIT_KEY] + sorted(present & set(BOT_CREDENTIALS))
 
 
 def render_unit(credentials: list[str], requires: list[str], current: str = CURRENT_LINK) -> str:

@@ -92,7 +92,7 @@ def mode(config: dict) -> str:
 
 
 def _check(v) -> str | None:
-    found = problems(v)
+    found = [] if v is None else problems(v)  # None: the documented default
     return ("is not a valid bot config: " + "; ".join(found)) if found else None
 
 

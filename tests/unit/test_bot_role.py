@@ -138,3 +138,27 @@ def test_release_name_follows_the_sources(tmp_path, monkeypatch):
     (copy / "src" / "hardkit_bot" / "__init__.py").write_text(
         (copy / "src" / "hardkit_bot" / "__init__.py").read_text() + "\n# changed\n")
     assert bot_release.name() != before
+
+
+def test_a_live_bot_needs_credentials_and_egress_before_any_host_is_touched(tmp_path):
+    key = tmp_path / "id"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    live = tomllib.loads((REPO / "bot" / "examples" / "binance-testnet.toml").read_text())
+    (tmp_path / "secrets" / "staging").mkdir(parents=True)
+    (tmp_path / "secrets" / "staging" / "exchange-api-key.age").write_bytes(b"not read by validation")
+    inv = tmp_path / "inv.py"
+    inv.write_text(textwrap.dedent(f"""
+        _d = {{"ssh_hostname": "127.0.0.1", "ssh_port": 9, "ssh_key": "{key}", "admin_user": "ops",
+              "admin_keys": ["{key}.pub"], "ssh_allow_from": ["10.0.2.2/32"], "bot": {live!r}}}
+        hosts = [("nocreds", _d), ("halfcreds", {{**_d, "secrets_env": "staging"}}),
+                 ("paper", {{**_d, "bot": None}})]
+    """))
+    env = dict(os.environ, HARDKIT_SECRETS_DIR=str(tmp_path / "secrets"))
+    res = subprocess.run([sys.executable, "-m", "deploy.cli", "deploy", str(inv)], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2, res.stderr
+    err = res.stderr
+    assert "nocreds: bot is live (exchange.kind is not 'paper') but secrets_env is not set" in err, err
+    assert "halfcreds: bot is live but secrets environment 'staging' has no exchange-api-secret" in err, err
+    assert "nocreds: bot is live but bot_egress_endpoints is empty" in err, err
+    assert "paper:" not in err, err
