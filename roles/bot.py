@@ -24,7 +24,8 @@ from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
 from roles import bot_egress, bot_release
-from roles.bot_config import BOT_ENABLED, KEYS as CONFIG_KEYS, config_for, mode, rendered
+from roles.bot_config import (BOT_ENABLED, HOST_CA_BUNDLE, KEYS as CONFIG_KEYS, config_for, controller_ca_bundle, mode,
+                              rendered)
 from roles.bot_paths import (BOT_USER, CONFIG_DIR, CONFIG_FILE, CONTROL_SOCKET, CRED_PREFIX, CREDSTORE,
                              CURRENT_LINK, INSTALL_ROOT, OPERATORS_GROUP, RELEASES_DIR, STATE_DIR, UNIT)
 from roles.ops import Lines, ensure_modes, install_file, quiet_or_fail, render
@@ -250,6 +251,10 @@ def bot():
     files.link(name="hardkit-bot on the admin's PATH", path=CLI_LINK, target=f"{CURRENT_LINK}/bin/hardkit-bot")
 
     files.directory(name="Bot config folder", path=CONFIG_DIR, user="root", group=OPERATORS_GROUP, mode="0750")
+    ca_bundle, restart_for = controller_ca_bundle(data), []
+    if ca_bundle:
+        restart_for = [install_file(name="The exchange's private CA bundle", dest=HOST_CA_BUNDLE, mode="0640", user="root",
+                     group=OPERATORS_GROUP, content=open(ca_bundle).read())]
     config = install_file(name="Bot config (validated by the bot's own validator)", dest=CONFIG_FILE,
                           content=rendered(data), mode="0640", user="root", group=OPERATORS_GROUP,
                           validate=f"{CURRENT_LINK}/bin/hardkit-bot check-config --config {{path}} >/dev/null")
@@ -263,7 +268,7 @@ def bot():
     server.shell(name="Reload systemd for the bot unit", _if=unit.did_change, commands=["systemctl daemon-reload"])
 
     creds_changed = bool(data.get(CREDENTIALS_CHANGED_KEY))
-    changed = any_changed(installed, switched, config, audit_key, unit)
+    changed = any_changed(installed, switched, config, audit_key, unit, *restart_for)
     restart = server.shell(name="Restart the bot for its new release, config, unit or credentials",
                            _if=lambda: creds_changed or changed(), commands=[f"systemctl reset-failed {UNIT} 2>/dev/null; systemctl restart {UNIT}"])
     if host.get_fact(Lines, command=f"systemctl is-failed {UNIT} 2>/dev/null || true") == ["failed"]:

@@ -104,7 +104,9 @@ BOT_CONFIG = DataKey(
     "bot", None,
     "The bot's config (its TOML sections as a dict), rendered to /etc/hardkit-bot/bot.toml and validated "
     "with the bot's own validator before any host is touched. Default: the bundled paper-trading example "
-    "(bot/examples/paper.toml). A config whose exchange.kind is not 'paper' is live and needs credentials.",
+    "(bot/examples/paper.toml). A config whose exchange.kind is not 'paper' is live and needs credentials. "
+    "exchange.ca_bundle, if set, names a PEM file on the controller: the deploy installs it on the host "
+    "(/etc/hardkit-bot/exchange-ca.pem) and points the bot at that copy.",
     _check)
 
 BOT_RUNNING = DataKey(
@@ -122,5 +124,22 @@ def config_for(data) -> dict:
     return paper_default() if value is None else value
 
 
+#: Where a private CA bundle named by the inventory's exchange.ca_bundle goes on the host.
+HOST_CA_BUNDLE = "/etc/hardkit-bot/exchange-ca.pem"
+
+
+def controller_ca_bundle(data) -> str | None:
+    """The CA bundle file on the controller the inventory's config names (exchange.ca_bundle), if any."""
+    return (config_for(data).get("exchange") or {}).get("ca_bundle") or None
+
+
+def host_config(data) -> dict:
+    """The config as the host runs it: a CA bundle named on the controller is read from its host copy."""
+    config = config_for(data)
+    if controller_ca_bundle(data):
+        config = {**config, "exchange": {**config["exchange"], "ca_bundle": HOST_CA_BUNDLE}}
+    return config
+
+
 def rendered(data) -> str:
-    return to_toml(config_for(data))
+    return to_toml(host_config(data))
