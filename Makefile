@@ -1,5 +1,5 @@
 # The README's commands. Run as root on a Debian 12 machine.
-#   make demo   set up, boot a sandbox VPS, deploy, verify, show the report
+#   make demo   set up, boot a sandbox VPS, deploy (with the paper-trading bot), verify, show the report
 #   make test   set up, build the lab image, run unit + integration tests (nspawn tier and the vm subset)
 #   make bench  benchmarks (figures and ratios, not pass/fail)
 
@@ -20,8 +20,10 @@ demo: image
 	@inv=$$($(HARDKIT) sandbox up --name $(DEMO)) && echo "inventory: $$inv" && \
 	$(HARDKIT) deploy "$$inv" && \
 	$(HARDKIT) verify "$$inv" --report-dir reports/$(DEMO) --junit reports/$(DEMO)/junit.xml && \
+	echo && $(HARDKIT) bot status "$$inv" && \
 	echo && echo "report: reports/$(DEMO)/compliance.md" && \
-	echo "explore: $(HARDKIT) sandbox ssh $(DEMO)-1    tear down: make demo-down"
+	echo "explore: $(HARDKIT) sandbox ssh $(DEMO)-1    dashboard: $(HARDKIT) bot dashboard $$inv --host $(DEMO)-1" && \
+	echo "tear down: make demo-down"
 
 demo-down: setup
 	@$(HARDKIT) sandbox down --name $(DEMO)
