@@ -150,3 +150,18 @@ def test_bot_trading_state(target):
     status = _status(target)
     want = bot_config.BOT_RUNNING.value(target.data)
     assert status["state"] == want, f"bot is {status['state']} ({status.get('reason')}), inventory expects {want}"
+
+
+@pytest.mark.control("hk-bot-09")
+def test_bot_credentials_are_ciphertexts(target):
+    """Every file in the credential store is a systemd-creds ciphertext of its own name (nothing stored in clear)"""
+    names = [n for n in target.check_output(f"ls -1 {CREDSTORE}").split() if n.startswith(role.CRED_PREFIX)]
+    assert names, f"{CREDSTORE} holds no credential of the bot"
+    bad = []
+    for file in names:
+        name = file.removeprefix(role.CRED_PREFIX)
+        # The plaintext goes to /dev/null: only whether it decrypts under its own name is read.
+        res = target.run(f"systemd-creds decrypt --name={shlex.quote(name)} {CREDSTORE}/{shlex.quote(file)} - >/dev/null")
+        if res.rc != 0:
+            bad.append(f"{file}: {res.stderr.strip()[-120:]}")
+    assert not bad, "; ".join(bad)

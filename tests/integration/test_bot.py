@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 
 import pytest
 
@@ -159,3 +160,33 @@ def test_dashboard_through_ssh_in_chromium_and_nowhere_else(lab, tmp_path):
                                            "import socket,sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), 3)",
                                            address, str(port)])
             assert probe.returncode != 0, f"{role} client reached {address}:{port}"
+
+
+def test_needrestart_never_restarts_the_bot_holding_a_position(lab, tmp_path):
+    """A library the bot has mapped is replaced (as a security update would): needrestart restarts
+    another affected service (fail2ban) but not the bot, which keeps its process and its position."""
+    from roles.bot_config import paper_default
+
+    eager = paper_default()
+    eager["strategy"].update({"fast": 2, "slow": 3, "stop_atr": 8.0, "target_atr": 40.0})
+    variant = lab.variant(tmp_path / "inventory.py", bot=eager)
+    assert lab.deploy(inventory_path=variant).ok
+    name = lab.names[0]
+    deadline = time.monotonic() + 300
+    while not status(lab)["positions"]:
+        assert time.monotonic() < deadline, "the bot opened no position within 300 s"
+        time.sleep(5)
+    held = status(lab)
+    script = (f"pid=$(systemctl show -p MainPID --value {UNIT}); "
+              "lib=$(grep -o '/usr/lib/x86_64-linux-gnu/libsqlite3[^ ]*' /proc/$pid/maps | head -1); "
+              'cp -p "$lib" "$lib.new" && mv "$lib.new" "$lib"; '
+              "f2b=$(systemctl show -p MainPID --value fail2ban); "
+              "needrestart -r a </dev/null >/dev/null 2>&1; "
+              f"echo $pid $(systemctl show -p MainPID --value {UNIT}) $f2b $(systemctl show -p MainPID --value fail2ban)")
+    res = oslab.root(lab, name, script)
+    bot_before, bot_after, f2b_before, f2b_after = res.stdout.split()
+    assert f2b_before != f2b_after, "needrestart restarted nothing: the check proves nothing"
+    assert bot_before == bot_after == str(held["pid"]), res.stdout
+    after = status(lab)
+    assert after["positions"] and after["pid"] == held["pid"], after
+    assert lab.deploy().ok  # back to the inventory's own config
