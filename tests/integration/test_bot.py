@@ -152,6 +152,18 @@ def test_dashboard_through_ssh_in_chromium_and_nowhere_else(lab, tmp_path):
         proc.terminate()
         proc.wait(timeout=30)
     assert bot(lab, "reset", "--note", "after the dashboard test").returncode == 0
+    # What `ssh -L` would need is refused by the hardened sshd: the exec channel is the only way in.
+    import paramiko
+
+    from deploy import connect
+    host = lab.inventory.hosts[0]
+    login = connect.resolve(host)
+    client = connect.open_client(host, login.user, port=login.port)
+    try:
+        with pytest.raises(paramiko.ChannelException):
+            client.get_transport().open_channel("direct-tcpip", ("127.0.0.1", 22), ("127.0.0.1", 0), timeout=20)
+    finally:
+        client.close()
     # Neither lab client reaches anything of the bot: only sshd listens, and only sshd answers.
     address = lab.lab_address(lab.names[0])
     for role in ("allowed", "attacker"):
@@ -190,3 +202,53 @@ def test_needrestart_never_restarts_the_bot_holding_a_position(lab, tmp_path):
     after = status(lab)
     assert after["positions"] and after["pid"] == held["pid"], after
     assert lab.deploy().ok  # back to the inventory's own config
+
+
+def test_live_bot_authenticates_with_delivered_credentials_through_its_egress(lab, tmp_path):
+    """Live mode on the lab VPS: the exchange's key and secret go from an age-encrypted secrets
+    environment to systemd-creds on the host, the bot signs its requests with them, and reaches the
+    (lab-local HTTPS) exchange only because it is in its egress allow-list."""
+    key, secret = f"lab-key-{os.urandom(6).hex()}", f"lab-secret-{os.urandom(12).hex()}"
+    env = dict(os.environ, HARDKIT_SECRETS_DIR=str(tmp_path / "secrets"),
+               HARDKIT_AGE_IDENTITY=str(tmp_path / "age-identity.txt"))
+
+    def cli(*args, stdin: str = "") -> subprocess.CompletedProcess:
+        return subprocess.run([hardkit_python(), "-m", "deploy.cli", *args], cwd=REPO_ROOT, env=env, input=stdin,
+                              capture_output=True, text=True, timeout=900)
+
+    assert cli("secrets", "init", "live").returncode == 0
+    for name, value in (("exchange-api-key", key), ("exchange-api-secret", secret)):
+        assert cli("secrets", "set", "live", name, stdin=value + "\n").returncode == 0
+    client = lab.host_data(lab.names[0])["lab"]["clients"]["allowed"]
+    address, ns = client["v4"], client["netns"]
+    folder = tmp_path / "exchange"
+    folder.mkdir()
+    venue = subprocess.Popen(["ip", "netns", "exec", ns, hardkit_python(), "-m", "tests.integration.lab_exchange",
+                              address, "443", str(folder)], cwd=REPO_ROOT, stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        venue.stdin.write(f"{key}\n{secret}\n")
+        venue.stdin.close()
+        ca = json.loads(venue.stdout.readline())["ca"]
+        from roles.bot_config import paper_default
+
+        live = paper_default()
+        live["exchange"] = {"kind": "ccxt", "id": "binance", "sandbox": True, "timeframe": "1m",
+                            "api_url": f"https://{address}", "ca_bundle": ca}
+        variant = lab.variant(tmp_path / "inventory.py", bot=live, secrets_env="live",
+                              bot_egress_endpoints=[f"{address}:443"])
+        res = cli("deploy", str(variant))
+        assert res.returncode == 0, res.stderr[-3000:]
+        res = cli("bot", "status", str(variant), "--json")
+        assert res.returncode == 0, res.stdout + res.stderr
+        auth = json.loads((folder / "auth.json").read_text())
+        assert auth["ok"] > 0 and auth["refused"] == 0, auth
+        assert key not in res.stdout and secret not in res.stdout
+        logs = cli("bot", "logs", str(variant), "-n", "200")
+        assert key not in logs.stdout and secret not in logs.stdout
+    finally:
+        venue.terminate()
+        venue.wait(timeout=30)
+    assert lab.deploy().ok  # the inventory's own paper bot again; the delivered credentials are removed
+    gone = oslab.root(lab, lab.names[0], "ls /etc/credstore.encrypted")
+    assert "exchange-api" not in gone.stdout, gone.stdout
