@@ -68,7 +68,7 @@ class Engine:
         self.inhibitor = inhibitor
         self.metrics_file = metrics_file
         self.positions: dict[str, Position] = store.positions()
-        self._pos_f = {k: float(p.qty) for k, p in self.positions.items() if p.qty}
+        self._pos_f = {k: float(p.qty) for k, p in self.positions.items() if self.om.holds(k, p.qty)}
         self._cash_f = 0.0
         self._equity_known = False
         self.equity_f = 0.0
@@ -103,7 +103,7 @@ class Engine:
     def _on_fill(self) -> None:
         """The ledger's fills changed: refresh cached positions, equity, loss streak and stops."""
         self.positions = self.store.positions()
-        self._pos_f = {k: float(p.qty) for k, p in self.positions.items() if p.qty}
+        self._pos_f = {k: float(p.qty) for k, p in self.positions.items() if self.om.holds(k, p.qty)}
         acct = self.om.account
         if acct.balances:
             self._cash_f = float(acct.total(self.quote))
@@ -285,7 +285,7 @@ class Engine:
         if self.inhibitor is None:
             return
         live = self.om.live_rows()
-        held = [f"{s} {p.qty}" for s, p in self.positions.items() if p.qty > 0]
+        held = [f"{s} {p.qty}" for s, p in self.positions.items() if self.om.holds(s, p.qty)]
         reason = "; ".join(([f"open positions: {', '.join(held)}"] if held else []) +
                            ([f"{len(live)} live orders"] if live else []))
         self.inhibitor.update(bool(held or live), reason)
@@ -379,7 +379,7 @@ class Engine:
         prices = self.market.prices()
         positions = []
         for sym, p in self.positions.items():
-            if p.qty <= 0:
+            if not self.om.holds(sym, p.qty):
                 continue
             last = prices.get(sym, (p.avg_price, 0))[0]
             stop = self.stops.levels.get(sym, (None, None))
