@@ -33,6 +33,7 @@ from .risk.limits import (ActivityRate, ConsecutiveLosses, DailyLoss, Drawdown, 
                           Usage, Volatility)
 from .risk.pipeline import RiskLimits, size_for_risk
 from .risk.state import StateMachine
+from .resting_stops import RestingStops
 from .stops import TrailingStops
 from .store import Store
 from .strategy import Signal, TrendATR
@@ -42,7 +43,9 @@ log = logging.getLogger(__name__)
 
 class Engine:
     def __init__(self, cfg: Config, store: Store, exchange, clock=time.time, *, live: bool = True,
-                 inhibitor: RebootInhibitor | None = None, metrics_file: str | None = None):
+                 inhibitor: RebootInhibitor | None = None, metrics_file: str | None = None,
+                 resting_stops: bool = True):
+        """`resting_stops=False` keeps stops bot-enforced only (backtests: no venue outlives a replay)."""
         self.cfg, self.store, self.exchange, self.clock, self.live = cfg, store, exchange, clock, live
         self.instruments = {i.symbol: i for i in cfg.instruments}
         self.quote = cfg.bot["quote"]
@@ -65,6 +68,13 @@ class Engine:
                     for sym in self.instruments}
         self.strats = {sym: TrendATR(s["fast"], s["slow"], s["atr_period"], s["band_atr"]) for sym in self.instruments}
         self.stops = TrailingStops(store, self.instruments, s["stop_atr"])
+        self.resting = None
+        if resting_stops and cfg.exchange["protective_stop"]:
+            if getattr(exchange, "supports_stops", False):
+                self.resting = RestingStops(self.om, self.instruments, self.quote, cfg.exchange["stop_move_min_s"])
+            else:
+                log.warning("exchange.protective_stop: this venue takes no stop-loss orders; stops are enforced "
+                            "by the bot only, and protect nothing while it is down")
         self.inhibitor = inhibitor
         self.metrics_file = metrics_file
         self.positions: dict[str, Position] = store.positions()
@@ -205,6 +215,12 @@ class Engine:
         pos = self.positions.get(sym)
         if pos is None or pos.qty <= 0:
             return None
+        if self.resting is not None:
+            if not self.resting.release(sym):   # its coin is locked by the resting stop: try again next time
+                return None
+            pos = self.positions.get(sym)       # the stop may have filled meanwhile (the release pulled it in)
+            if pos is None or pos.qty <= 0:
+                return None
         pending = sum((Decimal(r["qty"]) - Decimal(r["filled"]) for r in self.om.live_rows()
                        if r["instrument"] == sym and r["side"] == "sell"), ZERO)
         qty = ((pos.qty - pending) / inst.step_size).to_integral_value(rounding=ROUND_DOWN) * inst.step_size
@@ -267,6 +283,8 @@ class Engine:
                 self.close_position(sym, "stop-loss")
             elif hit == "target":
                 self.close_position(sym, "take-profit", protective=False)
+        if self.resting is not None:
+            self.resting.converge(self.positions, self.stops.levels, self.market.last)
 
     def _housekeeping(self, now: float) -> None:
         if self._equity_known and now - self._last_snapshot >= self.cfg.bot["equity_snapshot_s"]:

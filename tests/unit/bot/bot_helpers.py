@@ -24,7 +24,7 @@ from decimal import Decimal as D  # noqa: E402
 from hardkit_bot.config import parse  # noqa: E402
 from hardkit_bot.engine import Engine  # noqa: E402
 from hardkit_bot.exchange.paper import PaperExchange  # noqa: E402
-from hardkit_bot.model import Intent, Side  # noqa: E402
+from hardkit_bot.model import Intent, OrderType, Side  # noqa: E402
 from hardkit_bot.store import Store  # noqa: E402
 
 BASE = """
@@ -166,8 +166,10 @@ class Rig:
                    take_profit=(px * D("1.03")).quantize(D("0.01")))
         return self.eng.om.submit(i, "USDT")
 
-    def exchange_orders(self, cid=None):
-        return [o for o in self.ex.all_orders() if cid is None or o.client_order_id == cid]
+    def exchange_orders(self, cid=None, stops=True):
+        """The exchange's orders (one client id's); stops=False leaves out resting stop-losses."""
+        return [o for o in self.ex.all_orders() if (cid is None or o.client_order_id == cid)
+                and (stops or o.order_type is not OrderType.STOP)]
 
     def assert_books_agree(self):
         """Ledger fills == exchange trades, and the position == the exchange's BTC balance."""
