@@ -404,6 +404,7 @@ class Engine:
             positions.append({"instrument": sym, "qty": str(p.qty), "avg_price": str(p.avg_price), "last": str(last),
                               "notional": str(p.qty * last), "unrealized": str(p.qty * (last - p.avg_price)),
                               "stop": str(stop[0]) if stop[0] is not None else None,
+                              "resting_stop": self.resting.trigger_of(sym) if self.resting is not None else None,
                               "take_profit": str(stop[1]) if stop[1] is not None else None})
         return {
             "state": view.state.value, "reason": view.reason,

@@ -194,17 +194,20 @@ class Store:
         return cid
 
     def insert_foreign_order(self, o, status: OrderStatus, note: str) -> None:
-        """Record an order found on the exchange that the ledger did not have (EXTERNAL or adopted)."""
+        """Record an order found on the exchange that the ledger did not have (EXTERNAL or adopted).
+
+        A stop-loss sell is recorded protective: a halt cancels entries, never a stop that guards a position."""
         now = self.clock()
         cid = o.client_order_id or f"external:{o.exchange_id}"
+        guard = int(o.order_type is OrderType.STOP and o.side is Side.SELL)
         with self.tx() as c:
             c.execute(
                 "INSERT OR IGNORE INTO orders (client_order_id, intent_key, instrument, side, order_type, qty, ref_price,"
-                " limit_price, reduce_only, protective, reason, status, exchange_order_id, filled, avg_price,"
-                " created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,0,0,?,?,?,?,?,?,?)",
+                " limit_price, stop_price, reduce_only, protective, reason, status, exchange_order_id, filled, avg_price,"
+                " created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (cid, f"{note}:{cid}", o.instrument, o.side.value, o.order_type.value, str(o.qty),
-                 str(o.price or o.avg_price or 0), _s(o.price), note, status.value, o.exchange_id,
-                 str(o.filled), _s(o.avg_price), now, now))
+                 str(o.price or o.avg_price or o.trigger or 0), _s(o.price), _s(o.trigger), guard, guard, note,
+                 status.value, o.exchange_id, str(o.filled), _s(o.avg_price), now, now))
             self.audit("reconcile_" + note, {"client_order_id": cid, "exchange_order_id": o.exchange_id,
                                              "instrument": o.instrument, "status": status.value})
 

@@ -86,6 +86,20 @@ def test_halt_keeps_the_resting_stop(rig):
     assert [x.client_order_id for x in live_stops(rig)] == [s.client_order_id]
 
 
+def test_a_lost_ledger_halts_but_keeps_the_stop_guarding_the_position(rig):
+    rig.buy("0.01")
+    rig.eng.step()
+    [s] = live_stops(rig)
+    rig.store.close()
+    for n in ("ledger.sqlite", "ledger.sqlite-wal", "ledger.sqlite-shm"):
+        (rig.tmp / n).unlink(missing_ok=True)
+    rig.restart()
+    assert rig.eng.sm.effective is TradingState.HALTED and s.client_order_id in rig.report.adopted
+    rig.eng.step()
+    assert [x.client_order_id for x in live_stops(rig)] == [s.client_order_id]   # the halt cancelled entries only
+    assert rig.store.order(s.client_order_id)["protective"] == 1
+
+
 def test_killed_bot_position_is_closed_by_the_exchange_stop_on_a_price_drop(bot):
     text = config_text(loop=0.05, bar=0.02)
     bot.write_config(text)

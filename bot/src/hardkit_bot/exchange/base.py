@@ -53,7 +53,8 @@ class Exchange(Protocol):
     def order_trades(self, symbol: str, client_id: str, exchange_id: str) -> list[Fill]:
         """The order's trades, each fee in the currency the venue charged it (`Fill.fee_asset`)."""
     def recent_trades(self, symbol: str, since: float | None, limit: int = 500) -> list[Fill]:
-        """The account's trades on `symbol` from `since` (None: the newest); client id may be ""."""
+        """The account's trades on `symbol`, oldest first: the first `limit` from `since`, or the newest
+        `limit` when `since` is None (Binance's myTrades). The client id may be "" (then `order_id` is set)."""
     @property
     def supports_stops(self) -> bool:
         """True if the venue takes resting stop-loss orders (OrderType.STOP)."""

@@ -476,13 +476,17 @@ class PaperExchange:
         return [_to_fill(r) for r in rows]
 
     def recent_trades(self, symbol: str, since: float | None, limit: int = 500) -> list[Fill]:
-        """The account's trades on `symbol` at or after `since` (None: the newest `limit`)."""
+        """The account's trades on `symbol`, oldest first: the first `limit` at or after `since`,
+        or with no `since` the newest `limit` (Binance's myTrades with and without startTime)."""
         self._sync()
         with self._lock:
-            rows = self.db.execute(f"SELECT {_TRADE_COLS} FROM trades WHERE symbol = ? AND ts >= ?"
-                                   " ORDER BY ts DESC, rowid DESC LIMIT ?",
-                                   (symbol, -math.inf if since is None else since, limit)).fetchall()
-        return [_to_fill(r) for r in reversed(rows)]
+            if since is None:
+                rows = self.db.execute(f"SELECT {_TRADE_COLS} FROM trades WHERE symbol = ?"
+                                       " ORDER BY ts DESC, rowid DESC LIMIT ?", (symbol, limit)).fetchall()[::-1]
+            else:
+                rows = self.db.execute(f"SELECT {_TRADE_COLS} FROM trades WHERE symbol = ? AND ts >= ?"
+                                       " ORDER BY ts, rowid LIMIT ?", (symbol, since, limit)).fetchall()
+        return [_to_fill(r) for r in rows]
 
     @property
     def supports_stops(self) -> bool:
