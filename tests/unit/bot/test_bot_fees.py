@@ -5,14 +5,9 @@ the quantity filled. The paper exchange and the local Binance charge fees that w
 the ledger must hold exactly what the exchange holds, so a stop or flatten sell of the
 whole ledger amount is accepted and a restart finds no balance mismatch.
 """
-import time
 from decimal import Decimal as D
 
-import pytest
-
 from hardkit_bot.model import Fill, Position, Side, TradingState
-
-from bot_helpers import Rig
 
 
 def test_position_nets_a_base_fee_and_realizes_the_exact_pnl():
@@ -50,43 +45,3 @@ def test_buy_then_stop_sell_of_the_full_ledger_amount_and_a_clean_restart(rig):
     total = rig.store.positions()["BTC/USDT"].qty
     assert total == rig.ex.balances().total("BTC") == D("0.00000766") + D("0.01") - D("0.00001")
     assert D(rig.store.order(rig.eng.close_position("BTC/USDT", "flatten"))["qty"]) == D("0.00999")
-
-
-ccxt = pytest.importorskip("ccxt", reason="ccxt extra not installed (pip install 'hardkit-bot[ccxt]')")
-
-
-def test_ccxt_adapter_takes_binance_base_coin_fees_and_restarts_clean(tmp_path):
-    from hardkit_bot.config import parse
-    from hardkit_bot.engine import Engine
-    from hardkit_bot.exchange.ccxt_adapter import CcxtExchange
-    from hardkit_bot.exchange.paper import PaperExchange
-    from hardkit_bot.store import Store
-    from binance_sim import BinanceSim
-    from bot_helpers import config_text
-    from test_bot_ccxt import KEY, SECRET, buy
-
-    cfg = parse(config_text(grace=5.0))
-    paper = PaperExchange(tmp_path / "venue.sqlite", {i.symbol: i for i in cfg.instruments}, bar_seconds=0.05)
-    time.sleep(0.12)
-    sim = BinanceSim(paper, KEY, SECRET, tmp_path)
-    try:
-        def boot():
-            ex = CcxtExchange("binance", KEY, SECRET, sandbox=True, timeout_ms=1500, ca_bundle=str(sim.ca), api_url=sim.url)
-            eng = Engine(cfg, Store(tmp_path / "ledger.sqlite"), ex, live=False)
-            rep = eng.start()
-            eng.step()
-            return eng, rep
-        eng, _ = boot()
-        assert buy(eng, 1).status.value == "FILLED"
-        [fee_asset] = {r["fee_asset"] for r in eng.store.conn.execute("SELECT fee_asset FROM fills")}
-        assert fee_asset == "BTC"
-        assert eng.store.positions()["BTC/USDT"].qty == paper.balances().total("BTC") == D("0.00999")
-        cid = eng.close_position("BTC/USDT", "stop-loss")
-        assert eng.store.order(cid)["status"] == "FILLED", eng.store.order(cid)["last_error"]
-        assert eng.store.positions()["BTC/USDT"].qty == paper.balances().total("BTC") == 0
-        eng.store.close()
-        eng, rep = boot()
-        assert rep.mismatches == [] and eng.sm.effective is TradingState.ACTIVE, eng.sm.view().reason
-    finally:
-        sim.close()
-        paper.close()

@@ -8,11 +8,13 @@ trade history and balances with the ledger.
 import shutil
 from decimal import Decimal as D
 
+import pytest
+
 from hardkit_bot.exchange.paper import PaperExchange
 from hardkit_bot.model import CLIENT_ID_RE, Intent, OrderStatus, OrderType, Side, TradingState
 from hardkit_bot.store import Store
 
-from bot_helpers import Rig
+from bot_helpers import config_text
 
 
 def ledger_files(rig):
@@ -33,7 +35,6 @@ def test_client_ids_carry_a_ledger_epoch_within_binance_rules(tmp_path, clock):
 
 
 def test_paper_exchange_refuses_ids_binance_would_refuse(rig):
-    import pytest
     from hardkit_bot.exchange.base import OrderRejected
     with pytest.raises(OrderRejected, match="illegal client order id"):
         rig.ex.create_order("hk1 #1", "BTC/USDT", Side.BUY, OrderType.MARKET, D("0.01"), None)
@@ -132,3 +133,45 @@ def test_an_order_placed_before_the_intent_existed_is_refused(rig, clock):
     err = rig.store.order(squatter)["last_error"]
     assert "placed 600s before the intent existed" in err and "qty" not in err and "side" not in err
     assert rig.eng.sm.effective is TradingState.HALTED
+
+
+def test_deleted_ledger_of_a_running_bot_boots_halted_and_trades_nothing(bot):
+    import signal
+    import sqlite3
+    bot.write_config(config_text(loop=0.05, bar=0.02))
+    p = bot.start()
+    paper = bot.state / "paper-exchange.sqlite"
+
+    def traded():
+        try:
+            c = sqlite3.connect(f"file:{paper}?mode=ro", uri=True)
+            try:
+                return c.execute("SELECT COUNT(*) FROM trades").fetchone()[0] > 0
+            finally:
+                c.close()
+        except sqlite3.Error:
+            return False
+    bot.wait_for(traded, timeout=60, what="a first trade")
+    p.send_signal(signal.SIGKILL)
+    p.wait(10)
+    for f in bot.state.glob("ledger.sqlite*"):
+        f.unlink()
+    c = sqlite3.connect(f"file:{paper}?mode=ro", uri=True)
+    before = c.execute("SELECT client_id FROM orders").fetchall()
+    c.close()
+    p2 = bot.start(max_steps=15)
+    assert p2.wait(60) == 0, bot.logs()[-3000:]
+    led = sqlite3.connect(f"file:{bot.state / 'ledger.sqlite'}?mode=ro", uri=True)
+    try:
+        state, reason = led.execute("SELECT state, reason FROM trading_state").fetchone()
+        fills = led.execute("SELECT COUNT(*) FROM fills").fetchone()[0]
+        orders = led.execute("SELECT client_order_id, intent_key FROM orders").fetchall()
+    finally:
+        led.close()
+    assert state == "HALTED" and "fresh ledger on an account with positions or history" in reason, reason
+    assert fills == 0                                               # no old fill adopted into a new intent
+    assert all(k.startswith("adopted:") for _, k in orders)         # only resting orders found open, as such
+    c = sqlite3.connect(f"file:{paper}?mode=ro", uri=True)
+    after = c.execute("SELECT client_id FROM orders").fetchall()
+    c.close()
+    assert after == before                                          # the halted bot sent nothing

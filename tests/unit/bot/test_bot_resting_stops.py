@@ -4,7 +4,6 @@ import sqlite3
 import time
 from decimal import Decimal as D
 
-import pytest
 
 from hardkit_bot.config import parse
 from hardkit_bot.exchange.paper import PaperExchange
@@ -149,20 +148,3 @@ def test_killed_bot_position_is_closed_by_the_exchange_stop_on_a_price_drop(bot)
     finally:
         t.close()
     assert fills == trades
-
-
-ccxt = pytest.importorskip("ccxt", reason="ccxt extra not installed (pip install 'hardkit-bot[ccxt]')")
-from test_bot_ccxt import buy, engine, sim  # noqa: E402,F401  (fixtures: the local Binance and an engine on it)
-
-
-def test_ccxt_sends_the_resting_stop_as_a_binance_stop_loss(engine, sim):
-    assert buy(engine, 1).status is OrderStatus.FILLED
-    engine.step()
-    [req] = [p for m, path, p in sim.requests if m == "POST" and path == "/api/v3/order" and p["type"] != "MARKET"]
-    assert req["type"] == "STOP_LOSS" and req["side"] == "SELL"
-    assert D(req["stopPrice"]) == engine.stops.levels["BTC/USDT"][0]
-    [o] = [o for o in sim.paper.all_orders() if o.order_type is OrderType.STOP]
-    assert o.status is OrderStatus.OPEN and o.client_order_id == req["newClientOrderId"]
-    assert engine.store.order(o.client_order_id)["status"] == "OPEN"   # the adapter read it back as our stop
-    engine.close_position("BTC/USDT", "flatten")
-    assert [x.status for x in sim.paper.all_orders() if x.order_type is OrderType.STOP] == [OrderStatus.CANCELED]
