@@ -88,33 +88,38 @@ def reconcile(om: OrderManager, instance_id: str) -> ReconcileReport:
     positions = store.positions()
     for sym, inst in om.instruments.items():
         have = positions[sym].qty if sym in positions else ZERO
-        held = account.total(inst.base)
-        if abs(held - have) >= inst.step_size:
-            rep.mismatches.append(f"{inst.base}: exchange holds {held}, ledger position {have}")
+        amount = account.total(inst.base)
+        if abs(amount - have) >= inst.step_size:
+            rep.mismatches.append(f"{inst.base}: exchange holds {amount}, ledger position {have}")
     if foreign:
         store.record_foreign_trades(foreign)
         rep.foreign_trades = [f"{t.trade_id} ({t.instrument} {t.side.value} {t.qty} @ {t.price}, order "
                               f"{t.client_order_id or t.order_id})" for t in foreign]
     held = [f"{inst.base} {account.total(inst.base)}" for inst in om.instruments.values()
-            if account.total(inst.base) >= inst.step_size]
-    if rep.fresh_ledger and (held or foreign):
+            if inst.holds(account.total(inst.base))]
+    _judge(rep, held)
+    return _finish(om, rep)
+
+
+def _judge(rep: ReconcileReport, held: list[str]) -> None:
+    """The state to boot into and why, from the findings (the most severe finding wins)."""
+    n = len(rep.foreign_trades)
+    if rep.fresh_ledger and (held or n):
         rep.state = TradingState.HALTED
-        rep.reason = ("reconciliation: fresh ledger on an account with positions or history ("
-                      + "; ".join(([f"holds {', '.join(held)}"] if held else []) +
-                                  ([f"{len(foreign)} trades the ledger does not have"] if foreign else []))
-                      + "): the ledger was lost or replaced; restore it, or check the account and reset")
-    elif rep.mismatches or foreign:
+        found = ([f"holds {', '.join(held)}"] if held else []) + ([f"{n} trades the ledger does not have"] if n else [])
+        rep.reason = (f"reconciliation: fresh ledger on an account with positions or history ({'; '.join(found)}): "
+                      "the ledger was lost or replaced; restore it, or check the account and reset")
+    elif rep.mismatches or n:
         rep.state = TradingState.HALTED
-        rep.reason = "reconciliation: " + "; ".join(
-            ([f"balance mismatch: {'; '.join(rep.mismatches)}"] if rep.mismatches else []) +
-            ([f"trades on the exchange the ledger does not have (lost, restored or damaged ledger?): "
-              f"{', '.join(rep.foreign_trades[:5])}{' ...' if len(foreign) > 5 else ''}"] if foreign else []))
+        found = ([f"balance mismatch: {'; '.join(rep.mismatches)}"] if rep.mismatches else []) + (
+            [f"trades on the exchange the ledger does not have (lost, restored or damaged ledger?): "
+             f"{', '.join(rep.foreign_trades[:5])}{' ...' if n > 5 else ''}"] if n else [])
+        rep.reason = "reconciliation: " + "; ".join(found)
     elif rep.adopted or rep.external:
         rep.state = TradingState.REDUCING
         rep.reason = "reconciliation: " + "; ".join(
             ([f"adopted our orders unknown to the ledger: {', '.join(rep.adopted)}"] if rep.adopted else []) +
             ([f"foreign open orders on the account: {', '.join(rep.external)}"] if rep.external else []))
-    return _finish(om, rep)
 
 
 def _finish(om: OrderManager, rep: ReconcileReport) -> ReconcileReport:
