@@ -21,7 +21,9 @@ exchange follow it, one instrument at a time:
   live: nothing is placed until it is resolved.
 Moves are rate-limited (`stop_move_min_s`): each is a cancel plus a new order, while
 the bot's own stop still trails every bar. Before the bot sells a position itself
-(exit, target, its own stop, flatten, kill) it `release()`s the resting stop.
+(exit, target, its own stop, flatten, kill) it `release()`s the resting stop, and
+places none for `stop_move_min_s` (should that sell fail, it is retried every
+iteration; a stop placed in between would only be cancelled again).
 
 Only stops this module placed are managed (intent key `<symbol>:xstop:...`); a stop
 adopted from a lost ledger is left alone for the operator. Start-up reconciliation
@@ -132,6 +134,8 @@ class RestingStops:
         live = self.live(symbol)
         if not live:
             return True
+        # if the bot's own sell then fails, it retries every iteration: no re-placing in between
+        self._retry_at[symbol] = self.om.clock() + self.move_min_s
         with self.om.lock:
             try:
                 return self._cancel(live)

@@ -76,6 +76,16 @@ def test_the_bot_releases_the_resting_stop_before_selling_itself(rig):
     assert live_stops(rig) == []                                    # flat: no stop comes back
 
 
+def test_flatten_cancels_the_resting_stop_and_verifies_flat(rig):
+    rig.buy("0.01")
+    rig.eng.step()
+    assert live_stops(rig)
+    out = rig.eng.flatten(timeout_s=5)
+    assert out["flat"] is True and out["open_orders"] == [], out
+    rig.eng.step()
+    assert live_stops(rig) == []
+
+
 def test_halt_keeps_the_resting_stop(rig):
     rig.buy("0.01")
     rig.eng.step()
