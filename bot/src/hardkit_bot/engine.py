@@ -4,7 +4,8 @@ One iteration (`step`): pull and validate market data, feed new bars to the
 strategy, sync live orders and balances, evaluate the breakers, then *enforce*
 the effective state (cancel entries when REDUCING, cancel everything
 non-protective when HALTED, flatten when KILLED, auto-close on the volatility
-breaker, fire stops and targets). Any unexpected exception in an iteration
+breaker, fire stops and targets, keep each position's resting exchange stop in
+step: `resting_stops.py`). Any unexpected exception in an iteration
 latches HALTED with the error as the reason and the loop carries on, so the
 control socket, stops and status keep working; state is never lost because
 every change is already committed to the ledger.
