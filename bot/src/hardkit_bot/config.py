@@ -60,6 +60,8 @@ FIELDS: dict[str, dict[str, Field]] = {
         "api_url": Field("str", "", "ccxt: replace scheme://host[:port] of every API URL (a local test endpoint or a mirror). Empty: the exchange's own."),
         "ca_bundle": Field("str", "", "ccxt: PEM file of CAs to verify the exchange's TLS certificate against. Verification is always on; empty uses the certifi bundle."),
         "timeframe": Field("str", "1m", "ccxt: candle timeframe the strategy runs on (ccxt notation: 1m, 5m, 1h, ...).", pattern=r"^[0-9]{1,3}[smhdw]$"),
+        "protective_stop": Field("bool", True, "Rest a stop-loss order on the exchange for every position and move it as the trailing stop tightens, so a position stays protected while the bot is down. Where the venue has no stop-loss orders (ccxt), a warning is logged and only the bot enforces stops."),
+        "stop_move_min_s": Field("float", 30.0, "Minimum seconds between moves of a resting exchange stop (each is a cancel and a new order; the bot's own stop still trails every bar).", min=0, max=86400),
         "unknown_grace_s": Field("float", 30.0, "How long an UNKNOWN order not found on the exchange is waited for before it is declared ABANDONED.", min=0, max=3600),
         "starting_balance": Field("dec", Decimal("10000"), "Paper: quote balance of a fresh paper account.", min=0),
         "fee_rate": Field("dec", Decimal("0.001"), "Paper: taker fee as a fraction of notional (0.001 = 0.1%).", min=0, max=0.05),

@@ -10,7 +10,8 @@ One iteration (`step`), in this order:
    which sees the state the breakers just set);
 5. orders: *enforce* the effective state (cancel entries when REDUCING, cancel
    everything non-protective when HALTED, flatten when KILLED, auto-close on the
-   volatility breaker, fire stops and targets).
+   volatility breaker, fire stops and targets, keep each position's resting
+   exchange stop in step: `resting_stops.py`).
 Breakers before the strategy means a condition that still holds after a reset
 re-trips before any entry can leave. Any unexpected exception in an iteration
 latches HALTED with the error as the reason and the loop carries on, so the
@@ -42,6 +43,7 @@ from .risk.limits import (ActivityRate, ConsecutiveLosses, DailyLoss, Drawdown, 
 from .risk.pipeline import RiskLimits, size_for_risk
 from .risk.epoch import epoch_meta
 from .risk.state import StateMachine
+from .resting_stops import RestingStops
 from .stops import TrailingStops
 from .store import Store
 from .strategy import Signal, TrendATR
@@ -51,7 +53,9 @@ log = logging.getLogger(__name__)
 
 class Engine:
     def __init__(self, cfg: Config, store: Store, exchange, clock=time.time, *, live: bool = True,
-                 inhibitor: RebootInhibitor | None = None, metrics_file: str | None = None):
+                 inhibitor: RebootInhibitor | None = None, metrics_file: str | None = None,
+                 resting_stops: bool = True):
+        """`resting_stops=False` keeps stops bot-enforced only (backtests: no venue outlives a replay)."""
         self.cfg, self.store, self.exchange, self.clock, self.live = cfg, store, exchange, clock, live
         self.instruments = {i.symbol: i for i in cfg.instruments}
         self.quote = cfg.bot["quote"]
@@ -74,10 +78,17 @@ class Engine:
                     for sym in self.instruments}
         self.strats = {sym: TrendATR(s["fast"], s["slow"], s["atr_period"], s["band_atr"]) for sym in self.instruments}
         self.stops = TrailingStops(store, self.instruments, s["stop_atr"])
+        self.resting = None
+        if resting_stops and cfg.exchange["protective_stop"]:
+            if getattr(exchange, "supports_stops", False):
+                self.resting = RestingStops(self.om, self.instruments, self.quote, cfg.exchange["stop_move_min_s"])
+            else:
+                log.warning("exchange.protective_stop: this venue takes no stop-loss orders; stops are enforced "
+                            "by the bot only, and protect nothing while it is down")
         self.inhibitor = inhibitor
         self.metrics_file = metrics_file
         self.positions: dict[str, Position] = store.positions()
-        self._pos_f = {k: float(p.qty) for k, p in self.positions.items() if p.qty}
+        self._pos_f = {k: float(p.qty) for k, p in self.positions.items() if self.om.holds(k, p.qty)}
         self._cash_f = 0.0
         self._equity_known = False
         self.equity_f = 0.0
@@ -113,7 +124,7 @@ class Engine:
     def _on_fill(self) -> None:
         """The ledger's fills changed: refresh cached positions, equity, loss streak and stops."""
         self.positions = self.store.positions()
-        self._pos_f = {k: float(p.qty) for k, p in self.positions.items() if p.qty}
+        self._pos_f = {k: float(p.qty) for k, p in self.positions.items() if self.om.holds(k, p.qty)}
         acct = self.om.account
         if acct.balances:
             self._cash_f = float(acct.total(self.quote))
@@ -234,6 +245,12 @@ class Engine:
         pos = self.positions.get(sym)
         if pos is None or pos.qty <= 0:
             return None
+        if self.resting is not None:
+            if not self.resting.release(sym):   # its coin is locked by the resting stop: try again next time
+                return None
+            pos = self.positions.get(sym)       # the stop may have filled meanwhile (the release pulled it in)
+            if pos is None or pos.qty <= 0:
+                return None
         pending = sum((Decimal(r["qty"]) - Decimal(r["filled"]) for r in self.om.live_rows()
                        if r["instrument"] == sym and r["side"] == "sell"), ZERO)
         qty = ((pos.qty - pending) / inst.step_size).to_integral_value(rounding=ROUND_DOWN) * inst.step_size
@@ -306,6 +323,8 @@ class Engine:
                 self.close_position(sym, "stop-loss")
             elif hit == "target":
                 self.close_position(sym, "take-profit", protective=False)
+        if self.resting is not None:
+            self.resting.converge(self.positions, self.stops.levels, self.market.last)
 
     def _housekeeping(self, now: float) -> None:
         if self._equity_known and now - self._last_snapshot >= self.cfg.bot["equity_snapshot_s"]:
@@ -338,7 +357,7 @@ class Engine:
         if self.inhibitor is None:
             return
         live = self.om.live_rows()
-        held = [f"{s} {p.qty}" for s, p in self.positions.items() if p.qty > 0]
+        held = [f"{s} {p.qty}" for s, p in self.positions.items() if self.om.holds(s, p.qty)]
         reason = "; ".join(([f"open positions: {', '.join(held)}"] if held else []) +
                            ([f"{len(live)} live orders"] if live else []))
         self.inhibitor.update(bool(held or live), reason)
@@ -445,13 +464,14 @@ class Engine:
         prices = self.market.prices()
         positions = []
         for sym, p in self.positions.items():
-            if p.qty <= 0:
+            if not self.om.holds(sym, p.qty):
                 continue
             last = prices.get(sym, (p.avg_price, 0))[0]
             stop = self.stops.levels.get(sym, (None, None))
             positions.append({"instrument": sym, "qty": str(p.qty), "avg_price": str(p.avg_price), "last": str(last),
                               "notional": str(p.qty * last), "unrealized": str(p.qty * (last - p.avg_price)),
                               "stop": str(stop[0]) if stop[0] is not None else None,
+                              "resting_stop": self.resting.trigger_of(sym) if self.resting is not None else None,
                               "take_profit": str(stop[1]) if stop[1] is not None else None})
         return {
             "state": view.state.value, "reason": view.reason,

@@ -19,7 +19,13 @@ try:
 except ImportError:
     sys.path.insert(0, BOT_SRC)
 
+from decimal import Decimal as D  # noqa: E402
+
 from hardkit_bot.config import parse  # noqa: E402
+from hardkit_bot.engine import Engine  # noqa: E402
+from hardkit_bot.exchange.paper import PaperExchange  # noqa: E402
+from hardkit_bot.model import Intent, OrderType, Side  # noqa: E402
+from hardkit_bot.store import Store  # noqa: E402
 
 BASE = """
 [bot]
@@ -123,3 +129,52 @@ class BotProcess:
                 p.send_signal(signal.SIGKILL)
                 p.wait(10)
 
+
+class Rig:
+    """The engine in-process on a manual clock, against a paper exchange in its own file (survives restarts)."""
+
+    def __init__(self, tmp, clock, grace=5.0):
+        self.tmp, self.clock = tmp, clock
+        self.cfg = parse(config_text(bar=1.0, grace=grace))
+        self.ex_path = tmp / "paper.sqlite"
+        self.n = 0
+        self.boot()
+
+    def exchange(self):
+        x = self.cfg.exchange
+        return PaperExchange(self.ex_path, {i.symbol: i for i in self.cfg.instruments}, fee_rate=x["fee_rate"],
+                             slippage_bps=x["slippage_bps"], starting_balance=x["starting_balance"], bar_seconds=1.0,
+                             clock=self.clock)
+
+    def boot(self):
+        self.store = Store(self.tmp / "ledger.sqlite", self.clock)
+        self.ex = self.exchange()
+        self.clock.advance(3)
+        self.eng = Engine(self.cfg, self.store, self.ex, self.clock, live=False)
+        self.report = self.eng.start()
+        self.eng.step()
+
+    def restart(self):
+        self.store.close()
+        self.ex.close()
+        self.boot()
+
+    def buy(self, qty="0.01"):
+        self.n += 1
+        px = self.eng.market.last["BTC/USDT"][0]
+        i = Intent(f"test:{self.n}", "BTC/USDT", Side.BUY, D(qty), px, stop_price=(px * D("0.99")).quantize(D("0.01")),
+                   take_profit=(px * D("1.03")).quantize(D("0.01")))
+        return self.eng.om.submit(i, "USDT")
+
+    def exchange_orders(self, cid=None, stops=True):
+        """The exchange's orders (one client id's); stops=False leaves out resting stop-losses."""
+        return [o for o in self.ex.all_orders() if (cid is None or o.client_order_id == cid)
+                and (stops or o.order_type is not OrderType.STOP)]
+
+    def assert_books_agree(self):
+        """Ledger fills == exchange trades, and the position == the exchange's BTC balance."""
+        ledger = self.store.fill_ids()
+        trades = {f.trade_id for o in self.ex.all_orders() for f in self.ex.order_trades(o.instrument, o.client_order_id)}
+        assert ledger == trades
+        pos = self.store.positions().get("BTC/USDT")
+        assert (pos.qty if pos else D(0)) == self.ex.balances().total("BTC")

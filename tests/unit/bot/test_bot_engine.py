@@ -25,7 +25,7 @@ class Replay:
         self.store = Store(tmp / "ledger.sqlite", clock)
         self.ex = PaperExchange(":memory:", {i.symbol: i for i in self.cfg.instruments}, bar_seconds=STEP,
                                 clock=clock, manual=True, slippage_bps=D(0), fee_rate=D(0))
-        self.eng = Engine(self.cfg, self.store, self.ex, clock, live=False)
+        self.eng = Engine(self.cfg, self.store, self.ex, clock, live=False, resting_stops=False)   # as backtests run
         self.eng.om.refresh_account()
         self.eng._on_fill()
         self.t = clock()

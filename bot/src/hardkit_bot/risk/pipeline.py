@@ -150,6 +150,8 @@ def check_well_formed(i: Intent, s: RiskSnapshot, lim: RiskLimits, inst: Instrum
             return Denial(DenialCode.INVALID_PRICE, {name: str(p)})
     if i.order_type is OrderType.LIMIT and i.limit_price is None:
         return Denial(DenialCode.INVALID_PRICE, {"limit_price": "missing"})
+    if i.order_type is OrderType.STOP and i.stop_price is None:
+        return Denial(DenialCode.INVALID_PRICE, {"stop_price": "missing (the trigger of a stop order)"})
     if i.protective and i.side is not Side.SELL:
         return Denial(DenialCode.PROTECTIVE_MUST_SELL, {"side": i.side.value})
     return None
@@ -160,6 +162,8 @@ def check_precision(i: Intent, s: RiskSnapshot, lim: RiskLimits, inst: Instrumen
         return Denial(DenialCode.QTY_PRECISION, {"qty": str(i.qty), "step_size": str(inst.step_size)})
     if i.limit_price is not None and i.limit_price % inst.tick_size != ZERO:
         return Denial(DenialCode.PRICE_PRECISION, {"price": str(i.limit_price), "tick_size": str(inst.tick_size)})
+    if i.order_type is OrderType.STOP and i.stop_price % inst.tick_size != ZERO:
+        return Denial(DenialCode.PRICE_PRECISION, {"trigger": str(i.stop_price), "tick_size": str(inst.tick_size)})
     return None
 
 
