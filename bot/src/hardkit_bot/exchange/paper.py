@@ -9,7 +9,8 @@ would hold, which is what makes the crash tests honest.
 Market model: one bar per `bar_seconds` of wall-clock time since the account was
 created (or bars fed explicitly in backtests). The last price is the close of the
 last closed bar. Market orders fill at last price plus adverse slippage
-(`slippage_bps` + a small size impact) and pay `fee_rate` of notional in quote.
+(`slippage_bps`) and pay `fee_rate` of notional in quote; a market buy needs
+(and locks) exactly that cost in free quote, or it is rejected.
 Limit orders rest, lock their funds and fill at their limit price when a later
 bar trades through it. Client order ids are unique for the life of the account.
 
@@ -55,7 +56,6 @@ CREATE TABLE IF NOT EXISTS market_events (symbol TEXT NOT NULL, bar INTEGER NOT 
 """
 
 BPS = Decimal("0.0001")
-IMPACT_PER_QUOTE = Decimal("0.000000001")   # 1 bp of extra slippage per 100k quote of notional
 
 
 class SeriesSource:
@@ -278,8 +278,7 @@ class PaperExchange:
                         " locked=excluded.locked", (asset, str(free), str(locked)))
 
     def _slipped(self, last: Decimal, side: Side, qty: Decimal) -> Decimal:
-        slip = self.slippage + qty * last * IMPACT_PER_QUOTE
-        px = last * (1 + slip) if side is Side.BUY else last * (1 - slip)
+        px = last * (1 + self.slippage) if side is Side.BUY else last * (1 - self.slippage)
         return px.quantize(Decimal("1e-8"))
 
     def _execute(self, oid: int, cid: str, symbol: str, side: Side, qty: Decimal, px: Decimal,
@@ -373,7 +372,7 @@ class PaperExchange:
         last, ts, idx = self._last(symbol)
         ref = price if typ is OrderType.LIMIT else last
         if side is Side.BUY:
-            need = qty * ref * (1 + self.fee_rate) * (1 + (self.slippage * 4 if typ is OrderType.MARKET else 0))
+            need = qty * ref * (1 + self.fee_rate) * (1 + (self.slippage if typ is OrderType.MARKET else 0))
             free, locked = self._bal(inst.quote)
             if need > free:
                 raise OrderRejected(f"insufficient {inst.quote}: need {need:.2f}, free {free:.2f}")
