@@ -67,7 +67,7 @@ class OrderManager:
 
     def equity(self, quote: str) -> tuple[Decimal, Decimal, Decimal]:
         """(equity, cash, unrealized): quote total + positions marked at the last price."""
-        return self._equity(quote, self.book.positions(), self.market.prices())
+        return self._equity(quote, self.book.view()[1], self.market.prices())
 
     def _equity(self, quote: str, positions, prices) -> tuple[Decimal, Decimal, Decimal]:
         cash = self.account.total(quote)
@@ -79,11 +79,9 @@ class OrderManager:
             unreal += pos.qty * (px - pos.avg_price)
         return cash + mark, cash, unreal
 
-    def _pending_orders(self) -> "_Pending":
+    def _pending_orders(self, v: int, live) -> "_Pending":
         """What the live orders reserve, recomputed only when the ledger's book changed."""
-        v = self.book.version
         if self._pending is None or self._pending[0] != v:
-            live = self.book.live_orders()
             buy_cost = notional = ZERO
             sells: dict[str, Decimal] = {}
             for o in live:
@@ -99,8 +97,8 @@ class OrderManager:
 
     def snapshot(self, quote: str) -> RiskSnapshot:
         now = self.clock()
-        book = self.book.positions()
-        pend = self._pending_orders()
+        v, book, live = self.book.view()
+        pend = self._pending_orders(v, live)
         prices = self.market.prices()
         positions = {s: p.qty for s, p in book.items()}
         exposure = pend.buy_notional + sum((q * prices.get(s, (ZERO, 0))[0] for s, q in positions.items()), ZERO)

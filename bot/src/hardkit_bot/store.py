@@ -71,6 +71,7 @@ class Store:
         self.path = str(path)
         self.clock = clock
         self._lock = threading.RLock()
+        self.rollbacks = 0   # transactions that did not commit (see tx())
         self.conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10)
         self.conn.row_factory = sqlite3.Row
         if self.path != ":memory:":
@@ -95,10 +96,12 @@ class Store:
             self.conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self.conn
+                self.conn.execute("COMMIT")
             except BaseException:
-                self.conn.execute("ROLLBACK")
+                self.rollbacks += 1   # book.py mirrors orders/positions in memory: it resyncs on this
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
                 raise
-            self.conn.execute("COMMIT")
 
     def audit(self, kind: str, payload: dict[str, Any]) -> None:
         """Append an audit record; must be called inside tx()."""

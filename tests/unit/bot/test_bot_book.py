@@ -106,18 +106,25 @@ def test_a_rolled_back_write_leaves_the_book_as_the_ledger_is(om):
     assert snap_fields(om) == from_ledger(om) and om.snapshot("USDT").positions == {}
 
 
-def test_the_book_does_not_read_history(om):
-    """A rebuild reads only open positions and live orders: index searches, never a scan of the orders."""
-    om.store.insert_intent(Intent("k", "BTC/USDT", Side.BUY, D("0.01"), D("100")), "hk1")   # the book is stale
+def reads_during(om, fn) -> list[str]:
     statements: list[str] = []
     om.store.conn.set_trace_callback(statements.append)
     try:
-        om.snapshot("USDT")
-        om.snapshot("USDT")                                            # unchanged ledger: no SQL at all
+        fn()
     finally:
         om.store.conn.set_trace_callback(None)
-    reads = [q for q in statements if q.lstrip().upper().startswith("SELECT")]
+    return [q for q in statements if q.lstrip().upper().startswith("SELECT")]
+
+
+def test_the_book_costs_no_sql_and_never_reads_history(om):
+    om.snapshot("USDT")
+    om.store.insert_intent(Intent("k", "BTC/USDT", Side.BUY, D("0.01"), D("100")), "hk1")   # the book changes
+    assert reads_during(om, lambda: om.snapshot("USDT")) == []          # fed by the triggers, not by reading
+    with pytest.raises(RuntimeError), om.store.tx():
+        raise RuntimeError("a transaction that does not commit")
+    reads = reads_during(om, lambda: om.snapshot("USDT"))              # resync from the ledger ...
     assert len(reads) == 2
     orders = [q for q in reads if " orders " in q]
     plan = [tuple(r)[-1] for r in om.store.conn.execute("EXPLAIN QUERY PLAN " + orders[0])]
     assert any("USING INDEX orders_status" in p for p in plan) and not any(p.startswith("SCAN") for p in plan)
+    assert reads_during(om, lambda: om.snapshot("USDT")) == []          # ... once
