@@ -78,12 +78,14 @@ class BacktestResult:
         return {**self.__dict__, "bars_per_second": round(self.bars_per_second)}
 
 
-def run(cfg: Config, bars: list[Bar], bar_seconds: float = 60.0) -> BacktestResult:
+def run(cfg: Config, bars: list[Bar], bar_seconds: float = 60.0, *, batched: bool = True) -> BacktestResult:
+    """Replay `bars` from a fresh paper account. `batched=False` commits every ledger change
+    on its own, as the live bot does (for comparison: same results, slower)."""
     sym = cfg.instruments[0].symbol
     now = [bars[0].ts if bars else 0.0]
     clock = lambda: now[0]  # noqa: E731
     cfg = replace(cfg, bot={**cfg.bot, "equity_snapshot_s": 86400.0})
-    store = ReplayLedger(":memory:", clock=clock)
+    store = ReplayLedger(":memory:", clock=clock) if batched else Store(":memory:", clock=clock)
     ex = PaperExchange(":memory:", {i.symbol: i for i in cfg.instruments}, quote=cfg.bot["quote"],
                        fee_rate=cfg.exchange["fee_rate"], slippage_bps=cfg.exchange["slippage_bps"],
                        starting_balance=cfg.exchange["starting_balance"], bar_seconds=bar_seconds,

@@ -63,9 +63,9 @@ class MarketData:
         if ahead > self.max_ahead_s:
             return self._reject(symbol, f"tick stamped {ahead:.1f}s ahead of the local clock (tolerance {self.max_ahead_s}s)")
         pf = float(p)
-        why = self._outside_band(symbol, pf, pf)
-        if why:
-            return self._reject(symbol, why)
+        ref = self._ref.get(symbol)
+        if ref is not None and not (pf <= ref * self.sanity_ratio and pf * self.sanity_ratio >= ref):
+            return self._reject(symbol, self._band_reason(ref, pf))
         with self._lock:
             prev = self.last.get(symbol)
             if prev is not None and ts < prev[1]:
@@ -85,9 +85,9 @@ class MarketData:
         ahead = t - self.clock()
         if ahead > self.max_ahead_s:
             return self._reject(symbol, f"candle opening {ahead:.1f}s ahead of the local clock (tolerance {self.max_ahead_s}s)")
-        why = self._outside_band(symbol, lo, h)
-        if why:
-            return self._reject(symbol, why)
+        ref = self._ref.get(symbol)
+        if ref is not None and not (h <= ref * self.sanity_ratio and lo * self.sanity_ratio >= ref):
+            return self._reject(symbol, self._band_reason(ref, h if h > ref * self.sanity_ratio else lo))
         last = self.last_bar_ts.get(symbol)
         if last is not None and t <= last:
             return self._reject(symbol, f"out-of-order candle at {t} (last {last})")
@@ -95,11 +95,7 @@ class MarketData:
         self._ref[symbol] = c
         return True
 
-    def _outside_band(self, symbol: str, low: float, high: float) -> str | None:
-        ref = self._ref.get(symbol)
-        if ref is None or (high <= ref * self.sanity_ratio and low * self.sanity_ratio >= ref):
-            return None
-        bad = high if high > ref * self.sanity_ratio else low
+    def _band_reason(self, ref: float, bad: float) -> str:
         return f"price {bad:g} is {bad / ref:.3g}x the last accepted {ref:g} (sanity band x{self.sanity_ratio:g})"
 
     def _reject(self, symbol: str, why: str) -> bool:

@@ -179,6 +179,8 @@ class StaleData:
     def check(self, now: float, rejections: Mapping[str, str] | None = None) -> str | None:
         """The reason the feed is stale, or None. `rejections` (symbol -> why the latest data
         was refused) tells the operator whether data is missing or being rejected."""
+        if now - min(self.last.values(), default=now) <= self.stale_s:
+            return None
         stale = []
         for s, t in self.last.items():
             if now - t > self.stale_s:
@@ -219,12 +221,15 @@ class Volatility:
         """Feed a bar; returns True when the breaker enters, False when it clears, else None."""
         prev = self.prev_close
         self.prev_close = close
+        hi, lo, move = high, low, 0.0
         if prev is not None and prev > 0:
-            hi, lo = max(high, prev), min(low, prev)
-            moves = [close / prev - 1.0] + ([open_ / prev - 1.0] if open_ is not None else [])
-            move = max(moves, key=abs)
-        else:
-            hi, lo, move = high, low, 0.0
+            if prev > hi:
+                hi = prev
+            elif prev < lo:
+                lo = prev
+            move = close / prev - 1.0
+            if open_ is not None and abs(open_ / prev - 1.0) > abs(move):
+                move = open_ / prev - 1.0
         r = (hi - lo) / close if close > 0 else 0.0
         self.move_pct = 100.0 * move
         n = len(self.ranges)
@@ -237,7 +242,7 @@ class Volatility:
             sd = max(math.sqrt(var), 0.1 * mean, 1e-12)
             z = (r - mean) / sd
         self.z = z
-        gapped = abs(move) >= self.gap
+        gapped = move >= self.gap or -move >= self.gap
         spike = z >= self.z_enter or gapped
         change = None
         if not self.active and spike:
