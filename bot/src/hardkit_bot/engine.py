@@ -282,7 +282,7 @@ class Engine:
         if lp is None or pos is None or pos.qty <= 0:
             return
         if sym not in self._planned_stop:
-            plan = self.store.entry_plans().get(sym)
+            plan = self.store.entry_plan(sym)
             self._planned_stop[sym] = float(plan[0]) if plan else None
         why = self.overrun.check(sym, float(pos.qty), float(pos.avg_price), self._planned_stop[sym], lp)
         if why is None:

@@ -204,6 +204,14 @@ class Store:
                 " WHERE side = 'buy' AND stop_price IS NOT NULL GROUP BY instrument)").fetchall()
         return {r[0]: (Decimal(r[1]), _d(r[2])) for r in rows}
 
+    def entry_plan(self, instrument: str) -> tuple[Decimal, Decimal | None] | None:
+        """The planned stop and target of the latest entry on `instrument`, read newest first
+        (stops at the first match instead of scanning the history)."""
+        with self._lock:
+            r = self.conn.execute("SELECT stop_price, take_profit FROM orders WHERE instrument = ? AND side = 'buy'"
+                                  " AND stop_price IS NOT NULL ORDER BY id DESC LIMIT 1", (instrument,)).fetchone()
+        return (Decimal(r[0]), _d(r[1])) if r else None
+
     def intent_keys(self) -> set[str]:
         with self._lock:
             return {r[0] for r in self.conn.execute("SELECT intent_key FROM orders")}
