@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
+from types import MappingProxyType
 from typing import Callable
 
 from . import faults
@@ -90,7 +92,7 @@ class OrderManager:
                     notional += o.remaining * o.price
                 else:
                     sells[o.instrument] = sells.get(o.instrument, ZERO) + o.remaining
-            self._pending = (v, _Pending(buy_cost, notional, sells,
+            self._pending = (v, _Pending(buy_cost, notional, MappingProxyType(sells),
                                          frozenset(o.instrument for o in live if o.side is Side.BUY),
                                          frozenset(o.instrument for o in live if o.unresolved)))
         return self._pending[1]
@@ -271,7 +273,7 @@ class _Pending:
     """Aggregates of the live orders for the risk snapshot (see OrderManager._pending_orders)."""
     buy_cost: Decimal                 # quote every live buy may still consume (fee, slippage)
     buy_notional: Decimal             # remaining qty x price of live buys: exposure
-    sell_qty: dict[str, Decimal]      # per instrument, qty live sells will still remove
+    sell_qty: Mapping[str, Decimal]   # per instrument, qty live sells will still remove (read-only: shared)
     buy_instruments: frozenset[str]
     unresolved: frozenset[str]        # instruments with a PENDING_SUBMIT/UNKNOWN order
 
