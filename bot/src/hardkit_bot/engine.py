@@ -38,8 +38,8 @@ from .marketdata import MarketData
 from .model import ZERO, Bar, Intent, OrderStatus, Position, Side, TradingState
 from .orders import OrderManager
 from .reconcile import ReconcileReport, reconcile
-from .risk.limits import (ActivityRate, ConsecutiveLosses, DailyLoss, Drawdown, EquityFloor, StaleData,
-                          Usage, Volatility)
+from .risk.limits import (ActivityRate, ConsecutiveLosses, DailyLoss, Drawdown, EquityFloor, LossOverrun,
+                          StaleData, Usage, Volatility)
 from .risk.pipeline import RiskLimits, size_for_risk
 from .risk.epoch import epoch_meta
 from .risk.state import StateMachine
@@ -61,11 +61,11 @@ class Engine:
         self.quote = cfg.bot["quote"]
         r, s = cfg.risk, cfg.strategy
         self.sm = StateMachine(store, clock)
-        self.limits = RiskLimits.from_config(r, cfg.exchange["fee_rate"])
+        self.limits = RiskLimits.from_config(r, cfg.exchange)
         self.activity = ActivityRate({"orders": r["breaker_orders_per_minute"], "rejects": r["breaker_rejects_per_minute"],
                                       "cancels": r["breaker_cancels_per_minute"]})
         self._seed_activity()
-        self.market = MarketData()
+        self.market = MarketData(clock, r["max_data_ahead_s"], r["price_sanity_ratio"])
         self.om = OrderManager(store, exchange, self.sm, self.limits, self.instruments, cfg.bot["instance_id"],
                                self.market, self.activity, clock, cfg.exchange["unknown_grace_s"],
                                on_fill=self._on_fill, on_live=self._on_live)
@@ -74,8 +74,11 @@ class Engine:
         self.streak = ConsecutiveLosses(store, r["max_consecutive_losses"])
         self.floor = EquityFloor(float(r["equity_floor"]), store, float(r["max_drawdown_pct"]))
         self.stale = StaleData(list(self.instruments), r["stale_data_s"], clock())
-        self.vol = {sym: Volatility(r["vol_window"], r["vol_z_enter"], r["vol_z_exit"], r["vol_clear_bars"])
-                    for sym in self.instruments}
+        self.vol = {sym: Volatility(r["vol_window"], r["vol_z_enter"], r["vol_z_exit"], r["vol_clear_bars"],
+                                    r["vol_gap_pct"]) for sym in self.instruments}
+        self.overrun = LossOverrun(r["loss_overrun_pct"], float(cfg.exchange["fee_rate"]))
+        self._planned_stop: dict[str, float | None] = {}   # per open position: its entry's planned stop
+        self._overrun_alerted: set[str] = set()
         self.strats = {sym: TrendATR(s["fast"], s["slow"], s["atr_period"], s["band_atr"]) for sym in self.instruments}
         self.stops = TrailingStops(store, self.instruments, s["stop_atr"])
         self.resting = None
@@ -125,6 +128,9 @@ class Engine:
         """The ledger's fills changed: refresh cached positions, equity, loss streak and stops."""
         self.positions = self.store.positions()
         self._pos_f = {k: float(p.qty) for k, p in self.positions.items() if self.om.holds(k, p.qty)}
+        for sym in [s for s in self._planned_stop if s not in self._pos_f]:   # flat: the next entry has its own plan
+            del self._planned_stop[sym]
+            self._overrun_alerted.discard(sym)
         acct = self.om.account
         if acct.balances:
             self._cash_f = float(acct.total(self.quote))
@@ -198,10 +204,9 @@ class Engine:
     def observe_bar(self, sym: str, bar: Bar) -> Signal:
         """Feed one bar to the volatility breaker, the strategy and the trailing stop; trade nothing."""
         v = self.vol[sym]
-        change = v.on_bar(bar.high, bar.low, bar.close)
+        change = v.on_bar(bar.high, bar.low, bar.close, bar.open)
         if change is True:
-            self.sm.set_transient(f"volatility:{sym}", TradingState.REDUCING,
-                                  f"abnormal volatility on {sym}: range z-score {v.z:.1f} >= {v.z_enter}")
+            self.sm.set_transient(f"volatility:{sym}", TradingState.REDUCING, f"abnormal volatility on {sym}: {v.reason}")
             self._autoclose.add(sym)
         elif change is False:
             self.sm.set_transient(f"volatility:{sym}", None)
@@ -285,7 +290,7 @@ class Engine:
         for st, why in self.streak.update(now, 0.0) + self.activity.update(now, 0.0):
             if st.severity > latched:
                 self.sm.escalate(st, why)
-        reason = self.stale.check(now)
+        reason = self.stale.check(now, self.market.last_rejection)
         if reason or self._stale_flag:
             self.sm.set_transient("stale_data", TradingState.REDUCING if reason else None, reason or "")
             self._stale_flag = bool(reason)
@@ -311,6 +316,8 @@ class Engine:
         if state is TradingState.KILLED:
             for sym in list(self._pos_f):
                 self.close_position(sym, "killed")
+        for sym in list(self._pos_f):
+            self._close_on_overrun(sym)
         for sym in list(self._autoclose):
             if sym in self._pos_f:
                 self.close_position(sym, "volatility auto-close")
@@ -325,6 +332,26 @@ class Engine:
                 self.close_position(sym, "take-profit", protective=False)
         if self.resting is not None:
             self.resting.converge(self.positions, self.stops.levels, self.market.last)
+
+    def _close_on_overrun(self, sym: str) -> None:
+        """Close a position whose loss has outrun its planned risk; latch REDUCING once per position."""
+        lp = self.market.last_f.get(sym)
+        pos = self.positions.get(sym)
+        if lp is None or pos is None or pos.qty <= 0:
+            return
+        if sym not in self._planned_stop:
+            plan = self.store.entry_plan(sym)
+            self._planned_stop[sym] = float(plan[0]) if plan else None
+        why = self.overrun.check(sym, float(pos.qty), float(pos.avg_price), self._planned_stop[sym], lp)
+        if why is None:
+            return
+        if sym not in self._overrun_alerted:   # alert once per position; the close is retried until flat
+            self._overrun_alerted.add(sym)
+            log.error("risk overrun: %s; closing the position", why)
+            with self.store.tx():
+                self.store.audit("loss_overrun", {"instrument": sym, "reason": why, "last": lp})
+            self.sm.escalate(TradingState.REDUCING, why)
+        self.close_position(sym, "loss beyond planned risk")
 
     def _housekeeping(self, now: float) -> None:
         if self._equity_known and now - self._last_snapshot >= self.cfg.bot["equity_snapshot_s"]:

@@ -22,11 +22,14 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
+from types import MappingProxyType
 from typing import Callable
 
 from . import faults
+from .book import LedgerBook
 from .exchange.base import (DuplicateClientOrderId, ExchangeError, ExchangeTimeout, OrderNotFound,
                             OrderRejected)
 from .marketdata import MarketData
@@ -66,6 +69,8 @@ class OrderManager:
         self.known_keys = store.intent_keys()
         self.account = AccountView()
         self.has_live = bool(self.live_rows())   # cheap guard for per-bar paths
+        self.book = LedgerBook(store)
+        self._pending: tuple[int, _Pending] | None = None
 
     # ---- snapshot -----------------------------------------------------------
     def refresh_account(self) -> AccountView:
@@ -74,44 +79,48 @@ class OrderManager:
 
     def equity(self, quote: str) -> tuple[Decimal, Decimal, Decimal]:
         """(equity, cash, unrealized): quote total + positions marked at the last price."""
+        return self._equity(quote, self.book.view()[1], self.market.prices())
+
+    def _equity(self, quote: str, positions, prices) -> tuple[Decimal, Decimal, Decimal]:
         cash = self.account.total(quote)
-        prices = self.market.prices()
         mark = ZERO
         unreal = ZERO
-        for sym, pos in self.store.positions().items():
-            if pos.qty:
-                px = prices.get(sym, (pos.avg_price, 0))[0]
-                mark += pos.qty * px
-                unreal += pos.qty * (px - pos.avg_price)
+        for sym, pos in positions.items():
+            px = prices.get(sym, (pos.avg_price, 0))[0]
+            mark += pos.qty * px
+            unreal += pos.qty * (px - pos.avg_price)
         return cash + mark, cash, unreal
+
+    def _pending_orders(self, v: int, live) -> "_Pending":
+        """What the live orders reserve, recomputed only when the ledger's book changed."""
+        if self._pending is None or self._pending[0] != v:
+            buy_cost = notional = ZERO
+            sells: dict[str, Decimal] = {}
+            for o in live:
+                if o.side is Side.BUY:
+                    buy_cost += pipeline.buy_cost(o.remaining, o.price, o.order_type, self.limits)
+                    notional += o.remaining * o.price
+                else:
+                    sells[o.instrument] = sells.get(o.instrument, ZERO) + o.remaining
+            self._pending = (v, _Pending(buy_cost, notional, MappingProxyType(sells),
+                                         frozenset(o.instrument for o in live if o.side is Side.BUY),
+                                         frozenset(o.instrument for o in live if o.unresolved)))
+        return self._pending[1]
 
     def snapshot(self, quote: str) -> RiskSnapshot:
         now = self.clock()
-        positions = {s: p.qty for s, p in self.store.positions().items() if self.holds(s, p.qty)}
+        v, book, live = self.book.view()
+        pend = self._pending_orders(v, live)
         prices = self.market.prices()
-        pending_buy = ZERO
-        pending_sell: dict[str, Decimal] = {}
-        open_instruments = set(positions)
-        exposure = sum((q * prices.get(s, (ZERO, 0))[0] for s, q in positions.items()), ZERO)
-        unresolved = set()
-        for r in self.store.live_orders():
-            remaining = Decimal(r["qty"]) - Decimal(r["filled"])
-            price = Decimal(r["limit_price"] or r["ref_price"])
-            if r["status"] in (OrderStatus.UNKNOWN.value, OrderStatus.PENDING_SUBMIT.value):
-                unresolved.add(r["instrument"])
-            if r["side"] == Side.BUY.value:
-                pending_buy += pipeline.buy_cost(remaining, price, _otype(r), self.limits)
-                exposure += remaining * price
-                open_instruments.add(r["instrument"])
-            else:
-                pending_sell[r["instrument"]] = pending_sell.get(r["instrument"], ZERO) + remaining
-        equity, _, _ = self.equity(quote)
+        positions = {s: p.qty for s, p in book.items() if self.holds(s, p.qty)}   # dust is no position
+        exposure = pend.buy_notional + sum((q * prices.get(s, (ZERO, 0))[0] for s, q in positions.items()), ZERO)
+        equity, _, _ = self._equity(quote, book, prices)
         return RiskSnapshot(
             state=self.sm.effective, now=now, equity=equity, free_quote=self.account.free(quote),
-            pending_buy_cost=pending_buy, positions=positions, pending_sell_qty=pending_sell,
-            open_instruments=frozenset(open_instruments), exposure=exposure, last_price=prices,
+            pending_buy_cost=pend.buy_cost, positions=positions, pending_sell_qty=pend.sell_qty,
+            open_instruments=pend.buy_instruments.union(positions), exposure=exposure, last_price=prices,
             orders_last_minute=self.activity.count("orders", now), known_keys=self.known_keys,
-            unresolved_instruments=frozenset(unresolved))
+            unresolved_instruments=pend.unresolved)
 
     # ---- submission ---------------------------------------------------------
     def submit(self, intent: Intent, quote: str) -> SubmitResult:
@@ -325,11 +334,18 @@ def _mismatch(row, eo: ExchangeOrder) -> str | None:
     return "; ".join(diffs) or None
 
 
+@dataclass(frozen=True)
+class _Pending:
+    """Aggregates of the live orders for the risk snapshot (see OrderManager._pending_orders)."""
+    buy_cost: Decimal                 # quote every live buy may still consume (fee, slippage)
+    buy_notional: Decimal             # remaining qty x price of live buys: exposure
+    sell_qty: Mapping[str, Decimal]   # per instrument, qty live sells will still remove (read-only: shared)
+    buy_instruments: frozenset[str]
+    unresolved: frozenset[str]        # instruments with a PENDING_SUBMIT/UNKNOWN order
+
+
 def _ack_status(eo: ExchangeOrder) -> OrderStatus:
     if eo.status is OrderStatus.OPEN and eo.filled > 0:
         return OrderStatus.PARTIALLY_FILLED
     return eo.status
 
-
-def _otype(row) -> OrderType:
-    return OrderType(row["order_type"])

@@ -93,6 +93,7 @@ class Store:
         self.clock = clock
         self._key = audit_key
         self._lock = threading.RLock()
+        self.rollbacks = 0   # transactions that did not commit (see tx())
         self.state_file = None if self.path == ":memory:" else statefile.path_for(self.path)
         self._epoch: str | None = None
         if readonly:
@@ -183,10 +184,12 @@ class Store:
             self.conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self.conn
+                self.conn.execute("COMMIT")
             except BaseException:
-                self.conn.execute("ROLLBACK")
+                self.rollbacks += 1   # book.py mirrors orders/positions in memory: it resyncs on this
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
                 raise
-            self.conn.execute("COMMIT")
 
     def audit(self, kind: str, payload: dict[str, Any]) -> None:
         """Append an audit record; must be called inside tx()."""
@@ -338,6 +341,14 @@ class Store:
                 "SELECT instrument, stop_price, take_profit FROM orders WHERE id IN (SELECT MAX(id) FROM orders"
                 " WHERE side = 'buy' AND stop_price IS NOT NULL GROUP BY instrument)").fetchall()
         return {r[0]: (Decimal(r[1]), _d(r[2])) for r in rows}
+
+    def entry_plan(self, instrument: str) -> tuple[Decimal, Decimal | None] | None:
+        """The planned stop and target of the latest entry on `instrument`, read newest first
+        (stops at the first match instead of scanning the history)."""
+        with self._lock:
+            r = self.conn.execute("SELECT stop_price, take_profit FROM orders WHERE instrument = ? AND side = 'buy'"
+                                  " AND stop_price IS NOT NULL ORDER BY id DESC LIMIT 1", (instrument,)).fetchone()
+        return (Decimal(r[0]), _d(r[1])) if r else None
 
     def intent_keys(self) -> set[str]:
         with self._lock:

@@ -24,7 +24,7 @@ from decimal import Decimal as D  # noqa: E402
 from hardkit_bot.config import parse  # noqa: E402
 from hardkit_bot.engine import Engine  # noqa: E402
 from hardkit_bot.exchange.paper import PaperExchange  # noqa: E402
-from hardkit_bot.model import Intent, OrderType, Side  # noqa: E402
+from hardkit_bot.model import Bar, Intent, OrderType, Side  # noqa: E402
 from hardkit_bot.store import Store  # noqa: E402
 
 BASE = """
@@ -72,6 +72,47 @@ class Clock:
 
     def advance(self, s: float) -> None:
         self.t += s
+
+
+class Replay:
+    """The production engine fed bar by bar (60 s bars) on a manual paper exchange; the clock is the bar clock.
+
+    The strategy never signals (band_atr = 20): tests place orders themselves. The paper
+    exchange charges no fee and no slippage unless `fee_rate`/`slippage_bps` say otherwise."""
+
+    STEP = 60.0
+
+    def __init__(self, tmp, clock, extra_risk="", fee_rate="0", slippage_bps="0", streak=1000):
+        self.tmp, self.clock = tmp, clock
+        text = config_text(extra_risk=extra_risk, streak=streak).replace("[strategy]", "[strategy]\nband_atr = 20")
+        text = text.replace("[exchange]", f'[exchange]\nfee_rate = "{fee_rate}"\nslippage_bps = "{slippage_bps}"')
+        self.cfg = parse(text)
+        self.store = Store(tmp / "ledger.sqlite", clock)
+        self.ex = PaperExchange(":memory:", {i.symbol: i for i in self.cfg.instruments}, bar_seconds=self.STEP,
+                                clock=clock, manual=True, slippage_bps=D(slippage_bps), fee_rate=D(fee_rate))
+        self.eng = Engine(self.cfg, self.store, self.ex, clock, live=False, resting_stops=False)   # as backtests run
+        self.eng.om.refresh_account()
+        self.eng._on_fill()
+        self.t = clock()
+        self.price = 100.0
+
+    def bar(self, close=None, rng=0.2):
+        close = self.price if close is None else close
+        b = Bar(self.t, self.price, max(self.price, close) + rng / 2, min(self.price, close) - rng / 2, close)
+        self.t += self.STEP
+        self.clock.t = self.t
+        self.eng.replay_bar("BTC/USDT", b, self.STEP)
+        self.price = close
+
+    def buy(self, qty="9", stop="95", tp="120"):
+        px = self.eng.market.last["BTC/USDT"][0]
+        return self.eng.om.submit(Intent(f"b{self.t}", "BTC/USDT", Side.BUY, D(qty), px, stop_price=D(stop),
+                                         take_profit=D(tp)), "USDT")
+
+    @property
+    def qty(self):
+        p = self.store.positions().get("BTC/USDT")
+        return p.qty if p else D(0)
 
 
 BOT = [sys.executable, "-m", "hardkit_bot"]

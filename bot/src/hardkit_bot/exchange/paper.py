@@ -9,13 +9,14 @@ would hold, which is what makes the crash tests honest.
 Market model: one bar per `bar_seconds` of wall-clock time since the account was
 created (or bars fed explicitly in backtests). The last price is the close of the
 last closed bar. Market orders fill at last price plus adverse slippage
-(`slippage_bps` + a small size impact) and pay `fee_rate` in the currency
-Binance spot takes it in: the coin received (a buy pays in the base coin, a sell
-in quote). Limit orders rest, lock their funds and fill at their limit price when
-a later bar trades through it. Stop orders (stop-market sells) rest with their
-base coin locked and fill like a market order once a bar trades at or below the
-trigger (at the trigger, or at the open if the bar gapped below it); they fire
-whether or not the bot is running. Client order ids follow Binance's rules
+(`slippage_bps`) and pay `fee_rate` in the currency Binance spot takes it in:
+the coin received (a buy pays in the base coin, a sell in quote); a market buy
+needs (and locks) exactly its slipped notional in free quote, or it is rejected.
+Limit orders rest, lock their funds and fill at their limit price when a later
+bar trades through it. Stop orders (stop-market sells) rest with their base coin
+locked and fill like a market order once a bar trades at or below the trigger
+(at the trigger, or at the open if the bar gapped below it); they fire whether
+or not the bot is running. Client order ids follow Binance's rules
 (`CLIENT_ID_RE`) and are unique for the life of the account.
 
 Faults (`inject()`, persisted, consumed one by one):
@@ -67,7 +68,6 @@ CREATE TABLE IF NOT EXISTS market_events (symbol TEXT NOT NULL, bar INTEGER NOT 
 _ADDED_COLUMNS = (("orders", "trigger", "TEXT"), ("trades", "fee_asset", "TEXT NOT NULL DEFAULT ''"))
 
 BPS = Decimal("0.0001")
-IMPACT_PER_QUOTE = Decimal("0.000000001")   # 1 bp of extra slippage per 100k quote of notional
 
 
 class SeriesSource:
@@ -298,8 +298,7 @@ class PaperExchange:
                         " locked=excluded.locked", (asset, str(free), str(locked)))
 
     def _slipped(self, last: Decimal, side: Side, qty: Decimal) -> Decimal:
-        slip = self.slippage + qty * last * IMPACT_PER_QUOTE
-        px = last * (1 + slip) if side is Side.BUY else last * (1 - slip)
+        px = last * (1 + self.slippage) if side is Side.BUY else last * (1 - self.slippage)
         return px.quantize(Decimal("1e-8"))
 
     def _execute(self, oid: int, cid: str, symbol: str, side: Side, qty: Decimal, px: Decimal,
@@ -404,7 +403,7 @@ class PaperExchange:
                 raise OrderRejected(f"stop trigger {trigger} would trigger immediately (last {last})")
         ref = price if typ is OrderType.LIMIT else last
         if side is Side.BUY:       # the fee is taken from the base coin received: quote pays the notional only
-            need = qty * ref * (1 + (self.slippage * 4 if typ is OrderType.MARKET else 0))
+            need = qty * ref * (1 + (self.slippage if typ is OrderType.MARKET else 0))
             free, locked = self._bal(inst.quote)
             if need > free:
                 raise OrderRejected(f"insufficient {inst.quote}: need {need:.2f}, free {free:.2f}")
