@@ -8,13 +8,54 @@ is the bar clock, so daily-loss anchoring and stale-data checks behave as live.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Iterator
 
 from .config import Config
 from .engine import Engine
 from .exchange.paper import PaperExchange
 from .model import Bar
 from .store import Store
+
+
+class ReplayLedger(Store):
+    """The ledger for replays: every `tx()` joins one open transaction instead of
+    committing on its own.
+
+    A live ledger commits (and fsyncs) each change before the bot acts on it; a replay
+    has nothing to survive: its ledger is in memory (or a scratch file) and a failure
+    aborts the replay. The same SQL, audit records and hash chain are written, only
+    without a BEGIN/COMMIT pair per change. `commit()` ends the batch (and starts the
+    next one); never use this class for a live bot.
+    """
+
+    def __init__(self, path: str | Path = ":memory:", clock=time.time):
+        super().__init__(path, clock)
+        self.conn.execute("PRAGMA synchronous=OFF")
+        self.conn.execute("BEGIN IMMEDIATE")
+        self._batching = True
+
+    @contextmanager
+    def tx(self) -> Iterator:
+        if not getattr(self, "_batching", False):   # Store.__init__'s own first transaction
+            with super().tx() as c:
+                yield c
+            return
+        with self._lock:
+            yield self.conn
+
+    def commit(self) -> None:
+        with self._lock:
+            self.conn.execute("COMMIT")
+            self.conn.execute("BEGIN IMMEDIATE")
+
+    def close(self) -> None:
+        with self._lock:
+            self.conn.execute("COMMIT")
+            self._batching = False
+        super().close()
 
 
 @dataclass
@@ -37,17 +78,19 @@ class BacktestResult:
         return {**self.__dict__, "bars_per_second": round(self.bars_per_second)}
 
 
-def run(cfg: Config, bars: list[Bar], bar_seconds: float = 60.0) -> BacktestResult:
+def run(cfg: Config, bars: list[Bar], bar_seconds: float = 60.0, *, batched: bool = True) -> BacktestResult:
+    """Replay `bars` from a fresh paper account. `batched=False` commits every ledger change
+    on its own, as the live bot does (for comparison: same results, slower)."""
     sym = cfg.instruments[0].symbol
     now = [bars[0].ts if bars else 0.0]
     clock = lambda: now[0]  # noqa: E731
     cfg = replace(cfg, bot={**cfg.bot, "equity_snapshot_s": 86400.0})
-    store = Store(":memory:", clock=clock)
+    store = ReplayLedger(":memory:", clock=clock) if batched else Store(":memory:", clock=clock)
     ex = PaperExchange(":memory:", {i.symbol: i for i in cfg.instruments}, quote=cfg.bot["quote"],
                        fee_rate=cfg.exchange["fee_rate"], slippage_bps=cfg.exchange["slippage_bps"],
                        starting_balance=cfg.exchange["starting_balance"], bar_seconds=bar_seconds,
                        clock=clock, manual=True)
-    eng = Engine(cfg, store, ex, clock, live=False)
+    eng = Engine(cfg, store, ex, clock, live=False, resting_stops=False)
     eng.om.refresh_account()
     eng._on_fill()
     start = float(cfg.exchange["starting_balance"])

@@ -10,7 +10,8 @@ One iteration (`step`), in this order:
    which sees the state the breakers just set);
 5. orders: *enforce* the effective state (cancel entries when REDUCING, cancel
    everything non-protective when HALTED, flatten when KILLED, auto-close on the
-   volatility breaker, fire stops and targets).
+   volatility breaker, fire stops and targets, keep each position's resting
+   exchange stop in step: `resting_stops.py`).
 Breakers before the strategy means a condition that still holds after a reset
 re-trips before any entry can leave. Any unexpected exception in an iteration
 latches HALTED with the error as the reason and the loop carries on, so the
@@ -37,11 +38,12 @@ from .marketdata import MarketData
 from .model import ZERO, Bar, Intent, OrderStatus, Position, Side, TradingState
 from .orders import OrderManager
 from .reconcile import ReconcileReport, reconcile
-from .risk.limits import (ActivityRate, ConsecutiveLosses, DailyLoss, Drawdown, EquityFloor, StaleData,
-                          Usage, Volatility)
+from .risk.limits import (ActivityRate, ConsecutiveLosses, DailyLoss, Drawdown, EquityFloor, LossOverrun,
+                          StaleData, Usage, Volatility)
 from .risk.pipeline import RiskLimits, size_for_risk
 from .risk.epoch import epoch_meta
 from .risk.state import StateMachine
+from .resting_stops import RestingStops
 from .stops import TrailingStops
 from .store import Store
 from .strategy import Signal, TrendATR
@@ -51,17 +53,19 @@ log = logging.getLogger(__name__)
 
 class Engine:
     def __init__(self, cfg: Config, store: Store, exchange, clock=time.time, *, live: bool = True,
-                 inhibitor: RebootInhibitor | None = None, metrics_file: str | None = None):
+                 inhibitor: RebootInhibitor | None = None, metrics_file: str | None = None,
+                 resting_stops: bool = True):
+        """`resting_stops=False` keeps stops bot-enforced only (backtests: no venue outlives a replay)."""
         self.cfg, self.store, self.exchange, self.clock, self.live = cfg, store, exchange, clock, live
         self.instruments = {i.symbol: i for i in cfg.instruments}
         self.quote = cfg.bot["quote"]
         r, s = cfg.risk, cfg.strategy
         self.sm = StateMachine(store, clock)
-        self.limits = RiskLimits.from_config(r, cfg.exchange["fee_rate"])
+        self.limits = RiskLimits.from_config(r, cfg.exchange)
         self.activity = ActivityRate({"orders": r["breaker_orders_per_minute"], "rejects": r["breaker_rejects_per_minute"],
                                       "cancels": r["breaker_cancels_per_minute"]})
         self._seed_activity()
-        self.market = MarketData()
+        self.market = MarketData(clock, r["max_data_ahead_s"], r["price_sanity_ratio"])
         self.om = OrderManager(store, exchange, self.sm, self.limits, self.instruments, cfg.bot["instance_id"],
                                self.market, self.activity, clock, cfg.exchange["unknown_grace_s"],
                                on_fill=self._on_fill, on_live=self._on_live)
@@ -70,14 +74,24 @@ class Engine:
         self.streak = ConsecutiveLosses(store, r["max_consecutive_losses"])
         self.floor = EquityFloor(float(r["equity_floor"]), store, float(r["max_drawdown_pct"]))
         self.stale = StaleData(list(self.instruments), r["stale_data_s"], clock())
-        self.vol = {sym: Volatility(r["vol_window"], r["vol_z_enter"], r["vol_z_exit"], r["vol_clear_bars"])
-                    for sym in self.instruments}
+        self.vol = {sym: Volatility(r["vol_window"], r["vol_z_enter"], r["vol_z_exit"], r["vol_clear_bars"],
+                                    r["vol_gap_pct"]) for sym in self.instruments}
+        self.overrun = LossOverrun(r["loss_overrun_pct"], float(cfg.exchange["fee_rate"]))
+        self._planned_stop: dict[str, float | None] = {}   # per open position: its entry's planned stop
+        self._overrun_alerted: set[str] = set()
         self.strats = {sym: TrendATR(s["fast"], s["slow"], s["atr_period"], s["band_atr"]) for sym in self.instruments}
         self.stops = TrailingStops(store, self.instruments, s["stop_atr"])
+        self.resting = None
+        if resting_stops and cfg.exchange["protective_stop"]:
+            if getattr(exchange, "supports_stops", False):
+                self.resting = RestingStops(self.om, self.instruments, self.quote, cfg.exchange["stop_move_min_s"])
+            else:
+                log.warning("exchange.protective_stop: this venue takes no stop-loss orders; stops are enforced "
+                            "by the bot only, and protect nothing while it is down")
         self.inhibitor = inhibitor
         self.metrics_file = metrics_file
         self.positions: dict[str, Position] = store.positions()
-        self._pos_f = {k: float(p.qty) for k, p in self.positions.items() if p.qty}
+        self._pos_f = {k: float(p.qty) for k, p in self.positions.items() if self.om.holds(k, p.qty)}
         self._cash_f = 0.0
         self._equity_known = False
         self.equity_f = 0.0
@@ -113,7 +127,10 @@ class Engine:
     def _on_fill(self) -> None:
         """The ledger's fills changed: refresh cached positions, equity, loss streak and stops."""
         self.positions = self.store.positions()
-        self._pos_f = {k: float(p.qty) for k, p in self.positions.items() if p.qty}
+        self._pos_f = {k: float(p.qty) for k, p in self.positions.items() if self.om.holds(k, p.qty)}
+        for sym in [s for s in self._planned_stop if s not in self._pos_f]:   # flat: the next entry has its own plan
+            del self._planned_stop[sym]
+            self._overrun_alerted.discard(sym)
         acct = self.om.account
         if acct.balances:
             self._cash_f = float(acct.total(self.quote))
@@ -187,10 +204,9 @@ class Engine:
     def observe_bar(self, sym: str, bar: Bar) -> Signal:
         """Feed one bar to the volatility breaker, the strategy and the trailing stop; trade nothing."""
         v = self.vol[sym]
-        change = v.on_bar(bar.high, bar.low, bar.close)
+        change = v.on_bar(bar.high, bar.low, bar.close, bar.open)
         if change is True:
-            self.sm.set_transient(f"volatility:{sym}", TradingState.REDUCING,
-                                  f"abnormal volatility on {sym}: range z-score {v.z:.1f} >= {v.z_enter}")
+            self.sm.set_transient(f"volatility:{sym}", TradingState.REDUCING, f"abnormal volatility on {sym}: {v.reason}")
             self._autoclose.add(sym)
         elif change is False:
             self.sm.set_transient(f"volatility:{sym}", None)
@@ -234,6 +250,12 @@ class Engine:
         pos = self.positions.get(sym)
         if pos is None or pos.qty <= 0:
             return None
+        if self.resting is not None:
+            if not self.resting.release(sym):   # its coin is locked by the resting stop: try again next time
+                return None
+            pos = self.positions.get(sym)       # the stop may have filled meanwhile (the release pulled it in)
+            if pos is None or pos.qty <= 0:
+                return None
         pending = sum((Decimal(r["qty"]) - Decimal(r["filled"]) for r in self.om.live_rows()
                        if r["instrument"] == sym and r["side"] == "sell"), ZERO)
         qty = ((pos.qty - pending) / inst.step_size).to_integral_value(rounding=ROUND_DOWN) * inst.step_size
@@ -268,7 +290,7 @@ class Engine:
         for st, why in self.streak.update(now, 0.0) + self.activity.update(now, 0.0):
             if st.severity > latched:
                 self.sm.escalate(st, why)
-        reason = self.stale.check(now)
+        reason = self.stale.check(now, self.market.last_rejection)
         if reason or self._stale_flag:
             self.sm.set_transient("stale_data", TradingState.REDUCING if reason else None, reason or "")
             self._stale_flag = bool(reason)
@@ -294,6 +316,8 @@ class Engine:
         if state is TradingState.KILLED:
             for sym in list(self._pos_f):
                 self.close_position(sym, "killed")
+        for sym in list(self._pos_f):
+            self._close_on_overrun(sym)
         for sym in list(self._autoclose):
             if sym in self._pos_f:
                 self.close_position(sym, "volatility auto-close")
@@ -306,6 +330,28 @@ class Engine:
                 self.close_position(sym, "stop-loss")
             elif hit == "target":
                 self.close_position(sym, "take-profit", protective=False)
+        if self.resting is not None:
+            self.resting.converge(self.positions, self.stops.levels, self.market.last)
+
+    def _close_on_overrun(self, sym: str) -> None:
+        """Close a position whose loss has outrun its planned risk; latch REDUCING once per position."""
+        lp = self.market.last_f.get(sym)
+        pos = self.positions.get(sym)
+        if lp is None or pos is None or pos.qty <= 0:
+            return
+        if sym not in self._planned_stop:
+            plan = self.store.entry_plan(sym)
+            self._planned_stop[sym] = float(plan[0]) if plan else None
+        why = self.overrun.check(sym, float(pos.qty), float(pos.avg_price), self._planned_stop[sym], lp)
+        if why is None:
+            return
+        if sym not in self._overrun_alerted:   # alert once per position; the close is retried until flat
+            self._overrun_alerted.add(sym)
+            log.error("risk overrun: %s; closing the position", why)
+            with self.store.tx():
+                self.store.audit("loss_overrun", {"instrument": sym, "reason": why, "last": lp})
+            self.sm.escalate(TradingState.REDUCING, why)
+        self.close_position(sym, "loss beyond planned risk")
 
     def _housekeeping(self, now: float) -> None:
         if self._equity_known and now - self._last_snapshot >= self.cfg.bot["equity_snapshot_s"]:
@@ -338,7 +384,7 @@ class Engine:
         if self.inhibitor is None:
             return
         live = self.om.live_rows()
-        held = [f"{s} {p.qty}" for s, p in self.positions.items() if p.qty > 0]
+        held = [f"{s} {p.qty}" for s, p in self.positions.items() if self.om.holds(s, p.qty)]
         reason = "; ".join(([f"open positions: {', '.join(held)}"] if held else []) +
                            ([f"{len(live)} live orders"] if live else []))
         self.inhibitor.update(bool(held or live), reason)
@@ -445,13 +491,14 @@ class Engine:
         prices = self.market.prices()
         positions = []
         for sym, p in self.positions.items():
-            if p.qty <= 0:
+            if not self.om.holds(sym, p.qty):
                 continue
             last = prices.get(sym, (p.avg_price, 0))[0]
             stop = self.stops.levels.get(sym, (None, None))
             positions.append({"instrument": sym, "qty": str(p.qty), "avg_price": str(p.avg_price), "last": str(last),
                               "notional": str(p.qty * last), "unrealized": str(p.qty * (last - p.avg_price)),
                               "stop": str(stop[0]) if stop[0] is not None else None,
+                              "resting_stop": self.resting.trigger_of(sym) if self.resting is not None else None,
                               "take_profit": str(stop[1]) if stop[1] is not None else None})
         return {
             "state": view.state.value, "reason": view.reason,

@@ -25,6 +25,7 @@ class Side(str, enum.Enum):
 class OrderType(str, enum.Enum):
     MARKET = "market"
     LIMIT = "limit"
+    STOP = "stop"       # a resting stop-market sell: becomes a market order when the price trades at its trigger
 
 
 class OrderStatus(str, enum.Enum):
@@ -89,6 +90,11 @@ class Instrument:
     max_qty: Decimal
     min_notional: Decimal
 
+    def holds(self, qty: Decimal) -> bool:
+        """True if `qty` is a position and not dust: dust (what fees in the base coin leave behind
+        below the step or minimum size) cannot be sold, so it is no position to protect or close."""
+        return qty >= max(self.min_qty, self.step_size)
+
 
 @dataclass(frozen=True, slots=True)
 class Intent:
@@ -126,8 +132,28 @@ class Fill:
     side: Side
     qty: Decimal
     price: Decimal
-    fee: Decimal          # in quote currency
+    fee: Decimal          # in `fee_asset`
     ts: float
+    fee_asset: str = ""   # currency of the fee; "" = the instrument's quote (what older records meant)
+    order_id: str = ""    # the exchange's order id (trade history may lack the client id)
+
+    @property
+    def fee_in_base(self) -> bool:
+        """Binance spot takes a buy's fee from the base coin it delivers (unless paid in BNB)."""
+        return bool(self.fee_asset) and self.fee_asset == base_of(self.instrument)
+
+    @property
+    def fee_in_quote(self) -> bool:
+        return not self.fee_asset or self.fee_asset == quote_of(self.instrument)
+
+
+def base_of(symbol: str) -> str:
+    """Base currency of a unified symbol ("BTC/USDT" -> "BTC"), ccxt's and our config's convention."""
+    return symbol.partition("/")[0]
+
+
+def quote_of(symbol: str) -> str:
+    return symbol.partition("/")[2].partition(":")[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +170,7 @@ class ExchangeOrder:
     filled: Decimal
     avg_price: Decimal | None
     ts: float
+    trigger: Decimal | None = None    # stop orders: the trigger price
 
 
 @dataclass(slots=True)
@@ -154,15 +181,19 @@ class Position:
     avg_price: Decimal = ZERO
     realized_pnl: Decimal = ZERO
 
-    def apply(self, side: Side, qty: Decimal, price: Decimal, fee: Decimal) -> Decimal:
-        """Apply a fill; return the realized PnL (net of this fill's fee) it closed."""
+    def apply(self, side: Side, qty: Decimal, price: Decimal, fee: Decimal, fee_base: Decimal = ZERO) -> Decimal:
+        """Apply a fill; return the realized PnL (net of this fill's fee) it closed.
+
+        `fee` is a fee paid in quote, `fee_base` one taken from the base coin: a buy then
+        delivers `qty - fee_base` (the cost basis spreads the whole notional over what is
+        held), a sell uses up `qty + fee_base`. What is held is exactly what the venue holds."""
         if side is Side.BUY:
-            new_qty = self.qty + qty
-            self.avg_price = ((self.avg_price * self.qty) + price * qty + fee) / new_qty if new_qty else ZERO
+            new_qty = self.qty + qty - fee_base
+            self.avg_price = ((self.avg_price * self.qty) + price * qty + fee) / new_qty if new_qty > 0 else ZERO
             self.qty = new_qty
             return ZERO
-        closed = min(qty, self.qty)
-        pnl = (price - self.avg_price) * closed - fee
+        closed = min(qty + fee_base, self.qty)
+        pnl = price * min(qty, closed) - self.avg_price * closed - fee   # proceeds - cost basis of all used up
         self.qty -= closed
         if self.qty == ZERO:
             self.avg_price = ZERO

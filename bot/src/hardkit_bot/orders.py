@@ -4,10 +4,16 @@ submit():  risk pipeline -> decision recorded -> intent persisted PENDING_SUBMIT
            (durable, client id fixed) -> ONE create call -> outcome recorded.
 A create is never retried. A timeout or transport error makes the order UNKNOWN;
 UNKNOWN and PENDING_SUBMIT orders are resolved by client id (`resolve`): found
--> adopt the exchange's status and fills; not found after `unknown_grace_s` ->
-ABANDONED (it never reached the exchange). A duplicate-id rejection means the
-order exists: fetch it. While an instrument has an unresolved order, new entries
-on it are denied (UNRESOLVED_ORDER), so an unknown outcome can never double up.
+-> adopt the exchange's status and fills; never acknowledged and still not found
+`unknown_grace_s` after sending -> ABANDONED (it never reached the exchange). An
+order the exchange once acknowledged is never abandoned: "not found" from a venue
+that knew it is a glitch, so it stays UNKNOWN and keeps being asked about until
+the exchange answers with a final status. A duplicate-id rejection means the
+order exists: fetch it. Whatever the exchange holds under our client id is
+adopted only if it is the intent (instrument, side, quantity, price or trigger,
+not placed before the intent existed); anything else is refused and latches
+HALTED. While an instrument has an unresolved order, new entries on it are
+denied (UNRESOLVED_ORDER), so an unknown outcome can never double up.
 
 The submit lock serializes the engine thread and the control thread (halt,
 flatten): once halt returns, no entry can slip out with a stale snapshot.
@@ -16,15 +22,18 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
+from types import MappingProxyType
 from typing import Callable
 
 from . import faults
+from .book import LedgerBook
 from .exchange.base import (DuplicateClientOrderId, ExchangeError, ExchangeTimeout, OrderNotFound,
                             OrderRejected)
 from .marketdata import MarketData
-from .model import ZERO, AccountView, ExchangeOrder, Instrument, Intent, OrderStatus, OrderType, Side
+from .model import ZERO, AccountView, ExchangeOrder, Instrument, Intent, OrderStatus, OrderType, Side, TradingState
 from .risk import pipeline
 from .risk.limits import ActivityRate
 from .risk.pipeline import Denial, RiskLimits, RiskSnapshot
@@ -32,6 +41,10 @@ from .risk.state import StateMachine
 from .store import Store
 
 log = logging.getLogger(__name__)
+
+#: How much earlier than our intent the exchange may stamp the order under its client id
+#: (clock skew between us and the venue) before that proves the order is not this intent.
+CLOCK_SKEW_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -56,6 +69,8 @@ class OrderManager:
         self.known_keys = store.intent_keys()
         self.account = AccountView()
         self.has_live = bool(self.live_rows())   # cheap guard for per-bar paths
+        self.book = LedgerBook(store)
+        self._pending: tuple[int, _Pending] | None = None
 
     # ---- snapshot -----------------------------------------------------------
     def refresh_account(self) -> AccountView:
@@ -64,44 +79,48 @@ class OrderManager:
 
     def equity(self, quote: str) -> tuple[Decimal, Decimal, Decimal]:
         """(equity, cash, unrealized): quote total + positions marked at the last price."""
+        return self._equity(quote, self.book.view()[1], self.market.prices())
+
+    def _equity(self, quote: str, positions, prices) -> tuple[Decimal, Decimal, Decimal]:
         cash = self.account.total(quote)
-        prices = self.market.prices()
         mark = ZERO
         unreal = ZERO
-        for sym, pos in self.store.positions().items():
-            if pos.qty:
-                px = prices.get(sym, (pos.avg_price, 0))[0]
-                mark += pos.qty * px
-                unreal += pos.qty * (px - pos.avg_price)
+        for sym, pos in positions.items():
+            px = prices.get(sym, (pos.avg_price, 0))[0]
+            mark += pos.qty * px
+            unreal += pos.qty * (px - pos.avg_price)
         return cash + mark, cash, unreal
+
+    def _pending_orders(self, v: int, live) -> "_Pending":
+        """What the live orders reserve, recomputed only when the ledger's book changed."""
+        if self._pending is None or self._pending[0] != v:
+            buy_cost = notional = ZERO
+            sells: dict[str, Decimal] = {}
+            for o in live:
+                if o.side is Side.BUY:
+                    buy_cost += pipeline.buy_cost(o.remaining, o.price, o.order_type, self.limits)
+                    notional += o.remaining * o.price
+                else:
+                    sells[o.instrument] = sells.get(o.instrument, ZERO) + o.remaining
+            self._pending = (v, _Pending(buy_cost, notional, MappingProxyType(sells),
+                                         frozenset(o.instrument for o in live if o.side is Side.BUY),
+                                         frozenset(o.instrument for o in live if o.unresolved)))
+        return self._pending[1]
 
     def snapshot(self, quote: str) -> RiskSnapshot:
         now = self.clock()
-        positions = {s: p.qty for s, p in self.store.positions().items() if p.qty}
+        v, book, live = self.book.view()
+        pend = self._pending_orders(v, live)
         prices = self.market.prices()
-        pending_buy = ZERO
-        pending_sell: dict[str, Decimal] = {}
-        open_instruments = set(positions)
-        exposure = sum((q * prices.get(s, (ZERO, 0))[0] for s, q in positions.items()), ZERO)
-        unresolved = set()
-        for r in self.store.live_orders():
-            remaining = Decimal(r["qty"]) - Decimal(r["filled"])
-            price = Decimal(r["limit_price"] or r["ref_price"])
-            if r["status"] in (OrderStatus.UNKNOWN.value, OrderStatus.PENDING_SUBMIT.value):
-                unresolved.add(r["instrument"])
-            if r["side"] == Side.BUY.value:
-                pending_buy += pipeline.buy_cost(remaining, price, _otype(r), self.limits)
-                exposure += remaining * price
-                open_instruments.add(r["instrument"])
-            else:
-                pending_sell[r["instrument"]] = pending_sell.get(r["instrument"], ZERO) + remaining
-        equity, _, _ = self.equity(quote)
+        positions = {s: p.qty for s, p in book.items() if self.holds(s, p.qty)}   # dust is no position
+        exposure = pend.buy_notional + sum((q * prices.get(s, (ZERO, 0))[0] for s, q in positions.items()), ZERO)
+        equity, _, _ = self._equity(quote, book, prices)
         return RiskSnapshot(
             state=self.sm.effective, now=now, equity=equity, free_quote=self.account.free(quote),
-            pending_buy_cost=pending_buy, positions=positions, pending_sell_qty=pending_sell,
-            open_instruments=frozenset(open_instruments), exposure=exposure, last_price=prices,
+            pending_buy_cost=pend.buy_cost, positions=positions, pending_sell_qty=pend.sell_qty,
+            open_instruments=pend.buy_instruments.union(positions), exposure=exposure, last_price=prices,
             orders_last_minute=self.activity.count("orders", now), known_keys=self.known_keys,
-            unresolved_instruments=frozenset(unresolved))
+            unresolved_instruments=pend.unresolved)
 
     # ---- submission ---------------------------------------------------------
     def submit(self, intent: Intent, quote: str) -> SubmitResult:
@@ -118,9 +137,10 @@ class OrderManager:
             self.on_live()   # a live order is exposure (reboot inhibitor) from this moment
             faults.crash_point("after_intent")
             self.activity.record("orders", self.clock())
+            stop = {"trigger": intent.stop_price} if intent.order_type is OrderType.STOP else {}
             try:
                 eo = self.exchange.create_order(cid, intent.instrument, intent.side, intent.order_type,
-                                                intent.qty, intent.limit_price)
+                                                intent.qty, intent.limit_price, **stop)
             except ExchangeTimeout as e:
                 log.warning("create %s timed out; outcome UNKNOWN, resolving by client id", cid)
                 self.store.update_order(cid, OrderStatus.UNKNOWN, error=f"timeout: {e}", sent=True)
@@ -141,6 +161,9 @@ class OrderManager:
             faults.crash_point("after_send")
             log.info("order %s %s %s %s: %s (exchange id %s, filled %s)", cid, intent.side.value, intent.qty,
                      intent.instrument, eo.status.value, eo.exchange_id, eo.filled)
+            why = _mismatch(self.store.order(cid), eo)
+            if why:
+                return SubmitResult(cid, None, self._refuse(cid, why))
             self._record(cid, eo, sent=True)
             faults.crash_point("after_ack")
             self._pull_fills(cid, eo)
@@ -153,6 +176,11 @@ class OrderManager:
         try:
             eo = self.exchange.fetch_order(row["instrument"], cid)
         except OrderNotFound:
+            if row["exchange_order_id"]:      # acknowledged once: not found is not an answer, keep asking
+                if row["status"] != OrderStatus.UNKNOWN.value:
+                    self.store.update_order(cid, OrderStatus.UNKNOWN,
+                                            error="acknowledged order not found (asking again until final)")
+                return OrderStatus.UNKNOWN
             since = row["sent_at"] or row["created_at"]
             if self.clock() - since >= self.grace:
                 self.store.update_order(cid, OrderStatus.ABANDONED,
@@ -164,9 +192,20 @@ class OrderManager:
         except ExchangeError as e:
             log.warning("resolve %s: %s (will retry)", cid, e)
             return OrderStatus(row["status"])
+        why = _mismatch(row, eo)
+        if why:
+            return self._refuse(cid, why)
         self._record(cid, eo)
         self._pull_fills(cid, eo)
         return OrderStatus(self.store.order(cid)["status"])
+
+    def _refuse(self, cid: str, why: str) -> OrderStatus:
+        """The exchange's order under our client id is not our intent: take none of it, stop trading."""
+        reason = f"order {cid}: the exchange holds a different order under this client id ({why}); refused to adopt it"
+        log.error(reason)
+        self.store.update_order(cid, OrderStatus.REJECTED, error=f"refused adoption: {why}")
+        self.sm.escalate(TradingState.HALTED, reason)
+        return OrderStatus.REJECTED
 
     def sync(self, row) -> None:
         cid = row["client_order_id"]
@@ -176,10 +215,14 @@ class OrderManager:
         try:
             eo = self.exchange.fetch_order(row["instrument"], cid)
         except OrderNotFound:
-            self.store.update_order(cid, OrderStatus.UNKNOWN, error="acknowledged order vanished")
+            self.store.update_order(cid, OrderStatus.UNKNOWN, error="acknowledged order not found (asking again until final)")
             return
         except ExchangeError as e:
             log.warning("sync %s: %s", cid, e)
+            return
+        why = _mismatch(row, eo)
+        if why:
+            self._refuse(cid, why)
             return
         if eo.filled != Decimal(row["filled"]):
             self._pull_fills(cid, eo)
@@ -202,7 +245,7 @@ class OrderManager:
             return
         applied = False
         for f in trades:
-            if self.store.apply_fill(f) is not None:
+            if self.store.apply_fill(f, self._min_position(f.instrument)) is not None:
                 applied = True
                 row = self.store.order(cid)
                 if Decimal(row["filled"]) < Decimal(row["qty"]):
@@ -258,12 +301,51 @@ class OrderManager:
     def live_rows(self) -> list:
         return [r for r in self.store.live_orders() if r["status"] != OrderStatus.EXTERNAL.value]
 
+    def _min_position(self, symbol: str) -> Decimal:
+        inst = self.instruments.get(symbol)
+        return max(inst.min_qty, inst.step_size) if inst else ZERO
+
+    def holds(self, symbol: str, qty: Decimal) -> bool:
+        """A position, not dust (see Instrument.holds)."""
+        inst = self.instruments.get(symbol)
+        return inst.holds(qty) if inst else qty > 0
+
+
+def _mismatch(row, eo: ExchangeOrder) -> str | None:
+    """Why the exchange's order `eo` is not the intent in ledger row `row` (None: it is).
+
+    Once the ledger holds the exchange id of an order, that order has been vetted."""
+    if row["exchange_order_id"] is not None and row["exchange_order_id"] == eo.exchange_id:
+        return None
+    diffs = []
+    if eo.instrument != row["instrument"]:
+        diffs.append(f"instrument {eo.instrument} != {row['instrument']}")
+    if eo.side.value != row["side"]:
+        diffs.append(f"side {eo.side.value} != {row['side']}")
+    if eo.qty != Decimal(row["qty"]):
+        diffs.append(f"qty {eo.qty} != {row['qty']}")
+    if row["limit_price"] is not None and eo.price is not None and eo.price != Decimal(row["limit_price"]):
+        diffs.append(f"price {eo.price} != {row['limit_price']}")
+    if row["order_type"] == OrderType.STOP.value and eo.trigger is not None and row["stop_price"] is not None \
+            and eo.trigger != Decimal(row["stop_price"]):
+        diffs.append(f"trigger {eo.trigger} != {row['stop_price']}")
+    if eo.ts and eo.ts < row["created_at"] - CLOCK_SKEW_S:
+        diffs.append(f"placed {row['created_at'] - eo.ts:.0f}s before the intent existed")
+    return "; ".join(diffs) or None
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """Aggregates of the live orders for the risk snapshot (see OrderManager._pending_orders)."""
+    buy_cost: Decimal                 # quote every live buy may still consume (fee, slippage)
+    buy_notional: Decimal             # remaining qty x price of live buys: exposure
+    sell_qty: Mapping[str, Decimal]   # per instrument, qty live sells will still remove (read-only: shared)
+    buy_instruments: frozenset[str]
+    unresolved: frozenset[str]        # instruments with a PENDING_SUBMIT/UNKNOWN order
+
 
 def _ack_status(eo: ExchangeOrder) -> OrderStatus:
     if eo.status is OrderStatus.OPEN and eo.filled > 0:
         return OrderStatus.PARTIALLY_FILLED
     return eo.status
 
-
-def _otype(row) -> OrderType:
-    return OrderType(row["order_type"])

@@ -1,6 +1,6 @@
 """ATR trailing stops, kept in sync with positions.
 
-A stop exists exactly while a position exists: `sync()` adds one for a position
+A stop exists exactly while a position exists (dust is no position): `sync()` adds one for a position
 without a stop (from the entry's planned stop, else ATR below the average price)
 and drops stops of flat instruments. `trail()` only ever raises a stop. Stops
 are persisted in the ledger, so a restart keeps the level it had reached; they
@@ -43,7 +43,7 @@ class TrailingStops:
         """`planned()` returns {symbol: (stop, take_profit)} of the latest entries; called only when needed."""
         plans = None
         for sym, pos in positions.items():
-            if pos.qty > 0 and sym not in self.levels:
+            if self._holds(sym, pos.qty) and sym not in self.levels:
                 plans = planned() if plans is None else plans
                 stop, tp = plans.get(sym, (None, None))
                 if stop is None:
@@ -52,10 +52,14 @@ class TrailingStops:
                 self.set(sym, stop, tp)
         for sym in list(self.levels):
             p = positions.get(sym)
-            if p is None or p.qty <= 0:
+            if p is None or not self._holds(sym, p.qty):
                 del self.levels[sym]
                 self._f.pop(sym, None)
                 self.store.set_stop(sym, None)
+
+    def _holds(self, symbol: str, qty) -> bool:
+        inst = self.instruments.get(symbol)
+        return inst.holds(qty) if inst else qty > 0
 
     def hit(self, symbol: str, price: float) -> str | None:
         """'stop' or 'target' if the price has reached either, else None."""

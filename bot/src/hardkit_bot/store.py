@@ -22,6 +22,7 @@ One connection is shared by the engine and control threads behind an RLock
 from __future__ import annotations
 
 import json
+import secrets
 import sqlite3
 import threading
 import time
@@ -31,7 +32,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from . import audit, statefile
-from .model import ZERO, Fill, Intent, OrderStatus, OrderType, Position, Side, TradingState
+from .model import CLIENT_ID_RE, ZERO, Fill, Intent, OrderStatus, OrderType, Position, Side, TradingState
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -50,7 +51,11 @@ CREATE TABLE IF NOT EXISTS orders (
 CREATE INDEX IF NOT EXISTS orders_status ON orders(status);
 CREATE TABLE IF NOT EXISTS fills (
     trade_id TEXT PRIMARY KEY, client_order_id TEXT NOT NULL, instrument TEXT NOT NULL, side TEXT NOT NULL,
-    qty TEXT NOT NULL, price TEXT NOT NULL, fee TEXT NOT NULL, ts REAL NOT NULL, realized_pnl TEXT NOT NULL);
+    qty TEXT NOT NULL, price TEXT NOT NULL, fee TEXT NOT NULL, ts REAL NOT NULL, realized_pnl TEXT NOT NULL,
+    fee_asset TEXT NOT NULL DEFAULT '');
+CREATE TABLE IF NOT EXISTS foreign_trades (
+    trade_id TEXT PRIMARY KEY, instrument TEXT NOT NULL, side TEXT NOT NULL, qty TEXT NOT NULL, price TEXT NOT NULL,
+    ts REAL NOT NULL, order_ref TEXT NOT NULL, seen_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS positions (
     instrument TEXT PRIMARY KEY, qty TEXT NOT NULL, avg_price TEXT NOT NULL,
     realized_pnl TEXT NOT NULL, trip_pnl TEXT NOT NULL, updated_at REAL NOT NULL);
@@ -66,6 +71,14 @@ CREATE TABLE IF NOT EXISTS risk_decisions (
 
 _LIVE = tuple(s.value for s in OrderStatus if s.live)
 
+#: Columns added after a ledger may have been created: (table, column, declaration).
+_ADDED_COLUMNS = (("fills", "fee_asset", "TEXT NOT NULL DEFAULT ''"),)
+
+#: Alphabet and length of a ledger epoch: 36^8 ~ 2.8e12 values, so two ledgers (or two
+#: sessions of one restored ledger) practically never share one.
+_EPOCH_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+_EPOCH_LEN = 8
+
 
 def _d(v: str | None) -> Decimal | None:
     return None if v is None else Decimal(v)
@@ -80,7 +93,9 @@ class Store:
         self.clock = clock
         self._key = audit_key
         self._lock = threading.RLock()
+        self.rollbacks = 0   # transactions that did not commit (see tx())
         self.state_file = None if self.path == ":memory:" else statefile.path_for(self.path)
+        self._epoch: str | None = None
         if readonly:
             self.conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False, timeout=10)
             self.conn.row_factory = sqlite3.Row
@@ -100,6 +115,9 @@ class Store:
             self.conn.execute("PRAGMA busy_timeout=10000")
             with self._lock:
                 self.conn.executescript(SCHEMA)
+                for table, column, decl in _ADDED_COLUMNS:
+                    if column not in {r[1] for r in self.conn.execute(f"PRAGMA table_info({table})")}:
+                        self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
             with self.tx():
                 fresh = self.conn.execute("SELECT 1 FROM trading_state").fetchone() is None
                 self._check_audit_key(fresh)
@@ -166,10 +184,12 @@ class Store:
             self.conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self.conn
+                self.conn.execute("COMMIT")
             except BaseException:
-                self.conn.execute("ROLLBACK")
+                self.rollbacks += 1   # book.py mirrors orders/positions in memory: it resyncs on this
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
                 raise
-            self.conn.execute("COMMIT")
 
     def audit(self, kind: str, payload: dict[str, Any]) -> None:
         """Append an audit record; must be called inside tx()."""
@@ -226,14 +246,34 @@ class Store:
         self.latch_doubt = None
 
     # ---- orders ----------------------------------------------------------
+    def _session_epoch(self, c: sqlite3.Connection) -> str:
+        """A fresh random epoch for this ledger session, recorded in `meta.ledger_epochs`.
+
+        Row ids restart in a new ledger and repeat in a restored backup, so an id built from
+        the row id alone collides with orders the exchange already holds; a new epoch per
+        session (each time the ledger is opened and first writes an intent) never does."""
+        if self._epoch is None:
+            epochs = json.loads((c.execute("SELECT value FROM meta WHERE key='ledger_epochs'").fetchone() or ["[]"])[0])
+            while True:
+                epoch = "".join(secrets.choice(_EPOCH_ALPHABET) for _ in range(_EPOCH_LEN))
+                if epoch not in epochs:
+                    break
+            c.execute("INSERT INTO meta VALUES ('ledger_epochs', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                      (json.dumps(epochs + [epoch]),))
+            self.audit("ledger_epoch", {"epoch": epoch})
+            self._epoch = epoch
+        return self._epoch
+
     def insert_intent(self, intent: Intent, instance_id: str) -> str:
         """Persist an approved intent as PENDING_SUBMIT and return its client order id.
 
-        The id is `<instance>-<row id>`, deterministic for the intent and unique
-        forever (AUTOINCREMENT never reuses a row id).
+        The id is `<instance>-<session epoch>-<row id>`: unique within the ledger (AUTOINCREMENT
+        never reuses a row id) and across ledgers (the epoch), and within Binance's
+        `CLIENT_ID_RE` (6 + 1 + 8 + 1 + up to 16 digits).
         """
         now = self.clock()
         with self.tx() as c:
+            epoch = self._session_epoch(c)
             cur = c.execute(
                 "INSERT INTO orders (intent_key, instrument, side, order_type, qty, ref_price, limit_price, stop_price,"
                 " take_profit, reduce_only, protective, reason, status, created_at, updated_at)"
@@ -242,7 +282,9 @@ class Store:
                  str(intent.ref_price), _s(intent.limit_price), _s(intent.stop_price), _s(intent.take_profit),
                  int(intent.reduce_only), int(intent.protective), intent.reason,
                  OrderStatus.PENDING_SUBMIT.value, now, now))
-            cid = f"{instance_id}-{cur.lastrowid}"
+            cid = f"{instance_id}-{epoch}-{cur.lastrowid}"
+            if not CLIENT_ID_RE.match(cid):
+                raise ValueError(f"client order id {cid!r} does not fit the exchanges' id rules")
             c.execute("UPDATE orders SET client_order_id = ? WHERE id = ?", (cid, cur.lastrowid))
             self.audit("intent", {"client_order_id": cid, "key": intent.key, "instrument": intent.instrument,
                                   "side": intent.side.value, "qty": str(intent.qty), "type": intent.order_type.value,
@@ -251,17 +293,20 @@ class Store:
         return cid
 
     def insert_foreign_order(self, o, status: OrderStatus, note: str) -> None:
-        """Record an order found on the exchange that the ledger did not have (EXTERNAL or adopted)."""
+        """Record an order found on the exchange that the ledger did not have (EXTERNAL or adopted).
+
+        A stop-loss sell is recorded protective: a halt cancels entries, never a stop that guards a position."""
         now = self.clock()
         cid = o.client_order_id or f"external:{o.exchange_id}"
+        guard = int(o.order_type is OrderType.STOP and o.side is Side.SELL)
         with self.tx() as c:
             c.execute(
                 "INSERT OR IGNORE INTO orders (client_order_id, intent_key, instrument, side, order_type, qty, ref_price,"
-                " limit_price, reduce_only, protective, reason, status, exchange_order_id, filled, avg_price,"
-                " created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,0,0,?,?,?,?,?,?,?)",
+                " limit_price, stop_price, reduce_only, protective, reason, status, exchange_order_id, filled, avg_price,"
+                " created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (cid, f"{note}:{cid}", o.instrument, o.side.value, o.order_type.value, str(o.qty),
-                 str(o.price or o.avg_price or 0), _s(o.price), note, status.value, o.exchange_id,
-                 str(o.filled), _s(o.avg_price), now, now))
+                 str(o.price or o.avg_price or o.trigger or 0), _s(o.price), _s(o.trigger), guard, guard, note,
+                 status.value, o.exchange_id, str(o.filled), _s(o.avg_price), now, now))
             self.audit("reconcile_" + note, {"client_order_id": cid, "exchange_order_id": o.exchange_id,
                                              "instrument": o.instrument, "status": status.value})
 
@@ -297,6 +342,14 @@ class Store:
                 " WHERE side = 'buy' AND stop_price IS NOT NULL GROUP BY instrument)").fetchall()
         return {r[0]: (Decimal(r[1]), _d(r[2])) for r in rows}
 
+    def entry_plan(self, instrument: str) -> tuple[Decimal, Decimal | None] | None:
+        """The planned stop and target of the latest entry on `instrument`, read newest first
+        (stops at the first match instead of scanning the history)."""
+        with self._lock:
+            r = self.conn.execute("SELECT stop_price, take_profit FROM orders WHERE instrument = ? AND side = 'buy'"
+                                  " AND stop_price IS NOT NULL ORDER BY id DESC LIMIT 1", (instrument,)).fetchone()
+        return (Decimal(r[0]), _d(r[1])) if r else None
+
     def intent_keys(self) -> set[str]:
         with self._lock:
             return {r[0] for r in self.conn.execute("SELECT intent_key FROM orders")}
@@ -306,12 +359,14 @@ class Store:
             return self.conn.execute("SELECT * FROM orders WHERE updated_at >= ? ORDER BY id", (ts,)).fetchall()
 
     # ---- fills and positions ---------------------------------------------
-    def apply_fill(self, fill: Fill) -> Decimal | None:
+    def apply_fill(self, fill: Fill, min_position: Decimal = ZERO) -> Decimal | None:
         """Record a fill and update the position atomically; idempotent by trade id.
 
         Returns the realized PnL of the fill, or None if it was already recorded.
-        Closing a round trip (position back to zero) updates the consecutive-loss
-        counter in the same transaction.
+        Closing a round trip (a sell leaving less than `min_position`: the dust that
+        base-coin fees leave unsellable) updates the consecutive-loss counter in the same
+        transaction; the dust stays in the position, as it stays on the exchange, and is
+        sold with the next position.
         """
         now = self.clock()
         with self.tx() as c:
@@ -320,12 +375,13 @@ class Store:
             pos = self._position(c, fill.instrument)
             r = c.execute("SELECT trip_pnl FROM positions WHERE instrument = ?", (fill.instrument,)).fetchone()
             trip = Decimal(r[0]) if r else ZERO
-            pnl = pos.apply(fill.side, fill.qty, fill.price, fill.fee)
+            fee_quote = fill.fee if fill.fee_in_quote else ZERO   # a third currency (BNB) is not our money
+            pnl = pos.apply(fill.side, fill.qty, fill.price, fee_quote, fill.fee if fill.fee_in_base else ZERO)
             trip += pnl  # buy fees sit in the cost basis, so the sell's pnl carries them
-            c.execute("INSERT INTO fills VALUES (?,?,?,?,?,?,?,?,?)",
+            c.execute("INSERT INTO fills VALUES (?,?,?,?,?,?,?,?,?,?)",
                       (fill.trade_id, fill.client_order_id, fill.instrument, fill.side.value, str(fill.qty),
-                       str(fill.price), str(fill.fee), fill.ts, str(pnl)))
-            closed_trip = pos.qty == ZERO and fill.side is Side.SELL
+                       str(fill.price), str(fill.fee), fill.ts, str(pnl), fill.fee_asset))
+            closed_trip = (pos.qty == ZERO or pos.qty < min_position) and fill.side is Side.SELL
             if closed_trip:
                 streak = json.loads((c.execute("SELECT value FROM meta WHERE key='consecutive_losses'").fetchone() or ["0"])[0])
                 streak = streak + 1 if trip < ZERO else 0
@@ -346,7 +402,8 @@ class Store:
                           (str(filled), str(avg), now, fill.client_order_id))
             self.audit("fill", {"trade_id": fill.trade_id, "client_order_id": fill.client_order_id,
                                 "instrument": fill.instrument, "side": fill.side.value, "qty": str(fill.qty),
-                                "price": str(fill.price), "fee": str(fill.fee), "realized_pnl": str(pnl)})
+                                "price": str(fill.price), "fee": str(fill.fee), "fee_asset": fill.fee_asset,
+                                "realized_pnl": str(pnl)})
         return pnl
 
     @staticmethod
@@ -364,6 +421,42 @@ class Store:
     def fill_ids(self) -> set[str]:
         with self._lock:
             return {r[0] for r in self.conn.execute("SELECT trade_id FROM fills")}
+
+    # ---- what reconciliation compares with the exchange's history ------------
+    def is_fresh(self) -> bool:
+        """True if this ledger has never known an order, a fill or a foreign trade."""
+        with self._lock:
+            return not any(self.conn.execute(f"SELECT 1 FROM {t} LIMIT 1").fetchone()
+                           for t in ("orders", "fills", "foreign_trades"))
+
+    def history_start(self) -> float | None:
+        """Time from which the exchange's trades must all be known here: the newest fill (or,
+        with no fill yet, the first order or foreign trade); None for a fresh ledger."""
+        with self._lock:
+            r = self.conn.execute("SELECT MAX(ts) FROM fills").fetchone()[0]
+            if r is None:
+                r = self.conn.execute("SELECT MIN(t) FROM (SELECT MIN(created_at) AS t FROM orders"
+                                      " UNION ALL SELECT MIN(ts) FROM foreign_trades)").fetchone()[0]
+        return r
+
+    def foreign_trade_ids(self) -> set[str]:
+        with self._lock:
+            return {r[0] for r in self.conn.execute("SELECT trade_id FROM foreign_trades")}
+
+    def record_foreign_trades(self, trades: list[Fill]) -> None:
+        """Remember trades on the account that no order of this ledger explains (audited once),
+        so a restart after the operator's reset does not report them again."""
+        now = self.clock()
+        with self.tx() as c:
+            for t in trades:
+                c.execute("INSERT OR IGNORE INTO foreign_trades VALUES (?,?,?,?,?,?,?,?)",
+                          (t.trade_id, t.instrument, t.side.value, str(t.qty), str(t.price), t.ts,
+                           t.client_order_id or t.order_id, now))
+            self.audit("reconcile_foreign_trades", {"trades": [t.trade_id for t in trades]})
+
+    def order_by_exchange_id(self, exchange_order_id: str) -> sqlite3.Row | None:
+        with self._lock:
+            return self.conn.execute("SELECT * FROM orders WHERE exchange_order_id = ?", (exchange_order_id,)).fetchone()
 
     # ---- stops -----------------------------------------------------------
     def set_stop(self, instrument: str, stop: Decimal | None, take_profit: Decimal | None = None) -> None:

@@ -1,7 +1,9 @@
 """A faithful subset of Binance's spot REST API over HTTPS on 127.0.0.1, backed by the paper exchange.
 
 Enough for ccxt's binance class to load markets, read tickers/klines/balances,
-and create, fetch (by origClientOrderId), cancel and list orders and trades.
+and create (MARKET, LIMIT, STOP_LOSS with stopPrice), fetch (by origClientOrderId),
+cancel and list orders and trades. Commissions are reported in the asset the
+paper exchange charged them in (a buy: the base coin), as Binance spot does.
 Requests are authenticated like Binance's (X-MBX-APIKEY header + HMAC-SHA256
 signature over the query and body), so a wrong key or secret fails as it would.
 The TLS certificate is issued by a throwaway CA made here with `cryptography`;
@@ -34,6 +36,7 @@ from cryptography.x509.oid import NameOID
 from hardkit_bot.exchange.base import DuplicateClientOrderId, OrderNotFound, OrderRejected
 from hardkit_bot.model import OrderStatus, OrderType, Side
 
+_TYPE = {OrderType.MARKET: "MARKET", OrderType.LIMIT: "LIMIT", OrderType.STOP: "STOP_LOSS"}
 _STATUS = {OrderStatus.OPEN: "NEW", OrderStatus.PARTIALLY_FILLED: "PARTIALLY_FILLED", OrderStatus.FILLED: "FILLED",
            OrderStatus.CANCELED: "CANCELED", OrderStatus.REJECTED: "REJECTED"}
 
@@ -177,7 +180,8 @@ class BinanceSim:
         for i in self.paper.instruments.values():
             syms.append({
                 "symbol": i.base + i.quote, "status": "TRADING", "baseAsset": i.base, "baseAssetPrecision": 8,
-                "quoteAsset": i.quote, "quotePrecision": 8, "quoteAssetPrecision": 8, "orderTypes": ["LIMIT", "MARKET"],
+                "quoteAsset": i.quote, "quotePrecision": 8, "quoteAssetPrecision": 8,
+                "orderTypes": ["LIMIT", "MARKET", "STOP_LOSS"],
                 "isSpotTradingAllowed": True, "isMarginTradingAllowed": False, "permissions": ["SPOT"],
                 "permissionSets": [["SPOT"]],
                 "filters": [
@@ -213,7 +217,8 @@ class BinanceSim:
         return {"symbol": o.instrument.replace("/", ""), "orderId": int(o.exchange_id), "orderListId": -1,
                 "clientOrderId": o.client_order_id, "price": str(o.price or "0"), "origQty": str(o.qty),
                 "executedQty": str(o.filled), "cummulativeQuoteQty": str(o.filled * (o.avg_price or Decimal(0))),
-                "status": status, "timeInForce": "GTC", "type": o.order_type.value.upper(), "side": o.side.value.upper(),
+                "status": status, "timeInForce": "GTC", "type": _TYPE[o.order_type], "side": o.side.value.upper(),
+                **({"stopPrice": str(o.trigger)} if o.trigger is not None else {}),
                 "time": int(o.ts * 1000), "updateTime": int(o.ts * 1000), "transactTime": int(o.ts * 1000),
                 "isWorking": True, "workingTime": int(o.ts * 1000), "origQuoteOrderQty": "0"}
 
@@ -226,9 +231,12 @@ class BinanceSim:
 
     def _create(self, p):
         try:
+            otype = {v: k for k, v in _TYPE.items()}.get(p["type"])
+            if otype is None:
+                return 400, {"code": -1116, "msg": "Invalid orderType."}
             o = self.paper.create_order(p["newClientOrderId"], self._unified(p["symbol"]), Side(p["side"].lower()),
-                                        OrderType(p["type"].lower()), Decimal(p["quantity"]),
-                                        Decimal(p["price"]) if "price" in p else None)
+                                        otype, Decimal(p["quantity"]), Decimal(p["price"]) if "price" in p else None,
+                                        Decimal(p["stopPrice"]) if "stopPrice" in p else None)
         except (DuplicateClientOrderId, OrderRejected, OrderNotFound) as e:
             return self._error(e)
         if self.delay_create:
@@ -249,15 +257,21 @@ class BinanceSim:
             return self._error(e)
 
     def _trades(self, p):
+        """myTrades: by orderId, or from startTime (oldest first), or the newest `limit`."""
         sym = self._unified(p["symbol"])
+        start = int(p["startTime"]) / 1000.0 if "startTime" in p else None
         out = []
         for o in self.paper.all_orders():
             if o.instrument != sym or ("orderId" in p and o.exchange_id != str(p["orderId"])):
                 continue
             for f in self.paper.order_trades(sym, o.client_order_id):
+                if start is not None and f.ts < start:
+                    continue
                 out.append({"symbol": p["symbol"], "id": f.trade_id, "orderId": int(o.exchange_id), "orderListId": -1,
                             "price": str(f.price), "qty": str(f.qty), "quoteQty": str(f.qty * f.price),
-                            "commission": str(f.fee), "commissionAsset": self.paper.instruments[sym].quote,
+                            "commission": str(f.fee), "commissionAsset": f.fee_asset,
                             "time": int(f.ts * 1000), "isBuyer": f.side is Side.BUY, "isMaker": False,
                             "isBestMatch": True})
-        return out
+        out.sort(key=lambda t: t["time"])
+        limit = int(p.get("limit", 500))
+        return out[:limit] if start is not None else out[-limit:]

@@ -19,7 +19,13 @@ try:
 except ImportError:
     sys.path.insert(0, BOT_SRC)
 
+from decimal import Decimal as D  # noqa: E402
+
 from hardkit_bot.config import parse  # noqa: E402
+from hardkit_bot.engine import Engine  # noqa: E402
+from hardkit_bot.exchange.paper import PaperExchange  # noqa: E402
+from hardkit_bot.model import Bar, Intent, OrderType, Side  # noqa: E402
+from hardkit_bot.store import Store  # noqa: E402
 
 BASE = """
 [bot]
@@ -66,6 +72,47 @@ class Clock:
 
     def advance(self, s: float) -> None:
         self.t += s
+
+
+class Replay:
+    """The production engine fed bar by bar (60 s bars) on a manual paper exchange; the clock is the bar clock.
+
+    The strategy never signals (band_atr = 20): tests place orders themselves. The paper
+    exchange charges no fee and no slippage unless `fee_rate`/`slippage_bps` say otherwise."""
+
+    STEP = 60.0
+
+    def __init__(self, tmp, clock, extra_risk="", fee_rate="0", slippage_bps="0", streak=1000):
+        self.tmp, self.clock = tmp, clock
+        text = config_text(extra_risk=extra_risk, streak=streak).replace("[strategy]", "[strategy]\nband_atr = 20")
+        text = text.replace("[exchange]", f'[exchange]\nfee_rate = "{fee_rate}"\nslippage_bps = "{slippage_bps}"')
+        self.cfg = parse(text)
+        self.store = Store(tmp / "ledger.sqlite", clock)
+        self.ex = PaperExchange(":memory:", {i.symbol: i for i in self.cfg.instruments}, bar_seconds=self.STEP,
+                                clock=clock, manual=True, slippage_bps=D(slippage_bps), fee_rate=D(fee_rate))
+        self.eng = Engine(self.cfg, self.store, self.ex, clock, live=False, resting_stops=False)   # as backtests run
+        self.eng.om.refresh_account()
+        self.eng._on_fill()
+        self.t = clock()
+        self.price = 100.0
+
+    def bar(self, close=None, rng=0.2):
+        close = self.price if close is None else close
+        b = Bar(self.t, self.price, max(self.price, close) + rng / 2, min(self.price, close) - rng / 2, close)
+        self.t += self.STEP
+        self.clock.t = self.t
+        self.eng.replay_bar("BTC/USDT", b, self.STEP)
+        self.price = close
+
+    def buy(self, qty="9", stop="95", tp="120"):
+        px = self.eng.market.last["BTC/USDT"][0]
+        return self.eng.om.submit(Intent(f"b{self.t}", "BTC/USDT", Side.BUY, D(qty), px, stop_price=D(stop),
+                                         take_profit=D(tp)), "USDT")
+
+    @property
+    def qty(self):
+        p = self.store.positions().get("BTC/USDT")
+        return p.qty if p else D(0)
 
 
 BOT = [sys.executable, "-m", "hardkit_bot"]
@@ -123,3 +170,52 @@ class BotProcess:
                 p.send_signal(signal.SIGKILL)
                 p.wait(10)
 
+
+class Rig:
+    """The engine in-process on a manual clock, against a paper exchange in its own file (survives restarts)."""
+
+    def __init__(self, tmp, clock, grace=5.0):
+        self.tmp, self.clock = tmp, clock
+        self.cfg = parse(config_text(bar=1.0, grace=grace))
+        self.ex_path = tmp / "paper.sqlite"
+        self.n = 0
+        self.boot()
+
+    def exchange(self):
+        x = self.cfg.exchange
+        return PaperExchange(self.ex_path, {i.symbol: i for i in self.cfg.instruments}, fee_rate=x["fee_rate"],
+                             slippage_bps=x["slippage_bps"], starting_balance=x["starting_balance"], bar_seconds=1.0,
+                             clock=self.clock)
+
+    def boot(self):
+        self.store = Store(self.tmp / "ledger.sqlite", self.clock)
+        self.ex = self.exchange()
+        self.clock.advance(3)
+        self.eng = Engine(self.cfg, self.store, self.ex, self.clock, live=False)
+        self.report = self.eng.start()
+        self.eng.step()
+
+    def restart(self):
+        self.store.close()
+        self.ex.close()
+        self.boot()
+
+    def buy(self, qty="0.01"):
+        self.n += 1
+        px = self.eng.market.last["BTC/USDT"][0]
+        i = Intent(f"test:{self.n}", "BTC/USDT", Side.BUY, D(qty), px, stop_price=(px * D("0.99")).quantize(D("0.01")),
+                   take_profit=(px * D("1.03")).quantize(D("0.01")))
+        return self.eng.om.submit(i, "USDT")
+
+    def exchange_orders(self, cid=None, stops=True):
+        """The exchange's orders (one client id's); stops=False leaves out resting stop-losses."""
+        return [o for o in self.ex.all_orders() if (cid is None or o.client_order_id == cid)
+                and (stops or o.order_type is not OrderType.STOP)]
+
+    def assert_books_agree(self):
+        """Ledger fills == exchange trades, and the position == the exchange's BTC balance."""
+        ledger = self.store.fill_ids()
+        trades = {f.trade_id for o in self.ex.all_orders() for f in self.ex.order_trades(o.instrument, o.client_order_id)}
+        assert ledger == trades
+        pos = self.store.positions().get("BTC/USDT")
+        assert (pos.qty if pos else D(0)) == self.ex.balances().total("BTC")

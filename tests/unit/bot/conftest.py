@@ -1,7 +1,7 @@
 """Fixtures for the bot tests (helpers live in bot_helpers.py)."""
 import pytest
 
-from bot_helpers import BotProcess, Clock, config_text, parse
+from bot_helpers import BotProcess, Clock, Rig, config_text, parse
 
 
 @pytest.fixture
@@ -19,3 +19,8 @@ def bot(tmp_path):
     b = BotProcess(tmp_path)
     yield b
     b.cleanup()
+
+
+@pytest.fixture
+def rig(tmp_path, clock):
+    return Rig(tmp_path, clock)

@@ -73,16 +73,16 @@ def test_stale_timestamps_and_out_of_order_candles(rig):
     eng, ex, clock, store = rig
     t = clock()
     ex.tick = (D("30000"), t)
-    ex.bars = [Bar(t - 120, 1, 2, 0.5, 1.5), Bar(t - 60, 1.5, 2, 1, 1.8)]
+    ex.bars = [Bar(t - 120, 30000, 30020, 29990, 30015), Bar(t - 60, 30015, 30020, 30010, 30018)]
     eng.step()
     fed = eng.strats["BTC/USDT"].n
     assert fed == 2
-    ex.bars = [Bar(t - 90, 1, 2, 0.5, 1.5), Bar(t - 60, 1, 2, 0.5, 1.5)]        # older / same: rejected
+    ex.bars = [Bar(t - 90, 30000, 30020, 29990, 30015), Bar(t - 60, 30000, 30020, 29990, 30015)]   # older / same: rejected
     ex.tick = (D("30001"), t - 100)                                              # a tick older than the last one
     eng.step()
     assert eng.strats["BTC/USDT"].n == fed
     assert eng.market.last["BTC/USDT"][0] == D("30000")
-    ex.bars = [Bar(t, 1, 0.5, 2, 1.5)]                                           # high below low: inconsistent
+    ex.bars = [Bar(t, 30000, 29990, 30020, 30015)]                               # high below low: inconsistent
     eng.step()
     assert eng.strats["BTC/USDT"].n == fed
 

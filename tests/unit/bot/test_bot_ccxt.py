@@ -17,7 +17,7 @@ from hardkit_bot.engine import Engine  # noqa: E402
 from hardkit_bot.exchange.base import ExchangeError  # noqa: E402
 from hardkit_bot.exchange.ccxt_adapter import CcxtExchange  # noqa: E402
 from hardkit_bot.exchange.paper import PaperExchange  # noqa: E402
-from hardkit_bot.model import Intent, OrderStatus, Side  # noqa: E402
+from hardkit_bot.model import Intent, OrderStatus, OrderType, Side, TradingState  # noqa: E402
 from hardkit_bot.store import Store  # noqa: E402
 
 from binance_sim import BinanceSim  # noqa: E402
@@ -140,3 +140,42 @@ def test_secrets_never_reach_logs_ledger_or_status(sim, bot, tmp_path):
         assert leak not in cmdline
     st = json.loads(status.stdout)
     assert st["state"] in ("ACTIVE", "REDUCING", "HALTED")
+
+def test_deleted_ledger_through_ccxt_sees_the_history_without_client_ids(engine, sim, tmp_path):
+    assert buy(engine, 1).status is OrderStatus.FILLED
+    engine.store.close()
+    for f in tmp_path.glob("ledger.sqlite*"):
+        f.unlink()
+    eng = Engine(engine.cfg, Store(tmp_path / "ledger.sqlite"), adapter(sim), live=False)
+    rep = eng.start()
+    assert rep.fresh_ledger and len(rep.foreign_trades) == 1
+    assert "order " in rep.foreign_trades[0]                       # named by the exchange's order id
+    v = eng.sm.view()
+    assert v.state is TradingState.HALTED and "fresh ledger" in v.reason and "BTC" in v.reason
+
+
+def test_ccxt_sends_the_resting_stop_as_a_binance_stop_loss(engine, sim):
+    assert buy(engine, 1).status is OrderStatus.FILLED
+    engine.step()
+    [req] = [p for m, path, p in sim.requests if m == "POST" and path == "/api/v3/order" and p["type"] != "MARKET"]
+    assert req["type"] == "STOP_LOSS" and req["side"] == "SELL"
+    assert D(req["stopPrice"]) == engine.stops.levels["BTC/USDT"][0]
+    [o] = [o for o in sim.paper.all_orders() if o.order_type is OrderType.STOP]
+    assert o.status is OrderStatus.OPEN and o.client_order_id == req["newClientOrderId"]
+    assert engine.store.order(o.client_order_id)["status"] == "OPEN"   # the adapter read it back as our stop
+    engine.close_position("BTC/USDT", "flatten")
+    assert [x.status for x in sim.paper.all_orders() if x.order_type is OrderType.STOP] == [OrderStatus.CANCELED]
+
+
+def test_binance_base_coin_fees_are_accounted_exactly_and_a_restart_is_clean(engine, sim, tmp_path):
+    assert buy(engine, 1).status is OrderStatus.FILLED
+    [fee_asset] = {r["fee_asset"] for r in engine.store.conn.execute("SELECT fee_asset FROM fills")}
+    assert fee_asset == "BTC"                                      # commissionAsset of a Binance spot buy
+    assert engine.store.positions()["BTC/USDT"].qty == sim.paper.balances().total("BTC") == D("0.00999")
+    cid = engine.close_position("BTC/USDT", "stop-loss")           # the full ledger amount
+    assert engine.store.order(cid)["status"] == "FILLED", engine.store.order(cid)["last_error"]
+    assert engine.store.positions()["BTC/USDT"].qty == sim.paper.balances().total("BTC") == 0
+    engine.store.close()
+    eng = Engine(engine.cfg, Store(tmp_path / "ledger.sqlite"), adapter(sim), live=False)
+    rep = eng.start()
+    assert rep.mismatches == [] and eng.sm.effective is TradingState.ACTIVE, eng.sm.view().reason

@@ -25,7 +25,11 @@ def test_halt_and_flatten_work_while_the_loop_is_wedged_and_survive_restart(bot)
     # the reboot inhibitor is held while exposed
     inh = json.loads((bot.inhibit / "hardkit-bot").read_text())
     assert inh["holder"] == "hardkit-bot" and inh["pid"] == p.pid and "BTC/USDT" in inh["reason"] and inh["since"]
-    steps = status(bot)["steps"]
+    def settled():   # the iteration that opened the position may still be finishing (e.g. placing its stop)
+        before = status(bot)["steps"]
+        time.sleep(0.2)
+        return (before,) if status(bot)["steps"] == before else None
+    [steps] = bot.wait_for(settled, what="the loop to wedge")
     time.sleep(0.6)
     assert status(bot)["steps"] == steps, "the loop should be wedged for this test"
 

@@ -6,48 +6,12 @@ import pytest
 
 from hardkit_bot import backtest
 from hardkit_bot.config import parse
-from hardkit_bot.engine import Engine
 from hardkit_bot.exchange.market import generate
-from hardkit_bot.exchange.paper import PaperExchange
 from hardkit_bot.metrics import render, write_textfile
-from hardkit_bot.model import Bar, Intent, Side, TradingState
+from hardkit_bot.model import TradingState
 from hardkit_bot.store import Store
 
-from bot_helpers import config_text
-
-STEP = 60.0
-
-
-class Replay:
-    def __init__(self, tmp, clock, extra_risk="", streak=1000):
-        self.tmp, self.clock = tmp, clock
-        self.cfg = parse(config_text(extra_risk=extra_risk, streak=streak).replace("[strategy]", "[strategy]\nband_atr = 20"))
-        self.store = Store(tmp / "ledger.sqlite", clock)
-        self.ex = PaperExchange(":memory:", {i.symbol: i for i in self.cfg.instruments}, bar_seconds=STEP,
-                                clock=clock, manual=True, slippage_bps=D(0), fee_rate=D(0))
-        self.eng = Engine(self.cfg, self.store, self.ex, clock, live=False)
-        self.eng.om.refresh_account()
-        self.eng._on_fill()
-        self.t = clock()
-        self.price = 100.0
-
-    def bar(self, close=None, rng=0.2):
-        close = self.price if close is None else close
-        b = Bar(self.t, self.price, max(self.price, close) + rng / 2, min(self.price, close) - rng / 2, close)
-        self.t += STEP
-        self.clock.t = self.t
-        self.eng.replay_bar("BTC/USDT", b, STEP)
-        self.price = close
-
-    def buy(self, qty="9", stop="95", tp="120"):
-        px = self.eng.market.last["BTC/USDT"][0]
-        return self.eng.om.submit(Intent(f"b{self.t}", "BTC/USDT", Side.BUY, D(qty), px, stop_price=D(stop),
-                                         take_profit=D(tp)), "USDT")
-
-    @property
-    def qty(self):
-        p = self.store.positions().get("BTC/USDT")
-        return p.qty if p else D(0)
+from bot_helpers import Replay, config_text
 
 
 @pytest.fixture

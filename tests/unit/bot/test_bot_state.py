@@ -16,8 +16,7 @@ from hardkit_bot.model import TradingState
 from hardkit_bot.risk.state import StateMachine
 from hardkit_bot.store import Store
 
-from bot_helpers import config_text
-from test_bot_engine import Replay
+from bot_helpers import Replay, config_text
 
 
 def sock_status(path):
@@ -117,7 +116,9 @@ def stays_active(rp, bars=5):
         assert rp.eng.sm.effective is TradingState.ACTIVE, rp.eng.sm.view().reason
 
 
-RELAXED = 'vol_z_enter = 50\nrisk_per_trade_pct = "5"\nmax_order_notional = "5000"\nmax_total_exposure = "8000"\n'
+# the volatility breaker off (range z-score and the one-bar gap trigger): these tests move the price in one bar
+RELAXED = ('vol_z_enter = 50\nvol_gap_pct = 50\nrisk_per_trade_pct = "5"\nmax_order_notional = "5000"\n'
+           'max_total_exposure = "8000"\n')
 
 
 def test_reset_after_a_loss_streak_starts_a_new_epoch(tmp_path, clock):

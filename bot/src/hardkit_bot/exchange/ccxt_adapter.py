@@ -11,7 +11,13 @@ Rules it keeps:
   exceptions are mapped to the order manager's distinctions: RequestTimeout /
   NetworkError -> ExchangeTimeout (outcome unknown), a duplicate-id answer ->
   DuplicateClientOrderId, InvalidOrder/InsufficientFunds -> OrderRejected.
-  ccxt never retries a create by itself, and neither do we.
+  ccxt never retries a create by itself, and neither do we;
+- fees are taken in the currency the venue reports (`fee.currency`: Binance spot
+  takes a buy's fee from the base coin received) and passed on with it, so the
+  ledger holds exactly what the exchange holds;
+- a protective stop (OrderType.STOP) is sent through ccxt's unified
+  `stopLossPrice` param as a market-type order (Binance spot: STOP_LOSS), only
+  where the venue says it has stop-loss orders (`supports_stops`).
 """
 from __future__ import annotations
 
@@ -134,10 +140,20 @@ class CcxtExchange:
         return AccountView(out)
 
     # ---- orders -----------------------------------------------------------------
+    @property
+    def supports_stops(self) -> bool:
+        return bool(self.client.has.get("createStopLossOrder"))
+
     def create_order(self, client_id: str, symbol: str, side: Side, order_type: OrderType,
-                     qty: Decimal, price: Decimal | None) -> ExchangeOrder:
-        o = self._call(self.client.create_order, symbol, order_type.value, side.value, float(qty),
-                       None if price is None else float(price), {"clientOrderId": client_id})
+                     qty: Decimal, price: Decimal | None, trigger: Decimal | None = None) -> ExchangeOrder:
+        params: dict = {"clientOrderId": client_id}
+        kind = order_type.value
+        if order_type is OrderType.STOP:
+            if trigger is None or not self.supports_stops:
+                raise OrderRejected(f"{self.client.id}: no stop-loss orders through ccxt" if trigger else "stop without trigger")
+            kind, params["stopLossPrice"] = "market", float(trigger)
+        o = self._call(self.client.create_order, symbol, kind, side.value, float(qty),
+                       None if price is None else float(price), params)
         return self._order(o, symbol, client_id)
 
     def fetch_order(self, symbol: str, client_id: str) -> ExchangeOrder:
@@ -154,15 +170,23 @@ class CcxtExchange:
 
     def order_trades(self, symbol: str, client_id: str, exchange_id: str) -> list[Fill]:
         rows = self._call(self.client.fetch_my_trades, symbol, None, None, {"orderId": exchange_id})
-        out = []
-        for t in rows:
-            if str(t.get("order")) != str(exchange_id):
-                continue
-            fee = t.get("fee") or {}
-            out.append(Fill(str(t["id"]), client_id, symbol, Side(t["side"]), sane_qty(t["amount"], "trade amount"),
-                            sane_price(t["price"], "trade price"), sane_qty(fee.get("cost") or 0, "fee"),
-                            (t.get("timestamp") or 0) / 1000.0))
-        return out
+        return [self._fill(t, symbol, client_id) for t in rows if str(t.get("order")) == str(exchange_id)]
+
+    def recent_trades(self, symbol: str, since: float | None, limit: int = 500) -> list[Fill]:
+        rows = self._call(self.client.fetch_my_trades, symbol, None if since is None else int(since * 1000), limit)
+        return [self._fill(t, symbol, t.get("clientOrderId") or "") for t in rows]
+
+    def _fill(self, t: dict, symbol: str, client_id: str) -> Fill:
+        """One ccxt trade; its fee stays in the currency the venue charged (one fee currency per trade)."""
+        fees = [f for f in (t.get("fees") or [t.get("fee")]) if f and f.get("cost")]
+        currencies = {f.get("currency") for f in fees}
+        if len(currencies) > 1:
+            raise BadExchangeData(f"trade {t.get('id')}: fees in several currencies {sorted(map(str, currencies))}")
+        cost = sum((sane_qty(f["cost"], "fee") for f in fees), Decimal(0))
+        quote = symbol.partition("/")[2].partition(":")[0]
+        return Fill(str(t["id"]), client_id, symbol, Side(t["side"]), sane_qty(t["amount"], "trade amount"),
+                    sane_price(t["price"], "trade price"), cost, (t.get("timestamp") or 0) / 1000.0,
+                    fee_asset=(currencies.pop() or quote) if currencies else quote, order_id=str(t.get("order") or ""))
 
     def _order(self, o: dict, symbol: str | None, client_id: str | None) -> ExchangeOrder:
         if not isinstance(o, dict) or o.get("id") is None:
@@ -172,12 +196,18 @@ class CcxtExchange:
             raise BadExchangeData(f"order {o.get('id')}: unknown status {o.get('status')!r}")
         price = o.get("price")
         avg = o.get("average")
+        trigger = o.get("triggerPrice") or o.get("stopLossPrice") or o.get("stopPrice")
+        if trigger:
+            otype = OrderType.STOP
+        else:
+            otype = OrderType(o["type"]) if o.get("type") in ("market", "limit") else OrderType.LIMIT
         return ExchangeOrder(
             exchange_id=str(o["id"]), client_order_id=o.get("clientOrderId") or client_id, instrument=symbol or o["symbol"],
-            side=Side(o["side"]), order_type=OrderType(o["type"]) if o.get("type") in ("market", "limit") else OrderType.LIMIT,
+            side=Side(o["side"]), order_type=otype,
             qty=sane_qty(o.get("amount"), "amount"), price=sane_price(price, "price") if price else None,
             status=status, filled=sane_qty(o.get("filled") or 0, "filled"),
-            avg_price=sane_price(avg, "average") if avg else None, ts=(o.get("timestamp") or 0) / 1000.0)
+            avg_price=sane_price(avg, "average") if avg else None, ts=(o.get("timestamp") or 0) / 1000.0,
+            trigger=sane_price(trigger, "trigger") if trigger else None)
 
     def close(self) -> None:
         pass

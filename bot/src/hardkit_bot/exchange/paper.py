@@ -9,9 +9,15 @@ would hold, which is what makes the crash tests honest.
 Market model: one bar per `bar_seconds` of wall-clock time since the account was
 created (or bars fed explicitly in backtests). The last price is the close of the
 last closed bar. Market orders fill at last price plus adverse slippage
-(`slippage_bps` + a small size impact) and pay `fee_rate` of notional in quote.
+(`slippage_bps`) and pay `fee_rate` in the currency Binance spot takes it in:
+the coin received (a buy pays in the base coin, a sell in quote); a market buy
+needs (and locks) exactly its slipped notional in free quote, or it is rejected.
 Limit orders rest, lock their funds and fill at their limit price when a later
-bar trades through it. Client order ids are unique for the life of the account.
+bar trades through it. Stop orders (stop-market sells) rest with their base coin
+locked and fill like a market order once a bar trades at or below the trigger
+(at the trigger, or at the open if the bar gapped below it); they fire whether
+or not the bot is running. Client order ids follow Binance's rules
+(`CLIENT_ID_RE`) and are unique for the life of the account.
 
 Faults (`inject()`, persisted, consumed one by one):
   timeout_lost        create times out and the request never arrived
@@ -22,6 +28,8 @@ Faults (`inject()`, persisted, consumed one by one):
   gap:P               the price jumps P percent at the next bar
   vol_spike:M         the next 20 bars have their range multiplied by M
   garbage             the next ticker/candles answer contains NaN prices
+  lookup_miss         the next order lookup by client id answers "not found" although the
+                      order exists (a venue's brief inconsistency)
 """
 from __future__ import annotations
 
@@ -34,8 +42,8 @@ import time
 from decimal import ROUND_DOWN, Decimal
 from pathlib import Path
 
-from ..model import (ZERO, AccountView, Balance, Bar, ExchangeOrder, Fill, Instrument, OrderStatus,
-                     OrderType, Side)
+from ..model import (CLIENT_ID_RE, ZERO, AccountView, Balance, Bar, ExchangeOrder, Fill, Instrument,
+                     OrderStatus, OrderType, Side)
 from .base import (BadExchangeData, DuplicateClientOrderId, ExchangeTimeout, OrderNotFound,
                    OrderRejected)
 from .market import load_csv
@@ -46,16 +54,20 @@ CREATE TABLE IF NOT EXISTS balances (asset TEXT PRIMARY KEY, free TEXT NOT NULL,
 CREATE TABLE IF NOT EXISTS orders (
     id INTEGER PRIMARY KEY AUTOINCREMENT, client_id TEXT NOT NULL UNIQUE, symbol TEXT NOT NULL,
     side TEXT NOT NULL, type TEXT NOT NULL, qty TEXT NOT NULL, price TEXT, status TEXT NOT NULL,
-    filled TEXT NOT NULL, avg_price TEXT, locked TEXT NOT NULL, created REAL NOT NULL, bar INTEGER NOT NULL);
+    filled TEXT NOT NULL, avg_price TEXT, locked TEXT NOT NULL, created REAL NOT NULL, bar INTEGER NOT NULL,
+    trigger TEXT);
 CREATE TABLE IF NOT EXISTS trades (
     trade_id TEXT PRIMARY KEY, order_id INTEGER NOT NULL, client_id TEXT NOT NULL, symbol TEXT NOT NULL,
-    side TEXT NOT NULL, qty TEXT NOT NULL, price TEXT NOT NULL, fee TEXT NOT NULL, ts REAL NOT NULL);
+    side TEXT NOT NULL, qty TEXT NOT NULL, price TEXT NOT NULL, fee TEXT NOT NULL, ts REAL NOT NULL,
+    fee_asset TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS faults (id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, arg REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS market_events (symbol TEXT NOT NULL, bar INTEGER NOT NULL, kind TEXT NOT NULL, arg REAL NOT NULL);
 """
 
+#: Columns added after an exchange file may have been created: (table, column, declaration).
+_ADDED_COLUMNS = (("orders", "trigger", "TEXT"), ("trades", "fee_asset", "TEXT NOT NULL DEFAULT ''"))
+
 BPS = Decimal("0.0001")
-IMPACT_PER_QUOTE = Decimal("0.000000001")   # 1 bp of extra slippage per 100k quote of notional
 
 
 class SeriesSource:
@@ -109,6 +121,9 @@ class PaperExchange:
         for stmt in SCHEMA.split(";"):
             if stmt.strip():
                 self.db.execute(stmt)
+        for table, column, decl in _ADDED_COLUMNS:
+            if column not in {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}:
+                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
         with self._tx():
             if self._meta("t0") is None:
                 self._set_meta("t0", clock())
@@ -253,13 +268,18 @@ class PaperExchange:
         rows = self.db.execute("SELECT * FROM orders WHERE symbol = ? AND status IN ('OPEN','PARTIALLY_FILLED')"
                                " AND bar <= ? ORDER BY id", (symbol, i)).fetchall()
         for r in rows:
-            oid, cid, _, side, typ, qty, price, _, filled, _, locked, _, obar = r
+            oid, cid, _, side, typ, qty, price, _, filled, _, locked, _, obar, trigger = r
             side, qty, filled = Side(side), Decimal(qty), Decimal(filled)
             remaining = qty - filled
             if obar > i:   # placed after this bar closed
                 continue
             if typ == "market":
                 px = self._slipped(Decimal(repr(bar.close)), side, remaining)
+            elif typ == "stop":
+                tp = Decimal(trigger)
+                if bar.low > float(tp):
+                    continue
+                px = self._slipped(min(tp, Decimal(repr(bar.open))), side, remaining)
             else:
                 lp = Decimal(price)
                 crossed = bar.low <= float(lp) if side is Side.BUY else bar.high >= float(lp)
@@ -278,8 +298,7 @@ class PaperExchange:
                         " locked=excluded.locked", (asset, str(free), str(locked)))
 
     def _slipped(self, last: Decimal, side: Side, qty: Decimal) -> Decimal:
-        slip = self.slippage + qty * last * IMPACT_PER_QUOTE
-        px = last * (1 + slip) if side is Side.BUY else last * (1 - slip)
+        px = last * (1 + self.slippage) if side is Side.BUY else last * (1 - self.slippage)
         return px.quantize(Decimal("1e-8"))
 
     def _execute(self, oid: int, cid: str, symbol: str, side: Side, qty: Decimal, px: Decimal,
@@ -287,21 +306,23 @@ class PaperExchange:
         """Fill `qty` at `px`: move balances, record the trade, update the order."""
         inst = self.instruments[symbol]
         notional = qty * px
-        fee = (notional * self.fee_rate).quantize(Decimal("1e-8"))
         qf, ql = self._bal(inst.quote)
         bf, bl = self._bal(inst.base)
         o = self.db.execute("SELECT qty, filled, avg_price FROM orders WHERE id = ?", (oid,)).fetchone()
         total, filled = Decimal(o[0]), Decimal(o[1])
         share = locked * qty / (total - filled) if total > filled else locked
-        if side is Side.BUY:
-            self._put(inst.quote, qf + share - notional - fee, ql - share)
-            self._put(inst.base, bf + qty, bl)
+        if side is Side.BUY:       # the fee comes out of the coin received: base
+            fee, fee_asset = (qty * self.fee_rate).quantize(Decimal("1e-8")), inst.base
+            self._put(inst.quote, qf + share - notional, ql - share)
+            self._put(inst.base, bf + qty - fee, bl)
         else:
+            fee, fee_asset = (notional * self.fee_rate).quantize(Decimal("1e-8")), inst.quote
             self._put(inst.base, bf + share - qty, bl - share)
             self._put(inst.quote, qf + notional - fee, ql)
         n = self.db.execute("SELECT COUNT(*) FROM trades WHERE order_id = ?", (oid,)).fetchone()[0]
-        self.db.execute("INSERT INTO trades VALUES (?,?,?,?,?,?,?,?,?)",
-                        (f"T{oid}-{n + 1}", oid, cid, symbol, side.value, str(qty), str(px), str(fee), ts))
+        self.db.execute("INSERT INTO trades (trade_id, order_id, client_id, symbol, side, qty, price, fee, ts, fee_asset)"
+                        " VALUES (?,?,?,?,?,?,?,?,?,?)",
+                        (f"T{oid}-{n + 1}", oid, cid, symbol, side.value, str(qty), str(px), str(fee), ts, fee_asset))
         new_filled = filled + qty
         avg = ((Decimal(o[2]) * filled if o[2] else ZERO) + notional) / new_filled
         status = OrderStatus.FILLED if new_filled >= total else OrderStatus.PARTIALLY_FILLED
@@ -341,7 +362,9 @@ class PaperExchange:
         return AccountView({a: Balance(Decimal(f), Decimal(f) + Decimal(lk)) for a, f, lk in rows})
 
     def create_order(self, client_id: str, symbol: str, side: Side, order_type: OrderType,
-                     qty: Decimal, price: Decimal | None) -> ExchangeOrder:
+                     qty: Decimal, price: Decimal | None, trigger: Decimal | None = None) -> ExchangeOrder:
+        if not CLIENT_ID_RE.match(client_id or ""):
+            raise OrderRejected(f"illegal client order id {client_id!r} (must match {CLIENT_ID_RE.pattern})")
         self._sync()
         if symbol not in self.instruments:
             raise OrderRejected(f"unknown symbol {symbol}")
@@ -355,7 +378,7 @@ class PaperExchange:
         if kind == "reject":
             raise OrderRejected("paper: injected reject")
         with self._tx():
-            order = self._accept(client_id, symbol, side, order_type, qty, price,
+            order = self._accept(client_id, symbol, side, order_type, qty, price, trigger,
                                  fraction=Decimal(repr(fault[1])) if kind == "partial" else None)
         if kind == "timeout_accepted":
             raise ExchangeTimeout("paper: response lost after the order was accepted")
@@ -364,16 +387,23 @@ class PaperExchange:
         return order
 
     def _accept(self, cid: str, symbol: str, side: Side, typ: OrderType, qty: Decimal, price: Decimal | None,
-                fraction: Decimal | None) -> ExchangeOrder:
+                trigger: Decimal | None, fraction: Decimal | None) -> ExchangeOrder:
         inst = self.instruments[symbol]
         if qty <= 0 or qty % inst.step_size != 0 or qty < inst.min_qty or qty > inst.max_qty:
             raise OrderRejected(f"invalid quantity {qty}")
         if typ is OrderType.LIMIT and (price is None or price <= 0 or price % inst.tick_size != 0):
             raise OrderRejected(f"invalid price {price}")
         last, ts, idx = self._last(symbol)
+        if typ is OrderType.STOP:
+            if side is not Side.SELL:
+                raise OrderRejected("stop orders are stop-loss sells (spot, long only)")
+            if trigger is None or trigger <= 0 or trigger % inst.tick_size != 0:
+                raise OrderRejected(f"invalid stop trigger {trigger}")
+            if trigger >= last:
+                raise OrderRejected(f"stop trigger {trigger} would trigger immediately (last {last})")
         ref = price if typ is OrderType.LIMIT else last
-        if side is Side.BUY:
-            need = qty * ref * (1 + self.fee_rate) * (1 + (self.slippage * 4 if typ is OrderType.MARKET else 0))
+        if side is Side.BUY:       # the fee is taken from the base coin received: quote pays the notional only
+            need = qty * ref * (1 + (self.slippage if typ is OrderType.MARKET else 0))
             free, locked = self._bal(inst.quote)
             if need > free:
                 raise OrderRejected(f"insufficient {inst.quote}: need {need:.2f}, free {free:.2f}")
@@ -385,10 +415,10 @@ class PaperExchange:
                 raise OrderRejected(f"insufficient {inst.base}: need {need}, free {free}")
             self._put(inst.base, free - need, locked + need)
         cur = self.db.execute(
-            "INSERT INTO orders (client_id, symbol, side, type, qty, price, status, filled, avg_price, locked, created, bar)"
-            " VALUES (?,?,?,?,?,?,'OPEN','0',NULL,?,?,?)",
+            "INSERT INTO orders (client_id, symbol, side, type, qty, price, status, filled, avg_price, locked, created,"
+            " bar, trigger) VALUES (?,?,?,?,?,?,'OPEN','0',NULL,?,?,?,?)",
             (cid, symbol, side.value, typ.value, str(qty), None if price is None else str(price), str(need),
-             self.clock(), idx))
+             self.clock(), idx, None if trigger is None else str(trigger)))
         oid = cur.lastrowid
         self._open += 1
         if typ is OrderType.MARKET:
@@ -407,6 +437,10 @@ class PaperExchange:
         self._sync()
         with self._lock:
             r = self.db.execute("SELECT * FROM orders WHERE client_id = ?", (client_id,)).fetchone()
+            if self.db.execute("SELECT 1 FROM faults WHERE kind = 'lookup_miss' LIMIT 1").fetchone():
+                with self._tx():
+                    if self._take_fault(("lookup_miss",)):
+                        r = None
         if r is None:
             raise OrderNotFound(client_id)
         return _to_order(r)
@@ -436,9 +470,26 @@ class PaperExchange:
     def order_trades(self, symbol: str, client_id: str, exchange_id: str = "") -> list[Fill]:
         self._sync()
         with self._lock:
-            rows = self.db.execute("SELECT trade_id, client_id, symbol, side, qty, price, fee, ts FROM trades"
-                                   " WHERE client_id = ? ORDER BY rowid", (client_id,)).fetchall()
-        return [Fill(r[0], r[1], r[2], Side(r[3]), Decimal(r[4]), Decimal(r[5]), Decimal(r[6]), r[7]) for r in rows]
+            rows = self.db.execute(f"SELECT {_TRADE_COLS} FROM trades WHERE client_id = ? ORDER BY rowid",
+                                   (client_id,)).fetchall()
+        return [_to_fill(r) for r in rows]
+
+    def recent_trades(self, symbol: str, since: float | None, limit: int = 500) -> list[Fill]:
+        """The account's trades on `symbol`, oldest first: the first `limit` at or after `since`,
+        or with no `since` the newest `limit` (Binance's myTrades with and without startTime)."""
+        self._sync()
+        with self._lock:
+            if since is None:
+                rows = self.db.execute(f"SELECT {_TRADE_COLS} FROM trades WHERE symbol = ?"
+                                       " ORDER BY ts DESC, rowid DESC LIMIT ?", (symbol, limit)).fetchall()[::-1]
+            else:
+                rows = self.db.execute(f"SELECT {_TRADE_COLS} FROM trades WHERE symbol = ? AND ts >= ?"
+                                       " ORDER BY ts, rowid LIMIT ?", (symbol, since, limit)).fetchall()
+        return [_to_fill(r) for r in rows]
+
+    @property
+    def supports_stops(self) -> bool:
+        return True
 
     # ---- inspection (tests, status) ----------------------------------------
     def all_orders(self) -> list[ExchangeOrder]:
@@ -446,8 +497,17 @@ class PaperExchange:
             return [_to_order(r) for r in self.db.execute("SELECT * FROM orders ORDER BY id")]
 
 
+_TRADE_COLS = "trade_id, client_id, symbol, side, qty, price, fee, ts, fee_asset, order_id"
+
+
+def _to_fill(r) -> Fill:
+    return Fill(r[0], r[1], r[2], Side(r[3]), Decimal(r[4]), Decimal(r[5]), Decimal(r[6]), r[7],
+                fee_asset=r[8] or r[2].partition("/")[2], order_id=str(r[9]))
+
+
 def _to_order(r) -> ExchangeOrder:
-    oid, cid, symbol, side, typ, qty, price, status, filled, avg, _, created, _ = r
+    oid, cid, symbol, side, typ, qty, price, status, filled, avg, _, created, _, trigger = r
     return ExchangeOrder(str(oid), cid, symbol, Side(side), OrderType(typ), Decimal(qty),
                          None if price is None else Decimal(price), OrderStatus(status), Decimal(filled),
-                         None if avg is None else Decimal(avg), created)
+                         None if avg is None else Decimal(avg), created,
+                         None if trigger is None else Decimal(trigger))

@@ -14,13 +14,15 @@ last price).
 | consecutive losses | N losing round trips in a row              | HALTED    | yes     |
 | equity floor       | equity < floor                             | KILLED    | yes     |
 | activity           | orders / rejects / cancels per minute      | HALTED    | yes     |
-| stale data         | no valid data for stale_data_s             | REDUCING  | no (clears when data returns) |
-| volatility         | bar-range z-score >= enter                 | REDUCING + auto-close | no (clears after N calm bars below exit) |
+| stale data         | no valid data for stale_data_s (local clock) | REDUCING | no (clears when data returns) |
+| volatility         | true-range z-score >= enter, or a one-bar move/gap >= gap % | REDUCING + auto-close | no (clears after N calm bars below exit) |
+| loss overrun       | a position's loss > its planned risk x (1 + margin) | REDUCING + close | yes |
 """
 from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -220,8 +222,16 @@ class StaleData:
     def seen(self, symbol: str, ts: float) -> None:
         self.last[symbol] = ts
 
-    def check(self, now: float) -> str | None:
-        stale = [f"{s} {now - t:.0f}s" for s, t in self.last.items() if now - t > self.stale_s]
+    def check(self, now: float, rejections: Mapping[str, str] | None = None) -> str | None:
+        """The reason the feed is stale, or None. `rejections` (symbol -> why the latest data
+        was refused) tells the operator whether data is missing or being rejected."""
+        if now - min(self.last.values(), default=now) <= self.stale_s:
+            return None
+        stale = []
+        for s, t in self.last.items():
+            if now - t > self.stale_s:
+                why = (rejections or {}).get(s)
+                stale.append(f"{s} {now - t:.0f}s" + (f" (last rejected: {why})" if why else ""))
         return f"stale or missing market data: {', '.join(stale)} (limit {self.stale_s}s)" if stale else None
 
     def usage(self, now: float) -> Usage:
@@ -229,21 +239,45 @@ class StaleData:
 
 
 class Volatility:
-    """Bar-range z-score with hysteresis: enter at z >= enter, clear after
-    `clear_bars` consecutive bars with z < exit. Incremental (O(1) per bar)."""
+    """Abnormal moves per bar, with hysteresis. Two triggers enter the breaker:
 
-    def __init__(self, window: int, z_enter: float, z_exit: float, clear_bars: int):
+    - the bar's *true range* (high/low extended to the previous close, so a gap between
+      bars counts) as a z-score against recent bars, >= `z_enter`;
+    - a one-bar return: the close, or the gap to the open, moved >= `gap_pct` % from the
+      previous close. A range z-score alone misses a gap: a bar that opens 20 % lower
+      and trades quietly there has an ordinary range.
+
+    It clears after `clear_bars` consecutive bars with z < `z_exit` and no gap.
+    Incremental (O(1) per bar)."""
+
+    def __init__(self, window: int, z_enter: float, z_exit: float, clear_bars: int, gap_pct: float = math.inf):
         self.window, self.z_enter, self.z_exit, self.clear_bars = window, z_enter, z_exit, clear_bars
+        self.gap = gap_pct / 100.0
         self.ranges: deque[float] = deque()
         self.s1 = 0.0
         self.s2 = 0.0
         self.active = False
         self.calm = 0
         self.z = 0.0
+        self.move_pct = 0.0          # the last bar's largest move from the previous close, %
+        self.prev_close: float | None = None
+        self.reason = ""
 
-    def on_bar(self, high: float, low: float, close: float) -> bool | None:
+    def on_bar(self, high: float, low: float, close: float, open_: float | None = None) -> bool | None:
         """Feed a bar; returns True when the breaker enters, False when it clears, else None."""
-        r = (high - low) / close if close > 0 else 0.0
+        prev = self.prev_close
+        self.prev_close = close
+        hi, lo, move = high, low, 0.0
+        if prev is not None and prev > 0:
+            if prev > hi:
+                hi = prev
+            elif prev < lo:
+                lo = prev
+            move = close / prev - 1.0
+            if open_ is not None and abs(open_ / prev - 1.0) > abs(move):
+                move = open_ / prev - 1.0
+        r = (hi - lo) / close if close > 0 else 0.0
+        self.move_pct = 100.0 * move
         n = len(self.ranges)
         z = 0.0
         if n >= max(10, self.window // 2):
@@ -254,14 +288,18 @@ class Volatility:
             sd = max(math.sqrt(var), 0.1 * mean, 1e-12)
             z = (r - mean) / sd
         self.z = z
+        gapped = move >= self.gap or -move >= self.gap
+        spike = z >= self.z_enter or gapped
         change = None
-        if not self.active and z >= self.z_enter:
+        if not self.active and spike:
             self.active, self.calm, change = True, 0, True
+            self.reason = (f"price gap: {self.move_pct:+.1f}% in one bar (limit {100 * self.gap:g}%)" if gapped
+                           else f"range z-score {z:.1f} >= {self.z_enter}")
         elif self.active:
-            self.calm = self.calm + 1 if z < self.z_exit else 0
+            self.calm = self.calm + 1 if z < self.z_exit and not gapped else 0
             if self.calm >= self.clear_bars:
                 self.active, change = False, False
-        if not (self.active and z >= self.z_enter):   # keep spikes out of the baseline
+        if not (self.active and spike):   # keep spikes out of the baseline
             self.ranges.append(r)
             self.s1 += r
             self.s2 += r * r
@@ -270,3 +308,27 @@ class Volatility:
                 self.s1 -= old
                 self.s2 -= old * old
         return change
+
+
+class LossOverrun:
+    """A position losing more than it was planned to risk, by a margin: the stop did not
+    protect it (a gap through the stop, a missing stop, a refused exit). The position is
+    closed and the event latched REDUCING with the figures, so a person looks at it
+    before the next entry.
+
+    Planned risk = qty x (average entry - planned stop) + both legs' fees, from the
+    entry intent's stop; the loss is marked at the last price incl. the exit fee."""
+
+    def __init__(self, margin_pct: float, fee_rate: float):
+        self.factor = 1.0 + margin_pct / 100.0
+        self.fee = fee_rate
+
+    def check(self, symbol: str, qty: float, avg: float, planned_stop: float | None, last: float) -> str | None:
+        if planned_stop is None or qty <= 0 or planned_stop >= avg:
+            return None
+        planned = qty * (avg - planned_stop) + qty * (avg + planned_stop) * self.fee
+        loss = qty * (avg - last) + qty * last * self.fee
+        if loss > planned * self.factor:
+            return (f"loss on {symbol} {loss:.2f} exceeds its planned risk {planned:.2f} by "
+                    f"{100 * (loss / planned - 1):.0f}% (limit {100 * (self.factor - 1):g}%)")
+        return None

@@ -22,6 +22,7 @@ from ..model import Instrument, Intent, OrderType, Side, TradingState
 
 ZERO = Decimal(0)
 HUNDRED = Decimal(100)
+BPS_PER_UNIT = Decimal(10000)
 
 
 class DenialCode(str, enum.Enum):
@@ -87,12 +88,14 @@ class RiskLimits:
     max_orders_per_minute: int
     stale_data_s: float
     fee_rate: Decimal = Decimal("0.001")
+    slippage_bps: Decimal = Decimal("5")     # reserved on market buys (config exchange.slippage_bps)
 
     @classmethod
-    def from_config(cls, risk: Mapping, fee_rate: Decimal) -> "RiskLimits":
+    def from_config(cls, risk: Mapping, exchange: Mapping) -> "RiskLimits":
         return cls(risk["risk_per_trade_pct"], risk["min_reward_risk"], risk["max_order_notional"],
                    risk["max_open_positions"], risk["max_total_exposure"], risk["price_band_pct"],
-                   risk["max_orders_per_minute"], risk["stale_data_s"], fee_rate)
+                   risk["max_orders_per_minute"], risk["stale_data_s"], exchange["fee_rate"],
+                   exchange["slippage_bps"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +153,8 @@ def check_well_formed(i: Intent, s: RiskSnapshot, lim: RiskLimits, inst: Instrum
             return Denial(DenialCode.INVALID_PRICE, {name: str(p)})
     if i.order_type is OrderType.LIMIT and i.limit_price is None:
         return Denial(DenialCode.INVALID_PRICE, {"limit_price": "missing"})
+    if i.order_type is OrderType.STOP and i.stop_price is None:
+        return Denial(DenialCode.INVALID_PRICE, {"stop_price": "missing (the trigger of a stop order)"})
     if i.protective and i.side is not Side.SELL:
         return Denial(DenialCode.PROTECTIVE_MUST_SELL, {"side": i.side.value})
     return None
@@ -160,6 +165,8 @@ def check_precision(i: Intent, s: RiskSnapshot, lim: RiskLimits, inst: Instrumen
         return Denial(DenialCode.QTY_PRECISION, {"qty": str(i.qty), "step_size": str(inst.step_size)})
     if i.limit_price is not None and i.limit_price % inst.tick_size != ZERO:
         return Denial(DenialCode.PRICE_PRECISION, {"price": str(i.limit_price), "tick_size": str(inst.tick_size)})
+    if i.order_type is OrderType.STOP and i.stop_price % inst.tick_size != ZERO:
+        return Denial(DenialCode.PRICE_PRECISION, {"trigger": str(i.stop_price), "tick_size": str(inst.tick_size)})
     return None
 
 
@@ -220,10 +227,11 @@ def check_order_notional(i: Intent, s: RiskSnapshot, lim: RiskLimits, inst: Inst
 
 
 def buy_cost(qty: Decimal, price: Decimal, order_type: OrderType, lim: RiskLimits) -> Decimal:
-    """Quote a buy can consume: market buys also reserve the price band for slippage."""
+    """Quote a buy can consume incl. the fee: a market buy fills away from the last price,
+    so it also reserves the configured slippage (the venue needs it, or it rejects)."""
     cost = qty * price * (1 + lim.fee_rate)
     if order_type is OrderType.MARKET:
-        cost = cost * (1 + lim.price_band_pct / HUNDRED)
+        cost = cost * (1 + lim.slippage_bps / BPS_PER_UNIT)
     return cost
 
 
