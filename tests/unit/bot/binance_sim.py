@@ -41,8 +41,8 @@ _STATUS = {OrderStatus.OPEN: "NEW", OrderStatus.PARTIALLY_FILLED: "PARTIALLY_FIL
            OrderStatus.CANCELED: "CANCELED", OrderStatus.REJECTED: "REJECTED"}
 
 
-def make_ca_and_cert(directory: Path) -> tuple[Path, Path, Path]:
-    """A throwaway CA and a server certificate for 127.0.0.1/localhost. Returns (ca.pem, cert.pem, key.pem)."""
+def make_ca_and_cert(directory: Path, address: str = "127.0.0.1") -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for `address`/localhost. Returns (ca.pem, cert.pem, key.pem)."""
     now = dt.datetime.now(dt.timezone.utc)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hardkit test CA")])
@@ -56,10 +56,10 @@ def make_ca_and_cert(directory: Path) -> tuple[Path, Path, Path]:
           .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
           .sign(ca_key, hashes.SHA256()))
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, address)]))
             .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(address)),
                                                         x509.DNSName("localhost")]), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
@@ -74,9 +74,9 @@ def make_ca_and_cert(directory: Path) -> tuple[Path, Path, Path]:
 
 
 class BinanceSim:
-    def __init__(self, paper, api_key: str, secret: str, certdir: Path):
+    def __init__(self, paper, api_key: str, secret: str, certdir: Path, host: str = "127.0.0.1", port: int = 0):
         self.paper, self.api_key, self.secret = paper, api_key, secret
-        self.ca, cert, key = make_ca_and_cert(certdir)
+        self.ca, cert, key = make_ca_and_cert(certdir, host)
         self.delay_create = 0.0
         self.echo_secret_error = False
         self.requests: list[tuple[str, str, dict]] = []
@@ -96,13 +96,13 @@ class BinanceSim:
             def do_DELETE(self):
                 sim._handle(self, "DELETE")
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = ThreadingHTTPServer((host, port), Handler)
         self.httpd.daemon_threads = True
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(cert, key)
         self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
         self.port = self.httpd.server_address[1]
-        self.url = f"https://127.0.0.1:{self.port}"
+        self.url = f"https://{host}:{self.port}"
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self._thread.start()
 
