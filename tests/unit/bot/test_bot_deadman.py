@@ -111,6 +111,21 @@ def test_a_resting_entry_arms_the_switch_every_iteration_until_it_is_final(rig, 
     assert deadline(rig) is None                                 # disarmed before the stop was sent
 
 
+def test_a_failed_disarm_never_blocks_the_stop_and_is_retried(rig, clock):
+    rig.ex.inject("hold", arg=2)
+    rig.buy("0.01")
+    armed_at = deadline(rig)
+    assert armed_at is not None
+    clock.advance(3)                                             # the entry fills on the venue meanwhile
+    rig.ex.inject("switch_timeout", count=2)                     # the disarm before the stop, and its retry, time out
+    rig.eng.step()
+    assert len(live_stops(rig)) == 1                             # the stop went out all the same ...
+    assert deadline(rig) == armed_at                             # ... the switch still armed (and not refreshed)
+    clock.advance(1)
+    rig.eng.step()
+    assert deadline(rig) is None                                 # the next iteration disarmed it
+
+
 def test_an_entry_of_unknown_outcome_keeps_the_switch_armed(rig, clock):
     rig.ex.inject("timeout_lost")
     r = rig.buy("0.01")                                          # never arrived: UNKNOWN until the grace ends

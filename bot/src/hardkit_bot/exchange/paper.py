@@ -38,6 +38,7 @@ Faults (`inject()`, persisted, consumed one by one):
                       order exists (a venue's brief inconsistency)
   hold:S              the next market order is accepted but rests unfilled for S seconds
                       (a slow or halted market), then fills on the next bar
+  switch_timeout      the next dead-man's switch call times out without taking effect
 """
 from __future__ import annotations
 
@@ -500,7 +501,11 @@ class PaperExchange:
         disarm it with 0. A switch that has already expired fires first: a late refresh revives nothing."""
         self._sync()
         with self._tx():
-            self._set_meta(_SWITCH, self.clock() + timeout_s if timeout_s > 0 else None)
+            lost = self._take_fault(("switch_timeout",))
+            if not lost:
+                self._set_meta(_SWITCH, self.clock() + timeout_s if timeout_s > 0 else None)
+        if lost:
+            raise ExchangeTimeout("paper: dead-man's switch request timed out (not applied)")
 
     @property
     def supports_dead_man(self) -> bool:
