@@ -533,5 +533,14 @@ class Engine:
                              "qty": r["qty"], "filled": r["filled"], "status": r["status"]} for r in self.om.live_rows()],
             "limits": [{"name": x.name, "used": round(x.used, 6), "limit": x.limit, "pct": round(x.pct, 2)}
                        for x in self.usages(now)],
+            "dead_man_switch": self._switch_status(),
             "pid": os.getpid(), "running": True, "steps": self.steps,
         }
+
+    def _switch_status(self) -> str:
+        """off (config or backtest), unsupported (venue has none), armed, disarmed, or unknown (a call failed)."""
+        if not self.dead_man_on:
+            return "off"
+        if self.dead_man is None:
+            return "unsupported"
+        return {True: "armed", False: "disarmed", None: "unknown"}[self.dead_man.armed]

@@ -182,7 +182,8 @@ def test_binance_base_coin_fees_are_accounted_exactly_and_a_restart_is_clean(eng
 
 
 def test_no_dead_mans_switch_through_ccxt_binance_spot_is_reported_and_never_called(engine, sim):
-    assert engine.exchange.supports_dead_man is False and engine.dead_man is None   # ccxt: has['cancelAllOrdersAfter']
+    assert engine.exchange.supports_dead_man is False                 # ccxt: has['cancelAllOrdersAfter']
+    assert engine.status()["dead_man_switch"] == "unsupported"
     n = len(sim.requests)
     engine.exchange.cancel_all_after(60)                       # a no-op: no request reaches the venue
     assert len(sim.requests) == n

@@ -100,6 +100,7 @@ def test_a_resting_entry_arms_the_switch_every_iteration_until_it_is_final(rig, 
     rig.ex.inject("hold", arg=5)                                 # the market is slow: the entry rests
     r = rig.buy("0.01")
     assert r.status is OrderStatus.OPEN and deadline(rig) == clock() + TIMEOUT
+    assert rig.eng.status()["dead_man_switch"] == "armed"
     clock.advance(1)
     rig.eng.step()
     assert deadline(rig) == clock() + TIMEOUT                    # refreshed by the iteration
@@ -109,6 +110,7 @@ def test_a_resting_entry_arms_the_switch_every_iteration_until_it_is_final(rig, 
     assert rig.store.order(r.client_order_id)["status"] == "FILLED"
     assert [o.status for o in rig.exchange_orders() if o.order_type is OrderType.STOP] == [OrderStatus.OPEN]
     assert deadline(rig) is None                                 # disarmed before the stop was sent
+    assert rig.eng.status()["dead_man_switch"] == "disarmed"
 
 
 def test_a_failed_disarm_never_blocks_the_stop_and_is_retried(rig, clock):
@@ -163,7 +165,7 @@ def test_switched_off_it_never_arms_and_a_restart_leaves_the_entry(rig, clock):
     rig.ex.inject("hold", arg=1000)
     entry = rig.buy("0.01").client_order_id
     rig.eng.step()
-    assert deadline(rig) is None
+    assert deadline(rig) is None and rig.eng.status()["dead_man_switch"] == "off"
     clock.advance(TIMEOUT)
     rig.restart()
     assert rig.store.order(entry)["status"] == "OPEN"
@@ -197,7 +199,7 @@ def _read(path, sql):
         c.close()
 
 
-def _start_with_a_held_entry(bot, hold_s):
+def _start_with_a_held_entry(bot, hold_s, env=None):
     """The bot against a paper venue that will hold its first market entry unfilled for `hold_s`."""
     text = config_text(loop=0.05, bar=0.02).replace("[exchange]", f"[exchange]\ndead_man_timeout_s = {KILL_TIMEOUT}")
     bot.write_config(text)
@@ -205,7 +207,16 @@ def _start_with_a_held_entry(bot, hold_s):
     ex = _venue(bot, text)
     ex.inject("hold", arg=hold_s)
     ex.close()
-    return text, bot.start()
+    return text, bot.start(env=env)
+
+
+def _restart_takes_in_the_cancel(bot, cid):
+    """A restarted bot resolves the venue's cancel into its ledger and finds nothing amiss."""
+    p = bot.start(max_steps=20)
+    assert p.wait(60) == 0, bot.logs()[-3000:]
+    status, = _read(bot.state / "ledger.sqlite", f"SELECT status FROM orders WHERE client_order_id = '{cid}'")
+    state, reason = _read(bot.state / "ledger.sqlite", "SELECT state, reason FROM trading_state")
+    assert status == "CANCELED" and "mismatch" not in reason, (status, state, reason)
 
 
 def test_killed_bot_with_only_an_entry_resting_the_venue_cancels_it(bot):
@@ -218,17 +229,12 @@ def test_killed_bot_with_only_an_entry_resting_the_venue_cancels_it(bot):
     time.sleep(KILL_TIMEOUT + 0.3)
     ex = _venue(bot, text)
     try:
-        [o] = [o for o in ex.all_orders() if o.client_order_id == cid]   # any call lets the venue act
-        assert ex.open_orders() == []
+        assert ex.open_orders() == []                                # any call lets the venue act
         assert [o.status for o in ex.all_orders() if o.client_order_id == cid] == [OrderStatus.CANCELED]
         assert ex.balances().balances["USDT"].free == D("10000")      # its funds are free again
     finally:
         ex.close()
-    p2 = bot.start(max_steps=20)
-    assert p2.wait(60) == 0, bot.logs()[-3000:]
-    status, = _read(bot.state / "ledger.sqlite", f"SELECT status FROM orders WHERE client_order_id = '{cid}'")
-    state, reason = _read(bot.state / "ledger.sqlite", "SELECT state, reason FROM trading_state")
-    assert status == "CANCELED" and "mismatch" not in reason, (status, state, reason)
+    _restart_takes_in_the_cancel(bot, cid)
 
 
 def test_killed_bot_in_a_position_keeps_its_stop_past_the_timeout_and_it_fires(bot):
@@ -253,3 +259,19 @@ def test_killed_bot_in_a_position_keeps_its_stop_past_the_timeout_and_it_fires(b
         assert o.status is OrderStatus.FILLED and o.filled == D(qty) and o.avg_price <= D(trigger)
     finally:
         ex.close()
+
+
+def test_killed_between_send_and_ack_the_entry_was_already_covered(bot):
+    text, p = _start_with_a_held_entry(bot, hold_s=120, env={"HARDKIT_BOT_CRASH_AT": "after_send"})
+    assert p.wait(60) == -signal.SIGKILL, bot.logs()[-3000:]         # the venue has the entry, the ledger no ack
+    cid, status = _read(bot.state / "ledger.sqlite", "SELECT client_order_id, status FROM orders")
+    assert status == "PENDING_SUBMIT"
+    ex = _venue(bot, text)
+    try:
+        assert [o.client_order_id for o in ex.open_orders()] == [cid]
+        assert ex.dead_man_deadline() is not None                    # armed at the intent, before the send
+        time.sleep(KILL_TIMEOUT + 0.3)
+        assert ex.open_orders() == []
+    finally:
+        ex.close()
+    _restart_takes_in_the_cancel(bot, cid)
