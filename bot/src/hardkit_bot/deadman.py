@@ -32,9 +32,12 @@ from __future__ import annotations
 import logging
 
 from .exchange.base import ExchangeError
-from .model import Side
+from .model import OrderStatus, Side
 
 log = logging.getLogger(__name__)
+
+#: What `OrderManager.cancel_where` cancels: acknowledged orders (an unresolved one is resolved first).
+_CANCELLABLE = (OrderStatus.OPEN.value, OrderStatus.PARTIALLY_FILLED.value)
 
 
 def is_entry(row) -> bool:
@@ -77,7 +80,7 @@ def cancel_stale_entries(om, timeout_s: float) -> int:
     def stale(r) -> bool:
         return is_entry(r) and now - (r["sent_at"] or r["created_at"]) >= timeout_s
 
-    found = [r["client_order_id"] for r in om.live_rows() if stale(r)]
+    found = [r["client_order_id"] for r in om.live_rows() if r["status"] in _CANCELLABLE and stale(r)]
     if not found:
         return 0
     n = om.cancel_where(stale)

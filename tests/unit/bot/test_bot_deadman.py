@@ -159,6 +159,21 @@ def test_no_switch_while_a_stop_is_live_and_an_entry_older_than_the_timeout_is_c
     assert deadline(rig) is None
 
 
+def test_an_uncovered_entry_that_fills_while_the_bot_is_down_is_taken_in_and_protected(rig, clock):
+    rig.buy("0.01")
+    rig.eng.step()
+    rig.ex.inject("hold", arg=5)
+    entry = rig.buy("0.01").client_order_id                      # rests beside the stop: not covered
+    clock.advance(10)                                            # the bot is down; the entry fills meanwhile
+    rig.restart()
+    rig.eng.step()
+    assert rig.store.order(entry)["status"] == "FILLED"
+    assert rig.eng.sm.effective is TradingState.ACTIVE, rig.eng.sm.view().reason
+    [stop] = live_stops(rig)                                     # one stop, for the whole (larger) position
+    assert stop.qty == rig.store.positions()["BTC/USDT"].qty == D("0.01998")
+    rig.assert_books_agree()
+
+
 def test_switched_off_it_never_arms_and_a_restart_leaves_the_entry(rig, clock):
     rig.cfg = parse(config_text(bar=1.0, grace=5.0).replace("[exchange]", "[exchange]\ndead_man_switch = false"))
     rig.restart()

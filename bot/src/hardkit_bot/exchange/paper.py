@@ -399,8 +399,8 @@ class PaperExchange:
         with self._tx():
             if self.db.execute("SELECT 1 FROM orders WHERE client_id = ?", (client_id,)).fetchone():
                 raise DuplicateClientOrderId(f"duplicate client order id {client_id}")
-            fault = self._take_fault(("timeout_lost", "timeout_accepted", "reject", "duplicate_response", "partial",
-                                      "hold"))
+            fault = self._take_fault(("timeout_lost", "timeout_accepted", "reject", "duplicate_response", "partial")
+                                     + (("hold",) if order_type is OrderType.MARKET else ()))
         kind = fault[0] if fault else None
         if kind == "timeout_lost":
             raise ExchangeTimeout("paper: request timed out (never arrived)")
@@ -409,7 +409,7 @@ class PaperExchange:
         with self._tx():
             order = self._accept(client_id, symbol, side, order_type, qty, price, trigger,
                                  fraction=Decimal(repr(fault[1])) if kind == "partial" else None,
-                                 hold_s=fault[1] if kind == "hold" and order_type is OrderType.MARKET else None)
+                                 hold_s=fault[1] if kind == "hold" else None)
         if kind == "timeout_accepted":
             raise ExchangeTimeout("paper: response lost after the order was accepted")
         if kind == "duplicate_response":
