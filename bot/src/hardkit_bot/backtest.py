@@ -90,7 +90,7 @@ def run(cfg: Config, bars: list[Bar], bar_seconds: float = 60.0, *, batched: boo
                        fee_rate=cfg.exchange["fee_rate"], slippage_bps=cfg.exchange["slippage_bps"],
                        starting_balance=cfg.exchange["starting_balance"], bar_seconds=bar_seconds,
                        clock=clock, manual=True)
-    eng = Engine(cfg, store, ex, clock, live=False, resting_stops=False)
+    eng = Engine(cfg, store, ex, clock, live=False, resting_stops=False, dead_man=False)
     eng.om.refresh_account()
     eng._on_fill()
     start = float(cfg.exchange["starting_balance"])

@@ -62,6 +62,8 @@ FIELDS: dict[str, dict[str, Field]] = {
         "timeframe": Field("str", "1m", "ccxt: candle timeframe the strategy runs on (ccxt notation: 1m, 5m, 1h, ...).", pattern=r"^[0-9]{1,3}[smhdw]$"),
         "protective_stop": Field("bool", True, "Rest a stop-loss order on the exchange for every position and move it as the trailing stop tightens, so a position stays protected while the bot is down. Where the venue has no stop-loss orders (ccxt), a warning is logged and only the bot enforces stops."),
         "stop_move_min_s": Field("float", 30.0, "Minimum seconds between moves of a resting exchange stop (each is a cancel and a new order; the bot's own stop still trails every bar).", min=0, max=86400),
+        "dead_man_switch": Field("bool", True, "Arm the venue's dead-man's switch (ccxt cancelAllOrdersAfter) while an entry order rests and no protective stop is live, so a dead bot's entry is cancelled on the venue; never armed while a stop protects a position (the switch would cancel the stop too). Entries a dead bot left resting longer than dead_man_timeout_s are also cancelled at the next start. A venue without a switch: a warning, and only the start-up cancel."),
+        "dead_man_timeout_s": Field("float", 60.0, "Seconds without a refresh (one per engine iteration) after which the venue's dead-man's switch cancels every open order; at least 5 loop intervals, so a slow iteration never fires it.", min=1, max=86400),
         "unknown_grace_s": Field("float", 30.0, "How long an UNKNOWN order not found on the exchange is waited for before it is declared ABANDONED.", min=0, max=3600),
         "starting_balance": Field("dec", Decimal("10000"), "Paper: quote balance of a fresh paper account.", min=0),
         "fee_rate": Field("dec", Decimal("0.001"), "Paper: taker fee as a fraction of notional (0.001 = 0.1%).", min=0, max=0.05),
@@ -233,6 +235,10 @@ def _consistency(c: dict[str, dict[str, Any]], instruments: list[dict[str, Any]]
             ZoneInfo(b["timezone"])
         except (ZoneInfoNotFoundError, ValueError):
             problems.append(f"bot.timezone: unknown time zone {b['timezone']!r}")
+    if x["dead_man_switch"] and ok(x["dead_man_timeout_s"], b["loop_interval_s"]) \
+            and x["dead_man_timeout_s"] < 5 * b["loop_interval_s"]:
+        problems.append(f"exchange.dead_man_timeout_s ({x['dead_man_timeout_s']}) must be at least 5 x bot.loop_interval_s "
+                        f"({b['loop_interval_s']}): the switch is refreshed once per iteration")
     if x["kind"] == "ccxt" and not x["id"]:
         problems.append("exchange.id: required when exchange.kind = 'ccxt'")
     if x["api_url"] and not re.fullmatch(r"https://[^/\s]+", x["api_url"]):

@@ -11,7 +11,8 @@ One iteration (`step`), in this order:
 5. orders: *enforce* the effective state (cancel entries when REDUCING, cancel
    everything non-protective when HALTED, flatten when KILLED, auto-close on the
    volatility breaker, fire stops and targets, keep each position's resting
-   exchange stop in step: `resting_stops.py`).
+   exchange stop in step: `resting_stops.py`), then arm, refresh or disarm the
+   venue's dead-man's switch for resting entries (`deadman.py`).
 Breakers before the strategy means a condition that still holds after a reset
 re-trips before any entry can leave. Any unexpected exception in an iteration
 latches HALTED with the error as the reason and the loop carries on, so the
@@ -32,6 +33,7 @@ from decimal import ROUND_DOWN, ROUND_UP, Decimal
 
 from . import audit, faults
 from .config import Config
+from .deadman import DeadMansSwitch, cancel_stale_entries
 from .exchange.base import BadExchangeData, ExchangeError
 from .inhibitor import RebootInhibitor
 from .marketdata import MarketData
@@ -54,8 +56,9 @@ log = logging.getLogger(__name__)
 class Engine:
     def __init__(self, cfg: Config, store: Store, exchange, clock=time.time, *, live: bool = True,
                  inhibitor: RebootInhibitor | None = None, metrics_file: str | None = None,
-                 resting_stops: bool = True):
-        """`resting_stops=False` keeps stops bot-enforced only (backtests: no venue outlives a replay)."""
+                 resting_stops: bool = True, dead_man: bool = True):
+        """`resting_stops=False` keeps stops bot-enforced only and `dead_man=False` never arms the venue's
+        dead-man's switch (backtests: no venue outlives a replay)."""
         self.cfg, self.store, self.exchange, self.clock, self.live = cfg, store, exchange, clock, live
         self.instruments = {i.symbol: i for i in cfg.instruments}
         self.quote = cfg.bot["quote"]
@@ -88,6 +91,14 @@ class Engine:
             else:
                 log.warning("exchange.protective_stop: this venue takes no stop-loss orders; stops are enforced "
                             "by the bot only, and protect nothing while it is down")
+        self.dead_man_on = dead_man and cfg.exchange["dead_man_switch"]
+        self.dead_man = None
+        if self.dead_man_on:
+            if getattr(exchange, "supports_dead_man", False):
+                self.dead_man = DeadMansSwitch(exchange, cfg.exchange["dead_man_timeout_s"])
+            else:
+                log.warning("exchange.dead_man_switch: this venue has no dead-man's switch; an entry left resting "
+                            "by a dead bot stays until the next start cancels it")
         self.inhibitor = inhibitor
         self.metrics_file = metrics_file
         self.positions: dict[str, Position] = store.positions()
@@ -108,6 +119,9 @@ class Engine:
     # ---- lifecycle -----------------------------------------------------------
     def start(self) -> ReconcileReport:
         rep = reconcile(self.om, self.cfg.bot["instance_id"])
+        if self.dead_man_on:
+            cancel_stale_entries(self.om, self.cfg.exchange["dead_man_timeout_s"])
+        self.guard_switch()
         self._on_fill()
         view = self.sm.view()
         log.info("started in %s (%s)", view.state.value, view.reason)
@@ -142,8 +156,15 @@ class Engine:
             self.update_inhibitor()   # exposure changed: tell the OS now, not at the end of the iteration
 
     def _on_live(self) -> None:
+        self.guard_switch()    # before the send: a stop never leaves with the switch armed
         if self.live:
             self.update_inhibitor()
+
+    def guard_switch(self) -> None:
+        """Arm, refresh or disarm the venue's dead-man's switch for our live orders (deadman.py)."""
+        if self.dead_man is not None:
+            with self.om.lock:
+                self.dead_man.update(self.om.live_rows())
 
     def run(self, stop: threading.Event) -> None:
         interval = self.cfg.bot["loop_interval_s"]
@@ -168,6 +189,7 @@ class Engine:
         for sym, (sig, bar) in signals.items():
             self.act(sym, sig, bar)
         self.enforce(self.clock())
+        self.guard_switch()
         if self.live:
             self._housekeeping(self.clock())
         self.steps += 1
@@ -511,5 +533,14 @@ class Engine:
                              "qty": r["qty"], "filled": r["filled"], "status": r["status"]} for r in self.om.live_rows()],
             "limits": [{"name": x.name, "used": round(x.used, 6), "limit": x.limit, "pct": round(x.pct, 2)}
                        for x in self.usages(now)],
+            "dead_man_switch": self._switch_status(),
             "pid": os.getpid(), "running": True, "steps": self.steps,
         }
+
+    def _switch_status(self) -> str:
+        """off (config or backtest), unsupported (venue has none), armed, disarmed, or unknown (a call failed)."""
+        if not self.dead_man_on:
+            return "off"
+        if self.dead_man is None:
+            return "unsupported"
+        return {True: "armed", False: "disarmed", None: "unknown"}[self.dead_man.armed]

@@ -30,11 +30,12 @@ adopted from a lost ledger is left alone for the operator. Start-up reconciliati
 resolves live stop orders like any order, so one that fired while the bot was down
 arrives in the ledger as the position's closing fill.
 
-Dead-man's switch (ccxt `cancelAllOrdersAfter`): not armed. Such a switch cancels
-*every* open order when the bot stops refreshing it, protective stops included, so
-arming it would remove exactly the protection this module exists for. It could cover
-entry orders only on a venue that lets the switch spare some orders; none of our
-targets does, and our entries are market orders that do not rest.
+Dead-man's switch (ccxt `cancelAllOrdersAfter`, `deadman.py`): it cancels *every* open
+order when the bot stops refreshing it, protective stops included, so it is armed only
+while nothing but entries is live, and disarmed before a stop is sent (at its intent).
+A dead bot's position therefore keeps its stop; a dead bot's lone resting entry is
+cancelled by the venue after the timeout; an entry resting beside a stop is not covered
+and is cancelled at the next start if it is older than the timeout.
 """
 from __future__ import annotations
 

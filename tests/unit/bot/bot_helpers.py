@@ -90,7 +90,8 @@ class Replay:
         self.store = Store(tmp / "ledger.sqlite", clock)
         self.ex = PaperExchange(":memory:", {i.symbol: i for i in self.cfg.instruments}, bar_seconds=self.STEP,
                                 clock=clock, manual=True, slippage_bps=D(slippage_bps), fee_rate=D(fee_rate))
-        self.eng = Engine(self.cfg, self.store, self.ex, clock, live=False, resting_stops=False)   # as backtests run
+        self.eng = Engine(self.cfg, self.store, self.ex, clock, live=False, resting_stops=False,
+                          dead_man=False)   # as backtests run
         self.eng.om.refresh_account()
         self.eng._on_fill()
         self.t = clock()

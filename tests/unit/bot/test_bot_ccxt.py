@@ -20,7 +20,7 @@ from hardkit_bot.exchange.paper import PaperExchange  # noqa: E402
 from hardkit_bot.model import Intent, OrderStatus, OrderType, Side, TradingState  # noqa: E402
 from hardkit_bot.store import Store  # noqa: E402
 
-from binance_sim import BinanceSim  # noqa: E402
+from binance_sim import BinanceSim, make_ca_and_cert  # noqa: E402
 from bot_helpers import config_text  # noqa: E402
 
 KEY = "test-api-key-7f3a9c2e41d8"
@@ -179,3 +179,72 @@ def test_binance_base_coin_fees_are_accounted_exactly_and_a_restart_is_clean(eng
     eng = Engine(engine.cfg, Store(tmp_path / "ledger.sqlite"), adapter(sim), live=False)
     rep = eng.start()
     assert rep.mismatches == [] and eng.sm.effective is TradingState.ACTIVE, eng.sm.view().reason
+
+
+def test_no_dead_mans_switch_through_ccxt_binance_spot_is_reported_and_never_called(engine, sim):
+    assert engine.exchange.supports_dead_man is False                 # ccxt: has['cancelAllOrdersAfter']
+    assert engine.status()["dead_man_switch"] == "unsupported"
+    n = len(sim.requests)
+    engine.exchange.cancel_all_after(60)                       # a no-op: no request reaches the venue
+    assert len(sim.requests) == n
+    okx = CcxtExchange("okx", None, None, sandbox=True)        # a venue that has one (constructed offline)
+    assert okx.supports_dead_man is True
+
+
+class KrakenSwitchVenue:
+    """Just enough of Kraken's REST API over local HTTPS for ccxt's kraken class to load (no) markets and
+    arm its dead-man's switch: it records each CancelAllOrdersAfter request's form fields."""
+
+    def __init__(self, certdir):
+        import ssl
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import parse_qsl
+        self.ca, cert, key = make_ca_and_cert(certdir)
+        self.switch_calls: list[dict] = []
+        venue = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def _answer(self, result):
+                data = json.dumps({"error": [], "result": result}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):                              # /0/public/AssetPairs: no markets needed
+                self._answer({})
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
+                if self.path == "/0/private/CancelAllOrdersAfter":
+                    venue.switch_calls.append(dict(parse_qsl(body)))
+                self._answer({"currentTime": "2026-01-01T00:00:00Z", "triggerTime": "2026-01-01T00:01:00Z"})
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert, key)
+        self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+        self.url = f"https://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_ccxt_maps_the_switch_to_cancel_all_orders_after_where_the_venue_has_it(tmp_path):
+    venue = KrakenSwitchVenue(tmp_path)
+    try:
+        ex = CcxtExchange("kraken", "kraken-test-key", "a3Jha2VuLXRlc3Qtc2VjcmV0LWJ5dGVz", sandbox=False,
+                          timeout_ms=3000, ca_bundle=str(venue.ca), api_url=venue.url)
+        assert ex.supports_dead_man is True
+        ex.cancel_all_after(60)                                  # armed: 60 s (Kraken counts seconds)
+        ex.cancel_all_after(0)                                   # disarmed
+        assert [c["timeout"] for c in venue.switch_calls] == ["60", "0"]
+    finally:
+        venue.close()

@@ -58,6 +58,13 @@ class Exchange(Protocol):
     @property
     def supports_stops(self) -> bool:
         """True if the venue takes resting stop-loss orders (OrderType.STOP)."""
+    @property
+    def supports_dead_man(self) -> bool:
+        """True if the venue has a dead-man's switch (`cancel_all_after`)."""
+    def cancel_all_after(self, timeout_s: float) -> None:
+        """The venue's dead-man's switch (ccxt `cancelAllOrdersAfter`): unless called again within
+        `timeout_s`, the venue cancels EVERY open order of the account, protective stops included.
+        0 disarms it. A no-op where `supports_dead_man` is False."""
     def close(self) -> None: ...
 
 

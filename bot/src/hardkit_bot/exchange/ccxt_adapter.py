@@ -17,7 +17,10 @@ Rules it keeps:
   ledger holds exactly what the exchange holds;
 - a protective stop (OrderType.STOP) is sent through ccxt's unified
   `stopLossPrice` param as a market-type order (Binance spot: STOP_LOSS), only
-  where the venue says it has stop-loss orders (`supports_stops`).
+  where the venue says it has stop-loss orders (`supports_stops`);
+- the dead-man's switch maps to ccxt's `cancel_all_orders_after(ms)` only where the
+  venue has it (`has['cancelAllOrdersAfter']`, e.g. okx, bybit, kraken; not Binance
+  spot); elsewhere `supports_dead_man` is False and arming is a no-op.
 """
 from __future__ import annotations
 
@@ -143,6 +146,14 @@ class CcxtExchange:
     @property
     def supports_stops(self) -> bool:
         return bool(self.client.has.get("createStopLossOrder"))
+
+    @property
+    def supports_dead_man(self) -> bool:
+        return bool(self.client.has.get("cancelAllOrdersAfter"))
+
+    def cancel_all_after(self, timeout_s: float) -> None:
+        if self.supports_dead_man:
+            self._call(self.client.cancel_all_orders_after, int(timeout_s * 1000))
 
     def create_order(self, client_id: str, symbol: str, side: Side, order_type: OrderType,
                      qty: Decimal, price: Decimal | None, trigger: Decimal | None = None) -> ExchangeOrder:

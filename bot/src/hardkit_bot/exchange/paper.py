@@ -19,6 +19,12 @@ locked and fill like a market order once a bar trades at or below the trigger
 or not the bot is running. Client order ids follow Binance's rules
 (`CLIENT_ID_RE`) and are unique for the life of the account.
 
+Dead-man's switch (`cancel_all_after`, ccxt's `cancelAllOrdersAfter`): armed with a
+timeout, refreshed by arming again, disarmed with 0. When it expires, every open
+order of the account is cancelled, protective stops included, as real venues do;
+bars that closed before the deadline still fill what they would have. Like stops,
+it acts whether or not the bot is running (on the venue's next call from anyone).
+
 Faults (`inject()`, persisted, consumed one by one):
   timeout_lost        create times out and the request never arrived
   timeout_accepted    create is accepted, then the response is lost (timeout)
@@ -30,6 +36,9 @@ Faults (`inject()`, persisted, consumed one by one):
   garbage             the next ticker/candles answer contains NaN prices
   lookup_miss         the next order lookup by client id answers "not found" although the
                       order exists (a venue's brief inconsistency)
+  hold:S              the next market order is accepted but rests unfilled for S seconds
+                      (a slow or halted market), then fills on the next bar
+  switch_timeout      the next dead-man's switch call times out without taking effect
 """
 from __future__ import annotations
 
@@ -55,7 +64,7 @@ CREATE TABLE IF NOT EXISTS orders (
     id INTEGER PRIMARY KEY AUTOINCREMENT, client_id TEXT NOT NULL UNIQUE, symbol TEXT NOT NULL,
     side TEXT NOT NULL, type TEXT NOT NULL, qty TEXT NOT NULL, price TEXT, status TEXT NOT NULL,
     filled TEXT NOT NULL, avg_price TEXT, locked TEXT NOT NULL, created REAL NOT NULL, bar INTEGER NOT NULL,
-    trigger TEXT);
+    trigger TEXT, hold_until REAL);
 CREATE TABLE IF NOT EXISTS trades (
     trade_id TEXT PRIMARY KEY, order_id INTEGER NOT NULL, client_id TEXT NOT NULL, symbol TEXT NOT NULL,
     side TEXT NOT NULL, qty TEXT NOT NULL, price TEXT NOT NULL, fee TEXT NOT NULL, ts REAL NOT NULL,
@@ -65,9 +74,12 @@ CREATE TABLE IF NOT EXISTS market_events (symbol TEXT NOT NULL, bar INTEGER NOT 
 """
 
 #: Columns added after an exchange file may have been created: (table, column, declaration).
-_ADDED_COLUMNS = (("orders", "trigger", "TEXT"), ("trades", "fee_asset", "TEXT NOT NULL DEFAULT ''"))
+_ADDED_COLUMNS = (("orders", "trigger", "TEXT"), ("trades", "fee_asset", "TEXT NOT NULL DEFAULT ''"),
+                  ("orders", "hold_until", "REAL"))
 
 BPS = Decimal("0.0001")
+#: meta key of the dead-man's switch: the time it fires, or null when disarmed.
+_SWITCH = "dead_man_deadline"
 
 
 class SeriesSource:
@@ -241,38 +253,54 @@ class PaperExchange:
         return Decimal(repr(bar.close)), bar.ts + self.bar_seconds, i
 
     def _sync(self) -> None:
-        """Process closed bars since the last call: resting orders fill, partial remainders complete.
+        """Process closed bars since the last call: resting orders fill, partial remainders complete,
+        an expired dead-man's switch cancels what was still open at its deadline.
 
         Cheap when there is nothing to do (no open orders, no queued market faults, no new
-        bar): no write transaction, so read-only calls do not fsync."""
+        bar, no expired switch): no write transaction, so read-only calls do not fsync."""
         if self.manual:
             return
         upto = self._index() - 1
         with self._lock:
             armed = self.db.execute("SELECT 1 FROM faults WHERE kind IN ('gap','vol_spike') LIMIT 1").fetchone()
-            if not armed and (not self._open or self._processed == upto):
+            deadline = self._meta(_SWITCH)
+            expired = deadline is not None and self.clock() >= deadline
+            if not armed and not expired and (not self._open or self._processed == upto):
                 self._processed = upto if not self._open else self._processed
                 return
             with self._tx():
                 self._arm_market_faults()
                 done = upto - 1 if self._processed is None else self._processed
                 for i in range(done + 1, upto + 1):
+                    if expired and self.t0 + (i + 1) * self.bar_seconds > deadline:
+                        self._expire_switch()           # bars that closed before the deadline came first
+                        expired = False
                     for s in self.instruments:
                         bar = self._bar(s, i)
                         if bar is not None:
                             self._process_bar(s, i, bar)
+                if expired:
+                    self._expire_switch()
                 self._set_meta("processed", upto)
             self._processed = upto
+
+    def _expire_switch(self) -> None:
+        """The dead-man's switch ran out: cancel every open order of the account, stops included."""
+        for r in self.db.execute("SELECT * FROM orders WHERE status IN ('OPEN','PARTIALLY_FILLED')").fetchall():
+            self._cancel_row(r)
+        self._set_meta(_SWITCH, None)
 
     def _process_bar(self, symbol: str, i: int, bar: Bar) -> None:
         rows = self.db.execute("SELECT * FROM orders WHERE symbol = ? AND status IN ('OPEN','PARTIALLY_FILLED')"
                                " AND bar <= ? ORDER BY id", (symbol, i)).fetchall()
         for r in rows:
-            oid, cid, _, side, typ, qty, price, _, filled, _, locked, _, obar, trigger = r
+            oid, cid, _, side, typ, qty, price, _, filled, _, locked, _, obar, trigger, hold_until = r
             side, qty, filled = Side(side), Decimal(qty), Decimal(filled)
             remaining = qty - filled
             if obar > i:   # placed after this bar closed
                 continue
+            if typ == "market" and hold_until is not None and bar.ts + self.bar_seconds < hold_until:
+                continue   # a held market (fault `hold`): not filled yet
             if typ == "market":
                 px = self._slipped(Decimal(repr(bar.close)), side, remaining)
             elif typ == "stop":
@@ -371,7 +399,8 @@ class PaperExchange:
         with self._tx():
             if self.db.execute("SELECT 1 FROM orders WHERE client_id = ?", (client_id,)).fetchone():
                 raise DuplicateClientOrderId(f"duplicate client order id {client_id}")
-            fault = self._take_fault(("timeout_lost", "timeout_accepted", "reject", "duplicate_response", "partial"))
+            fault = self._take_fault(("timeout_lost", "timeout_accepted", "reject", "duplicate_response", "partial")
+                                     + (("hold",) if order_type is OrderType.MARKET else ()))
         kind = fault[0] if fault else None
         if kind == "timeout_lost":
             raise ExchangeTimeout("paper: request timed out (never arrived)")
@@ -379,7 +408,8 @@ class PaperExchange:
             raise OrderRejected("paper: injected reject")
         with self._tx():
             order = self._accept(client_id, symbol, side, order_type, qty, price, trigger,
-                                 fraction=Decimal(repr(fault[1])) if kind == "partial" else None)
+                                 fraction=Decimal(repr(fault[1])) if kind == "partial" else None,
+                                 hold_s=fault[1] if kind == "hold" else None)
         if kind == "timeout_accepted":
             raise ExchangeTimeout("paper: response lost after the order was accepted")
         if kind == "duplicate_response":
@@ -387,7 +417,7 @@ class PaperExchange:
         return order
 
     def _accept(self, cid: str, symbol: str, side: Side, typ: OrderType, qty: Decimal, price: Decimal | None,
-                trigger: Decimal | None, fraction: Decimal | None) -> ExchangeOrder:
+                trigger: Decimal | None, fraction: Decimal | None, hold_s: float | None = None) -> ExchangeOrder:
         inst = self.instruments[symbol]
         if qty <= 0 or qty % inst.step_size != 0 or qty < inst.min_qty or qty > inst.max_qty:
             raise OrderRejected(f"invalid quantity {qty}")
@@ -416,12 +446,13 @@ class PaperExchange:
             self._put(inst.base, free - need, locked + need)
         cur = self.db.execute(
             "INSERT INTO orders (client_id, symbol, side, type, qty, price, status, filled, avg_price, locked, created,"
-            " bar, trigger) VALUES (?,?,?,?,?,?,'OPEN','0',NULL,?,?,?,?)",
+            " bar, trigger, hold_until) VALUES (?,?,?,?,?,?,'OPEN','0',NULL,?,?,?,?,?)",
             (cid, symbol, side.value, typ.value, str(qty), None if price is None else str(price), str(need),
-             self.clock(), idx, None if trigger is None else str(trigger)))
+             self.clock(), idx, None if trigger is None else str(trigger),
+             None if hold_s is None else self.clock() + hold_s))
         oid = cur.lastrowid
         self._open += 1
-        if typ is OrderType.MARKET:
+        if typ is OrderType.MARKET and hold_s is None:
             now_qty = qty
             if fraction is not None:
                 now_qty = (qty * fraction / inst.step_size).to_integral_value(rounding=ROUND_DOWN) * inst.step_size
@@ -451,15 +482,39 @@ class PaperExchange:
             r = self.db.execute("SELECT * FROM orders WHERE client_id = ?", (client_id,)).fetchone()
             if r is None:
                 raise OrderNotFound(client_id)
-            if r[7] in ("OPEN", "PARTIALLY_FILLED"):
-                inst = self.instruments[r[2]]
-                locked = Decimal(r[10])
-                asset = inst.quote if r[3] == "buy" else inst.base
-                free, lk = self._bal(asset)
-                self._put(asset, free + locked, lk - locked)
-                self.db.execute("UPDATE orders SET status = 'CANCELED', locked = '0' WHERE id = ?", (r[0],))
-                self._open = max(0, self._open - 1)
+            self._cancel_row(r)
             return self._order_row(r[0])
+
+    def _cancel_row(self, r) -> None:
+        """Cancel one order row if it is still open: its locked funds become free again."""
+        if r[7] in ("OPEN", "PARTIALLY_FILLED"):
+            inst = self.instruments[r[2]]
+            locked = Decimal(r[10])
+            asset = inst.quote if r[3] == "buy" else inst.base
+            free, lk = self._bal(asset)
+            self._put(asset, free + locked, lk - locked)
+            self.db.execute("UPDATE orders SET status = 'CANCELED', locked = '0' WHERE id = ?", (r[0],))
+            self._open = max(0, self._open - 1)
+
+    def cancel_all_after(self, timeout_s: float) -> None:
+        """Arm the dead-man's switch to fire `timeout_s` from now (arming again refreshes it), or
+        disarm it with 0. A switch that has already expired fires first: a late refresh revives nothing."""
+        self._sync()
+        with self._tx():
+            lost = self._take_fault(("switch_timeout",))
+            if not lost:
+                self._set_meta(_SWITCH, self.clock() + timeout_s if timeout_s > 0 else None)
+        if lost:
+            raise ExchangeTimeout("paper: dead-man's switch request timed out (not applied)")
+
+    @property
+    def supports_dead_man(self) -> bool:
+        return True
+
+    def dead_man_deadline(self) -> float | None:
+        """When the armed switch fires (None: disarmed). Inspection for tests and status."""
+        with self._lock:
+            return self._meta(_SWITCH)
 
     def open_orders(self, symbol: str | None = None) -> list[ExchangeOrder]:
         self._sync()
@@ -506,7 +561,7 @@ def _to_fill(r) -> Fill:
 
 
 def _to_order(r) -> ExchangeOrder:
-    oid, cid, symbol, side, typ, qty, price, status, filled, avg, _, created, _, trigger = r
+    oid, cid, symbol, side, typ, qty, price, status, filled, avg, _, created, _, trigger, _ = r
     return ExchangeOrder(str(oid), cid, symbol, Side(side), OrderType(typ), Decimal(qty),
                          None if price is None else Decimal(price), OrderStatus(status), Decimal(filled),
                          None if avg is None else Decimal(avg), created,
