@@ -27,7 +27,7 @@ import pytest
 
 from deploy import runner
 from deploy.inventory import load
-from roles.bot_paths import CRED_PREFIX, CREDSTORE
+from roles.bot_paths import BOT_USER, CRED_PREFIX, CREDSTORE, UNIT as BOT_UNIT
 from tests.integration.labkit import boot, hardkit
 
 pytestmark = pytest.mark.lab
@@ -180,7 +180,7 @@ def test_the_host_holds_the_latest_deployed_value(canary):
 def test_sent_once_resent_on_change_never_by_a_dry_run(canary):
     runs = canary["runs"]
     assert runs["first"]["credentials"] == {"sent": ["exchange-api-key", "exchange-api-secret"], "removed": []}
-    assert runs["changed"].credentials.sent == ["exchange-api-key"]
+    assert runs["changed"].credentials.sent == ["exchange-api-key"], runs
     assert runs["again"]["credentials"] == {"sent": [], "removed": []} and runs["again"]["changed"] == []
     before, after = runs["inode_before_after"]
     assert before and before == after, "an unchanged credential must not be rewritten on the host"
@@ -210,7 +210,13 @@ def test_the_marker_is_nowhere_on_the_host(canary):
     assert "/var/tmp/sx-control" in files and journal >= 1, (files, journal)
     assert [f for f in files if f != "/var/tmp/sx-control" and "/log/journal/" not in f] == [], files
     files, journal = host_search(lab, name, patterns(*canary["markers"]))
-    assert files == [] and journal == 0, (files, journal)
+    # The one place the value may be in clear: the running unit's own credential mount, which systemd
+    # fills from the ciphertext at start (LoadCredentialEncrypted=): memory only (never disk or swap),
+    # readable by the bot's user alone.
+    loaded = f"/run/credentials/{BOT_UNIT}"
+    assert [f for f in files if not f.startswith(loaded + "/")] == [] and journal == 0, (files, journal)
+    mount = lab.ssh(name, f"findmnt -no FSTYPE {loaded}; stat -c '%U %a' {loaded}/{CRED}").stdout.split()
+    assert mount[0] in ("ramfs", "tmpfs") and mount[1:] == [BOT_USER, "400"], mount
 
 
 def test_the_marker_is_nowhere_on_the_controller(canary, tmp_path):
@@ -244,8 +250,9 @@ def test_wrong_identity_is_refused_before_any_connection(canary, tmp_path):
 def test_without_secrets_env_the_delivered_credentials_go_and_nothing_else(canary, tmp_path):
     """Last (it changes the host): the lab's own inventory has no secrets_env, as in `make demo`."""
     lab, name = canary["lab"], canary["name"]
-    host_made = f"{CREDSTORE}/{CRED_PREFIX}audit-key"  # as the bot role makes it: never hardkit-delivered
-    lab.ssh(name, f"head -c 32 /dev/urandom | systemd-creds encrypt --name=audit-key - {host_made}")
+    host_made = f"{CREDSTORE}/{CRED_PREFIX}audit-key"  # the bot role made it: never hardkit-delivered
+    made = lab.ssh(name, f"stat -c %i:%Y {host_made}").stdout
+    assert made.strip(), "the bot role made no audit key"
     env = {**os.environ, "HARDKIT_AGE_IDENTITY": str(tmp_path / "no-identity-needed.txt")}
     res = subprocess.run([sys.executable, "-m", "deploy.cli", "deploy", str(lab.inventory_path), "--json"],
                          cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=900)
@@ -253,3 +260,4 @@ def test_without_secrets_env_the_delivered_credentials_go_and_nothing_else(canar
     assert json.loads(res.stdout)["hosts"][name]["credentials"] == {
         "sent": [], "removed": ["exchange-api-key", "exchange-api-secret"]}
     assert lab.ssh(name, f"ls {CREDSTORE}").stdout.split() == [f"{CRED_PREFIX}audit-key"]
+    assert lab.ssh(name, f"stat -c %i:%Y {host_made}").stdout == made, "the host-made audit key was touched"
