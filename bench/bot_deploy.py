@@ -14,23 +14,17 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.lab_loop import timed  # noqa: E402
 from deploy import runner  # noqa: E402
 from deploy.inventory import load  # noqa: E402
 from roles import bot_release  # noqa: E402
 from sandbox import lab  # noqa: E402
 
 PREFIX = "benchbot"
-
-
-def timed(fn):
-    start = time.perf_counter()
-    value = fn()
-    return time.perf_counter() - start, value
 
 
 def fresh(**changes) -> Path:

@@ -8,11 +8,13 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 
 import pytest
 
 from roles import bot_release
+from roles.bot import wait_for_bot_command
 from roles.bot_paths import INSTALL_ROOT, UNIT
 from tests.integration import oslab
 from tests.integration.labkit import REPO_ROOT, boot, hardkit
@@ -88,7 +90,7 @@ def test_upgrade_and_rollback_keep_the_ledger(lab, tmp_path):
     init = source / "src" / "hardkit_bot" / "__init__.py"
     init.write_text(init.read_text() + "\n# a new release for the upgrade test\n")
     env = dict(os.environ, HARDKIT_BOT_SOURCE=str(source))
-    res = subprocess.run([hardkit_python(), "-m", "deploy.cli", "deploy", str(lab.inventory_path)], cwd=REPO_ROOT,
+    res = subprocess.run([sys.executable, "-m", "deploy.cli", "deploy", str(lab.inventory_path)], cwd=REPO_ROOT,
                          env=env, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     upgraded, previous = links(lab)
@@ -106,22 +108,12 @@ def test_reboot_brings_the_bot_back_halted(lab):
     before = status(lab)
     assert before["state"] == "HALTED"
     oslab.reboot(lab, lab.names[0])
-    res = oslab.root(lab, lab.names[0], bot_wait_command())
+    res = oslab.root(lab, lab.names[0], wait_for_bot_command())
     assert res.returncode == 0, res.stderr
     after = status(lab)
     assert after["state"] == "HALTED" and after["reason"] == before["reason"], after
     res = bot(lab, "reset", "--note", "after reboot")
     assert res.returncode == 0 and status(lab)["state"] == "ACTIVE"
-
-
-def hardkit_python() -> str:
-    import sys
-    return sys.executable
-
-
-def bot_wait_command() -> str:
-    from roles.bot import wait_for_bot_command
-    return wait_for_bot_command()
 
 
 def test_dashboard_through_ssh_in_chromium_and_nowhere_else(lab, tmp_path):
@@ -133,7 +125,7 @@ def test_dashboard_through_ssh_in_chromium_and_nowhere_else(lab, tmp_path):
 
     if not browser.available():
         pytest.skip(browser.MISSING)
-    proc = subprocess.Popen([hardkit_python(), "-m", "deploy.cli", "bot", "dashboard", str(lab.inventory_path),
+    proc = subprocess.Popen([sys.executable, "-m", "deploy.cli", "bot", "dashboard", str(lab.inventory_path),
                              "--host", lab.names[0]], cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()
@@ -168,7 +160,7 @@ def test_dashboard_through_ssh_in_chromium_and_nowhere_else(lab, tmp_path):
     address = lab.lab_address(lab.names[0])
     for role in ("allowed", "attacker"):
         for port in (80, 443, 8080, 9464, 8787):
-            probe = lab.from_client(role, ["timeout", "4", hardkit_python(), "-c",
+            probe = lab.from_client(role, ["timeout", "4", sys.executable, "-c",
                                            "import socket,sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), 3)",
                                            address, str(port)])
             assert probe.returncode != 0, f"{role} client reached {address}:{port}"
@@ -217,7 +209,7 @@ def test_live_bot_authenticates_with_delivered_credentials_through_its_egress(la
                HARDKIT_AGE_IDENTITY=str(tmp_path / "age-identity.txt"))
 
     def cli(*args, stdin: str = "") -> subprocess.CompletedProcess:
-        return subprocess.run([hardkit_python(), "-m", "deploy.cli", *args], cwd=REPO_ROOT, env=env, input=stdin,
+        return subprocess.run([sys.executable, "-m", "deploy.cli", *args], cwd=REPO_ROOT, env=env, input=stdin,
                               capture_output=True, text=True, timeout=900)
 
     assert cli("secrets", "init", "live").returncode == 0
@@ -227,7 +219,7 @@ def test_live_bot_authenticates_with_delivered_credentials_through_its_egress(la
     address, ns = client["v4"], client["netns"]
     folder = tmp_path / "exchange"
     folder.mkdir()
-    venue = subprocess.Popen(["ip", "netns", "exec", ns, hardkit_python(), "-m", "tests.integration.lab_exchange",
+    venue = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "tests.integration.lab_exchange",
                               address, "443", str(folder)], cwd=REPO_ROOT, stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True)
     try:
