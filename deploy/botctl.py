@@ -162,10 +162,7 @@ def do_rollback(s: Session, args) -> Row:
     current, previous = links[0], links[1]
     if s.run(f"test -f {INSTALL_ROOT}/{previous}/.complete", root=True)[0] != 0:
         return Row(s.login.host, False, f"previous release {previous} is not complete; not switching")
-    swap = (f"cd {INSTALL_ROOT} && ln -sfn {shlex.quote(previous)} current.new && mv -Tf current.new current && "
-            f"ln -sfn {shlex.quote(current)} previous.new && mv -Tf previous.new previous && "
-            f"systemctl restart {UNIT}")
-    rc, out, err = s.run(swap, root=True)
+    rc, out, err = s.run(bot_role.swap_releases_command(current, previous), root=True)
     if rc != 0:
         return Row(s.login.host, False, f"rollback failed: {(err or out).strip()[-200:]}")
     st = _wait_answering(s)

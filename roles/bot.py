@@ -236,6 +236,25 @@ def wait_for_bot_command() -> str:
             f"journalctl -u {UNIT} -n 20 --no-pager -o cat >&2; exit 1; fi; sleep 1; done")
 
 
+def swap_releases_command(current: str, previous: str) -> str:
+    """Make `previous` current and `current` previous (both link targets as readlink shows them), atomically
+    each, and restart the bot on it: `hardkit bot rollback` and a deploy's automatic rollback."""
+    return (f"cd {INSTALL_ROOT} && ln -sfn {shlex.quote(previous)} current.new && mv -Tf current.new current && "
+            f"ln -sfn {shlex.quote(current)} previous.new && mv -Tf previous.new previous && "
+            f"systemctl reset-failed {UNIT} 2>/dev/null; systemctl restart {UNIT}")
+
+
+def wait_or_roll_back_command(release: str, previous: str) -> str:
+    """Wait for the bot on a release this deploy switched to; if it never answers, go back to `previous`
+    (the release that ran before), wait for that one, and fail the deploy either way, saying which runs."""
+    new, old = f"releases/{release}", f"releases/{previous}"
+    back = (f"echo 'hardkit: release {release} did not start; going back to {previous}' >&2; "
+            f"{swap_releases_command(new, old)} && ( {wait_for_bot_command()} ) && "
+            f"echo 'hardkit: rolled back: the bot runs release {previous} again; release {release} stays "
+            f"installed as previous' >&2; exit 1")
+    return f"( {wait_for_bot_command()} ) || {{ {back}; }}"
+
+
 def stop_disabled_bot():
     """bot_enabled false on a host that has the bot: it is stopped and not started at boot. Its ledger,
     releases, config and credentials stay (the audit trail and a later re-enable need them)."""
@@ -256,6 +275,10 @@ def bot():
     apt.packages(name="Install python3-venv (the bot's offline install)", packages=PACKAGES)
 
     release = bot_release.current()
+    before = host.get_fact(ReleaseState)
+    # A new release that never answers is rolled back to the one that ran (complete, so it can run again).
+    roll_back_to = before["current"] if before["current"] not in ("", release.name) and \
+        before["current"] in before["complete"] else ""
     installed = install_release(name=f"Bot release {release.name} (offline, hashed wheels)",
                                 release=release.name, tarball=str(release.tarball))
     switched = switch_release(name=f"Bot release {release.name} is current", release=release.name)
@@ -286,8 +309,9 @@ def bot():
         server.shell(name="Clear the failed bot's start limit (this deploy starts it again)",
                      commands=[f"systemctl reset-failed {UNIT}"])
     started = systemd.service(name="The bot runs and starts at boot", service=UNIT, running=True, enabled=True)
+    wait = wait_or_roll_back_command(release.name, roll_back_to) if roll_back_to else wait_for_bot_command()
     server.shell(name="The bot answers on its control socket", _if=any_changed(restart, started),
-                 commands=[wait_for_bot_command()])
+                 commands=[wait])
 
 
 apply = bot

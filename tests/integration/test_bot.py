@@ -104,6 +104,28 @@ def test_upgrade_and_rollback_keep_the_ledger(lab, tmp_path):
     assert back["state"] == "HALTED" and back["reason"] == before["reason"], back
 
 
+def test_a_release_that_does_not_start_is_rolled_back(lab, tmp_path):
+    """A new release whose bot never answers: the deploy goes back to the release that ran, fails, and says so."""
+    before = status(lab)
+    running = links(lab)[0]
+    source = tmp_path / "bot"
+    shutil.copytree(REPO_ROOT / "bot", source, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "build"))
+    init = source / "src" / "hardkit_bot" / "__init__.py"
+    init.write_text(init.read_text() + "\nimport sys as _sys\nif _sys.argv[1:2] == ['run']:\n"
+                    "    raise SystemExit('a release broken on purpose (rollback test)')\n")
+    env = dict(os.environ, HARDKIT_BOT_SOURCE=str(source))
+    res = subprocess.run([sys.executable, "-m", "deploy.cli", "deploy", str(lab.inventory_path)], cwd=REPO_ROOT,
+                         env=env, capture_output=True, text=True, timeout=900)
+    assert res.returncode != 0, res.stderr[-3000:]
+    assert f"rolled back: the bot runs release {running} again" in res.stderr, res.stderr[-3000:]
+    current, previous = links(lab)
+    assert current == running and previous not in ("", running), (current, previous)
+    after = status(lab)
+    assert after["pid"] != before["pid"] and (after["state"], after["reason"]) == (before["state"], before["reason"])
+    again = lab.deploy()  # the repository's own release is the one running: nothing to switch
+    assert again.ok and links(lab)[0] == running
+
+
 def test_reboot_brings_the_bot_back_halted(lab):
     before = status(lab)
     assert before["state"] == "HALTED"
