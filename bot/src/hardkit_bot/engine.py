@@ -119,6 +119,8 @@ class Engine:
     # ---- lifecycle -----------------------------------------------------------
     def start(self) -> ReconcileReport:
         rep = reconcile(self.om, self.cfg.bot["instance_id"])
+        if not self.om.book.matches_ledger():   # the risk guard's in-memory book must be the ledger's
+            self.sm.escalate(TradingState.HALTED, "the in-memory order book differed from the ledger at start")
         if self.dead_man_on:
             cancel_stale_entries(self.om, self.cfg.exchange["dead_man_timeout_s"])
         self.guard_switch()
@@ -534,6 +536,7 @@ class Engine:
             "limits": [{"name": x.name, "used": round(x.used, 6), "limit": x.limit, "pct": round(x.pct, 2)}
                        for x in self.usages(now)],
             "dead_man_switch": self._switch_status(),
+            "pretrade_us": self.om.pretrade_us(),
             "pid": os.getpid(), "running": True, "steps": self.steps,
         }
 
