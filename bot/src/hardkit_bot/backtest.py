@@ -7,6 +7,7 @@ is the bar clock, so daily-loss anchoring and stale-data checks behave as live.
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -69,6 +70,8 @@ class BacktestResult:
     denials: int
     final_state: str
     state_reason: str
+    decisions: str       # sha256 of every risk decision and fill in order: equal digests, same trading
+
 
     @property
     def bars_per_second(self) -> float:
@@ -109,5 +112,16 @@ def run(cfg: Config, bars: list[Bar], bar_seconds: float = 60.0, *, batched: boo
     trades = store.conn.execute("SELECT COUNT(*) FROM fills").fetchone()[0]
     denials = store.conn.execute("SELECT COUNT(*) FROM risk_decisions WHERE approved = 0").fetchone()[0]
     return BacktestResult(len(bars), secs, start, eng.equity_f, mdd * 100, trades, denials,
-                          view.state.value, view.reason)
+                          view.state.value, view.reason, _decisions_digest(store))
+
+
+def _decisions_digest(store: Store) -> str:
+    """What the replay decided, in order: every risk decision (intent, side, qty, approval, code)
+    and every fill (side, qty, price, fee, realized pnl)."""
+    h = hashlib.sha256()
+    for q in ("SELECT ts, intent_key, side, qty, approved, code FROM risk_decisions ORDER BY id",
+              "SELECT ts, side, qty, price, fee, fee_asset, realized_pnl FROM fills ORDER BY rowid"):
+        for row in store.conn.execute(q):
+            h.update(repr(tuple(row)).encode())
+    return h.hexdigest()
 
