@@ -101,8 +101,13 @@ class OrderManager:
         now = self.clock()
         b = self.book.state()
         prices = self.market.prices()
-        exposure = b.buy_notional + sum((q * prices.get(s, (ZERO, 0))[0] for s, q in b.held.items()), ZERO)
-        equity, _, _ = self._equity(quote, b.positions, prices)
+        mark = held = ZERO              # one pass: positions marked at the last price (or their cost without one)
+        for sym, pos in b.positions.items():
+            last = prices.get(sym)
+            mark += pos.qty * (last[0] if last else pos.avg_price)
+            if last and sym in b.held:
+                held += b.held[sym] * last[0]
+        exposure, equity = b.buy_notional + held, self.account.total(quote) + mark
         return RiskSnapshot(
             state=self.sm.effective, now=now, equity=equity, free_quote=self.account.free(quote),
             pending_buy_cost=b.buy_cost, positions=b.held, pending_sell_qty=b.sell_qty,
