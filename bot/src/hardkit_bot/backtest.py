@@ -7,6 +7,7 @@ is the bar clock, so daily-loss anchoring and stale-data checks behave as live.
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -69,10 +70,17 @@ class BacktestResult:
     denials: int
     final_state: str
     state_reason: str
+    decisions: str       # sha256 of every risk decision and fill in order: equal digests, same trading
+    cpu_seconds: float = 0.0   # CPU time of the replay loop: its cost without the waits for a shared CPU
+
 
     @property
     def bars_per_second(self) -> float:
         return self.bars / self.seconds if self.seconds else float("inf")
+
+    @property
+    def bars_per_cpu_second(self) -> float:
+        return self.bars / self.cpu_seconds if self.cpu_seconds else float("inf")
 
     def as_dict(self) -> dict:
         return {**self.__dict__, "bars_per_second": round(self.bars_per_second)}
@@ -95,7 +103,7 @@ def run(cfg: Config, bars: list[Bar], bar_seconds: float = 60.0, *, batched: boo
     eng._on_fill()
     start = float(cfg.exchange["starting_balance"])
     peak, mdd = start, 0.0
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for bar in bars:
         now[0] = bar.ts + bar_seconds
         eng.replay_bar(sym, bar, bar_seconds)
@@ -104,10 +112,21 @@ def run(cfg: Config, bars: list[Bar], bar_seconds: float = 60.0, *, batched: boo
             peak = eq
         elif peak > 0 and (peak - eq) / peak > mdd:
             mdd = (peak - eq) / peak
-    secs = time.perf_counter() - t0
+    secs, cpu = time.perf_counter() - t0, time.process_time() - c0
     view = eng.sm.view()
     trades = store.conn.execute("SELECT COUNT(*) FROM fills").fetchone()[0]
     denials = store.conn.execute("SELECT COUNT(*) FROM risk_decisions WHERE approved = 0").fetchone()[0]
     return BacktestResult(len(bars), secs, start, eng.equity_f, mdd * 100, trades, denials,
-                          view.state.value, view.reason)
+                          view.state.value, view.reason, _decisions_digest(store), cpu)
+
+
+def _decisions_digest(store: Store) -> str:
+    """What the replay decided, in order: every risk decision (intent, side, qty, approval, code)
+    and every fill (side, qty, price, fee, realized pnl)."""
+    h = hashlib.sha256()
+    for q in ("SELECT ts, intent_key, side, qty, approved, code FROM risk_decisions ORDER BY id",
+              "SELECT ts, side, qty, price, fee, fee_asset, realized_pnl FROM fills ORDER BY rowid"):
+        for row in store.conn.execute(q):
+            h.update(repr(tuple(row)).encode())
+    return h.hexdigest()
 

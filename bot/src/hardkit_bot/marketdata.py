@@ -43,34 +43,60 @@ class MarketData:
     def __init__(self, clock=time.time, max_ahead_s: float = MAX_AHEAD_S, sanity_ratio: float = SANITY_RATIO) -> None:
         self.clock, self.max_ahead_s, self.sanity_ratio = clock, max_ahead_s, sanity_ratio
         self._lock = threading.Lock()
-        self.last: dict[str, tuple[Decimal, float]] = {}
+        self._last: dict[str, tuple[Decimal, float]] = {}
+        self._floats: dict[str, tuple[float, float]] = {}   # accepted float ticks not yet made Decimal (see last)
+        self._tick_ts: dict[str, float] = {}     # time of the newest accepted tick
         self.last_f: dict[str, float] = {}       # the same prices as floats, for per-bar monitoring
         self.last_bar_ts: dict[str, float] = {}
         self._ref: dict[str, float] = {}         # last accepted price (tick or candle close): the band's centre
         self.rejected = 0
         self.last_rejection: dict[str, str] = {}  # why the latest data for a symbol was refused (shown when stale)
 
+    @property
+    def last(self) -> dict[str, tuple[Decimal, float]]:
+        """(price, time) of the newest accepted tick per instrument, prices as Decimal.
+
+        A float tick (a replay's bar close, the paper exchange) becomes Decimal(str(price)) here,
+        when something reads it, not on every tick: a replay reads prices only to trade, and the
+        conversion was the largest single cost of its per-bar path."""
+        if self._floats:
+            with self._lock:
+                for sym, (pf, ts) in self._floats.items():
+                    self._last[sym] = (Decimal(repr(pf)), ts)
+                self._floats.clear()
+        return self._last
+
     def on_tick(self, symbol: str, price, ts: float) -> bool:
-        try:
-            p = Decimal(str(price))
-        except Exception:
-            return self._reject(symbol, f"unparseable price {price!r}")
-        if not p.is_finite() or p <= 0:
-            return self._reject(symbol, f"price {price!r} is not positive and finite")
+        if type(price) is float:                 # no parsing; the same checks as for a Decimal below
+            if not 0.0 < price < _INF:
+                return self._reject(symbol, f"price {price!r} is not positive and finite")
+            p = None
+        else:
+            try:
+                p = Decimal(str(price))
+            except Exception:
+                return self._reject(symbol, f"unparseable price {price!r}")
+            if not p.is_finite() or p <= 0:
+                return self._reject(symbol, f"price {price!r} is not positive and finite")
         if not math.isfinite(ts):
             return self._reject(symbol, f"tick time {ts!r} is not finite")
         ahead = ts - self.clock()
         if ahead > self.max_ahead_s:
             return self._reject(symbol, f"tick stamped {ahead:.1f}s ahead of the local clock (tolerance {self.max_ahead_s}s)")
-        pf = float(p)
+        pf = price if p is None else float(p)
         ref = self._ref.get(symbol)
         if ref is not None and not (pf <= ref * self.sanity_ratio and pf * self.sanity_ratio >= ref):
             return self._reject(symbol, self._band_reason(ref, pf))
         with self._lock:
-            prev = self.last.get(symbol)
-            if prev is not None and ts < prev[1]:
-                return self._reject(symbol, f"tick at {ts} older than the last one at {prev[1]}")
-            self.last[symbol] = (p, ts)
+            prev = self._tick_ts.get(symbol)
+            if prev is not None and ts < prev:
+                return self._reject(symbol, f"tick at {ts} older than the last one at {prev}")
+            self._tick_ts[symbol] = ts
+            if p is None:
+                self._floats[symbol] = (pf, ts)
+            else:
+                self._floats.pop(symbol, None)
+                self._last[symbol] = (p, ts)
             self.last_f[symbol] = pf
             self._ref[symbol] = pf
         return True
@@ -105,5 +131,6 @@ class MarketData:
         return False
 
     def prices(self) -> dict[str, tuple[Decimal, float]]:
+        last = self.last
         with self._lock:
-            return dict(self.last)
+            return dict(last)

@@ -69,13 +69,13 @@ class TradingState(str, enum.Enum):
     HALTED = "HALTED"          # no strategy orders; open entries cancelled; stops still protect
     KILLED = "KILLED"          # flattened; nothing but protective orders; needs manual reset
 
-    @property
-    def severity(self) -> int:
-        return _SEVERITY[self]
+    severity: int              # 0..3 in the order above (set below)
 
 
-_SEVERITY = {TradingState.ACTIVE: 0, TradingState.REDUCING: 1, TradingState.HALTED: 2,
-             TradingState.KILLED: 3}
+# A plain attribute per member: a property looking the member up in a dict hashed it (Enum.__hash__,
+# a Python call) every time, and the breakers and the effective state read it on every bar.
+for _n, _s in enumerate(TradingState):
+    _s.severity = _n
 
 
 @dataclass(frozen=True, slots=True)

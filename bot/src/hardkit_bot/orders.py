@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
+import time
+from collections import deque
 from dataclasses import dataclass
 from decimal import Decimal
-from types import MappingProxyType
 from typing import Callable
 
 from . import faults
@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 #: How much earlier than our intent the exchange may stamp the order under its client id
 #: (clock skew between us and the venue) before that proves the order is not this intent.
 CLOCK_SKEW_S = 60.0
+
+#: How many recent orders' pre-trade timings the status keeps (p50/p99 over them).
+PRETRADE_SAMPLES = 1000
 
 
 @dataclass(frozen=True)
@@ -69,8 +72,9 @@ class OrderManager:
         self.known_keys = store.intent_keys()
         self.account = AccountView()
         self.has_live = bool(self.live_rows())   # cheap guard for per-bar paths
-        self.book = LedgerBook(store)
-        self._pending: tuple[int, _Pending] | None = None
+        self.book = LedgerBook(store, limits, self.holds)
+        #: What the pre-trade path (snapshot + checks) cost the latest orders, in ns (status: `pretrade_us`).
+        self.pretrade_ns: deque[int] = deque(maxlen=PRETRADE_SAMPLES)
 
     # ---- snapshot -----------------------------------------------------------
     def refresh_account(self) -> AccountView:
@@ -79,7 +83,7 @@ class OrderManager:
 
     def equity(self, quote: str) -> tuple[Decimal, Decimal, Decimal]:
         """(equity, cash, unrealized): quote total + positions marked at the last price."""
-        return self._equity(quote, self.book.view()[1], self.market.prices())
+        return self._equity(quote, self.book.state().positions, self.market.prices())
 
     def _equity(self, quote: str, positions, prices) -> tuple[Decimal, Decimal, Decimal]:
         cash = self.account.total(quote)
@@ -91,42 +95,39 @@ class OrderManager:
             unreal += pos.qty * (px - pos.avg_price)
         return cash + mark, cash, unreal
 
-    def _pending_orders(self, v: int, live) -> "_Pending":
-        """What the live orders reserve, recomputed only when the ledger's book changed."""
-        if self._pending is None or self._pending[0] != v:
-            buy_cost = notional = ZERO
-            sells: dict[str, Decimal] = {}
-            for o in live:
-                if o.side is Side.BUY:
-                    buy_cost += pipeline.buy_cost(o.remaining, o.price, o.order_type, self.limits)
-                    notional += o.remaining * o.price
-                else:
-                    sells[o.instrument] = sells.get(o.instrument, ZERO) + o.remaining
-            self._pending = (v, _Pending(buy_cost, notional, MappingProxyType(sells),
-                                         frozenset(o.instrument for o in live if o.side is Side.BUY),
-                                         frozenset(o.instrument for o in live if o.unresolved)))
-        return self._pending[1]
-
     def snapshot(self, quote: str) -> RiskSnapshot:
+        """What the checks read: the book's state as the ledger's writes left it (book.py), marked at
+        the last prices; nothing here reads the ledger or grows with history."""
         now = self.clock()
-        v, book, live = self.book.view()
-        pend = self._pending_orders(v, live)
+        b = self.book.state()
         prices = self.market.prices()
-        positions = {s: p.qty for s, p in book.items() if self.holds(s, p.qty)}   # dust is no position
-        exposure = pend.buy_notional + sum((q * prices.get(s, (ZERO, 0))[0] for s, q in positions.items()), ZERO)
-        equity, _, _ = self._equity(quote, book, prices)
+        mark = held = ZERO              # one pass: positions marked at the last price (or their cost without one)
+        for sym, pos in b.positions.items():
+            last = prices.get(sym)
+            mark += pos.qty * (last[0] if last else pos.avg_price)
+            if last and sym in b.held:
+                held += b.held[sym] * last[0]
+        exposure, equity = b.buy_notional + held, self.account.total(quote) + mark
         return RiskSnapshot(
             state=self.sm.effective, now=now, equity=equity, free_quote=self.account.free(quote),
-            pending_buy_cost=pend.buy_cost, positions=positions, pending_sell_qty=pend.sell_qty,
-            open_instruments=pend.buy_instruments.union(positions), exposure=exposure, last_price=prices,
+            pending_buy_cost=b.buy_cost, positions=b.held, pending_sell_qty=b.sell_qty,
+            open_instruments=b.open_instruments, exposure=exposure, last_price=prices,
             orders_last_minute=self.activity.count("orders", now), known_keys=self.known_keys,
-            unresolved_instruments=pend.unresolved)
+            unresolved_instruments=b.unresolved)
+
+    def pretrade_us(self) -> dict:
+        """p50/p99 of what the pre-trade path cost the latest orders, as this process measured it."""
+        s = sorted(self.pretrade_ns)
+        if not s:
+            return {"orders": 0}
+        return {"orders": len(s), "p50": round(s[len(s) // 2] / 1000, 1), "p99": round(s[int(len(s) * 0.99)] / 1000, 1)}
 
     # ---- submission ---------------------------------------------------------
     def submit(self, intent: Intent, quote: str) -> SubmitResult:
         with self.lock:
-            snap = self.snapshot(quote)
-            denial = pipeline.check(intent, snap, self.limits, self.instruments)
+            t0 = time.perf_counter_ns()
+            denial = pipeline.check(intent, self.snapshot(quote), self.limits, self.instruments)
+            self.pretrade_ns.append(time.perf_counter_ns() - t0)
             self.store.record_decision(intent, denial)
             if denial is not None:
                 log.info("risk denied %s %s %s: %s", intent.side.value, intent.qty, intent.instrument, denial)
@@ -332,16 +333,6 @@ def _mismatch(row, eo: ExchangeOrder) -> str | None:
     if eo.ts and eo.ts < row["created_at"] - CLOCK_SKEW_S:
         diffs.append(f"placed {row['created_at'] - eo.ts:.0f}s before the intent existed")
     return "; ".join(diffs) or None
-
-
-@dataclass(frozen=True)
-class _Pending:
-    """Aggregates of the live orders for the risk snapshot (see OrderManager._pending_orders)."""
-    buy_cost: Decimal                 # quote every live buy may still consume (fee, slippage)
-    buy_notional: Decimal             # remaining qty x price of live buys: exposure
-    sell_qty: Mapping[str, Decimal]   # per instrument, qty live sells will still remove (read-only: shared)
-    buy_instruments: frozenset[str]
-    unresolved: frozenset[str]        # instruments with a PENDING_SUBMIT/UNKNOWN order
 
 
 def _ack_status(eo: ExchangeOrder) -> OrderStatus:

@@ -18,6 +18,9 @@ class Signal(enum.Enum):
     EXIT_LONG = 2
 
 
+# Looking a member up on its Enum class costs ~0.3 µs on Python 3.11, and on_bar runs on every bar.
+NO_SIGNAL, ENTER_LONG, EXIT_LONG = Signal.NONE, Signal.ENTER_LONG, Signal.EXIT_LONG
+
 class TrendATR:
     """Long when the fast EMA is above the slow one by more than `band_atr` ATRs,
     out when it falls below by as much: the band is hysteresis against whipsaw
@@ -53,9 +56,9 @@ class TrendATR:
         crossed_down = self.above and not above
         self.above = above
         if self.n < self.warmup:
-            return Signal.NONE
+            return NO_SIGNAL
         if crossed_up:
-            return Signal.ENTER_LONG
+            return ENTER_LONG
         if crossed_down:
-            return Signal.EXIT_LONG
-        return Signal.NONE
+            return EXIT_LONG
+        return NO_SIGNAL

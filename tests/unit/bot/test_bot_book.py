@@ -146,3 +146,29 @@ def test_the_book_costs_no_sql_and_never_reads_history(om):
     plan = [tuple(r)[-1] for r in om.store.conn.execute("EXPLAIN QUERY PLAN " + orders[0])]
     assert any("USING INDEX orders_status" in p for p in plan) and not any(p.startswith("SCAN") for p in plan)
     assert reads_during(om, lambda: om.snapshot("USDT")) == []          # ... once
+
+
+def test_the_start_check_sees_a_book_that_differs_from_the_ledger_and_repairs_it(om, tmp_path):
+    """A write that bypassed the store's connection (so no trigger fed the mirror) is what
+    `matches_ledger` exists for: it says so, and the snapshot is the ledger's again."""
+    om.store.insert_intent(Intent("k", "BTC/USDT", Side.BUY, D("0.01"), D("100")), "hk1")
+    assert om.book.matches_ledger()
+    import sqlite3
+    other = sqlite3.connect(tmp_path / "ledger.sqlite", isolation_level=None)
+    other.execute("UPDATE orders SET status = 'CANCELED'")
+    other.execute("INSERT INTO positions VALUES ('ETH/USDT', '0.5', '100', '0', '0', 0)")
+    other.close()
+    assert snap_fields(om) != from_ledger(om)
+    assert not om.book.matches_ledger()
+    assert snap_fields(om) == from_ledger(om) and om.book.matches_ledger()
+
+
+def test_reading_the_book_reuses_what_the_last_write_built(om):
+    """The aggregates are built by the write (inside its transaction), not by the order that reads them."""
+    om.store.insert_intent(Intent("k", "BTC/USDT", Side.BUY, D("0.01"), D("100")), "hk1")
+    first = om.book.state()
+    assert om.book.state() is first and om.snapshot("USDT").pending_buy_cost == first.buy_cost > 0
+    with om.store.tx() as c:
+        c.execute("UPDATE orders SET status = 'CANCELED'")
+        assert om.book._state.buy_cost == 0          # rebuilt by the trigger, before the commit
+    assert om.book.state().buy_cost == 0 and om.snapshot("USDT").pending_buy_cost == 0

@@ -173,3 +173,11 @@ def test_activity_counters_survive_a_restart(rig):
         rig.buy()
     rig.eng.step()
     assert rig.eng.sm.effective is TradingState.HALTED and "5 rejects" in rig.eng.sm.view().reason
+
+
+def test_status_reports_what_the_pre_trade_path_cost_the_orders(rig):
+    assert rig.eng.status()["pretrade_us"] == {"orders": 0}
+    rig.buy()
+    rig.buy()
+    p = rig.eng.status()["pretrade_us"]
+    assert p["orders"] == 2 and 0 < p["p50"] <= p["p99"]

@@ -16,7 +16,7 @@ import enum
 from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, Decimal
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from ..model import Instrument, Intent, OrderType, Side, TradingState
 
@@ -24,6 +24,12 @@ ZERO = Decimal(0)
 HUNDRED = Decimal(100)
 BPS_PER_UNIT = Decimal(10000)
 
+
+# The members the checks compare with, looked up once: an Enum member looked up on its class costs
+# ~0.3 µs on Python 3.11, and an order's checks made about ten such lookups.
+_ACTIVE = TradingState.ACTIVE
+_BUY, _SELL = Side.BUY, Side.SELL
+_MARKET, _LIMIT, _STOP = OrderType.MARKET, OrderType.LIMIT, OrderType.STOP
 
 class DenialCode(str, enum.Enum):
     STATE_REDUCING = "STATE_REDUCING"
@@ -98,9 +104,11 @@ class RiskLimits:
                    exchange["slippage_bps"])
 
 
-@dataclass(frozen=True, slots=True)
-class RiskSnapshot:
+class RiskSnapshot(NamedTuple):
     """What the guard knows at decision time. Built by the order manager from the ledger.
+
+    A NamedTuple, not a frozen dataclass: equally immutable, and built for every order, where
+    a frozen dataclass's per-field object.__setattr__ cost ~3 µs of the pre-trade path.
 
     `pending_buy_cost` is the quote reserved by every live buy (incl. PENDING_SUBMIT
     and UNKNOWN ones the exchange may not show yet). `open_instruments` holds
@@ -130,7 +138,7 @@ def _reduces(intent: Intent) -> bool:
 
 
 def check_state(i: Intent, s: RiskSnapshot, lim: RiskLimits, inst: Instrument) -> Denial | None:
-    if s.state is TradingState.ACTIVE or _reduces(i):
+    if s.state is _ACTIVE or _reduces(i):
         return None
     code = {TradingState.REDUCING: DenialCode.STATE_REDUCING, TradingState.HALTED: DenialCode.STATE_HALTED,
             TradingState.KILLED: DenialCode.STATE_KILLED}[s.state]
@@ -151,11 +159,11 @@ def check_well_formed(i: Intent, s: RiskSnapshot, lim: RiskLimits, inst: Instrum
                     ("stop_price", i.stop_price), ("take_profit", i.take_profit)):
         if p is not None and (not p.is_finite() or p <= ZERO):
             return Denial(DenialCode.INVALID_PRICE, {name: str(p)})
-    if i.order_type is OrderType.LIMIT and i.limit_price is None:
+    if i.order_type is _LIMIT and i.limit_price is None:
         return Denial(DenialCode.INVALID_PRICE, {"limit_price": "missing"})
-    if i.order_type is OrderType.STOP and i.stop_price is None:
+    if i.order_type is _STOP and i.stop_price is None:
         return Denial(DenialCode.INVALID_PRICE, {"stop_price": "missing (the trigger of a stop order)"})
-    if i.protective and i.side is not Side.SELL:
+    if i.protective and i.side is not _SELL:
         return Denial(DenialCode.PROTECTIVE_MUST_SELL, {"side": i.side.value})
     return None
 
@@ -165,7 +173,7 @@ def check_precision(i: Intent, s: RiskSnapshot, lim: RiskLimits, inst: Instrumen
         return Denial(DenialCode.QTY_PRECISION, {"qty": str(i.qty), "step_size": str(inst.step_size)})
     if i.limit_price is not None and i.limit_price % inst.tick_size != ZERO:
         return Denial(DenialCode.PRICE_PRECISION, {"price": str(i.limit_price), "tick_size": str(inst.tick_size)})
-    if i.order_type is OrderType.STOP and i.stop_price % inst.tick_size != ZERO:
+    if i.order_type is _STOP and i.stop_price % inst.tick_size != ZERO:
         return Denial(DenialCode.PRICE_PRECISION, {"trigger": str(i.stop_price), "tick_size": str(inst.tick_size)})
     return None
 
@@ -173,7 +181,7 @@ def check_precision(i: Intent, s: RiskSnapshot, lim: RiskLimits, inst: Instrumen
 def check_reduce_only(i: Intent, s: RiskSnapshot, lim: RiskLimits, inst: Instrument) -> Denial | None:
     if not _reduces(i):
         return None
-    if i.side is Side.BUY:  # long-only: reducing means selling
+    if i.side is _BUY:  # long-only: reducing means selling
         return Denial(DenialCode.REDUCE_ONLY_EXCEEDS_POSITION, {"side": "buy", "position": str(s.positions.get(inst.symbol, ZERO))})
     avail = s.positions.get(inst.symbol, ZERO) - s.pending_sell_qty.get(inst.symbol, ZERO)
     if i.qty > avail:
@@ -230,7 +238,7 @@ def buy_cost(qty: Decimal, price: Decimal, order_type: OrderType, lim: RiskLimit
     """Quote a buy can consume incl. the fee: a market buy fills away from the last price,
     so it also reserves the configured slippage (the venue needs it, or it rejects)."""
     cost = qty * price * (1 + lim.fee_rate)
-    if order_type is OrderType.MARKET:
+    if order_type is _MARKET:
         cost = cost * (1 + lim.slippage_bps / BPS_PER_UNIT)
     return cost
 
@@ -238,7 +246,7 @@ def buy_cost(qty: Decimal, price: Decimal, order_type: OrderType, lim: RiskLimit
 def check_balance(i: Intent, s: RiskSnapshot, lim: RiskLimits, inst: Instrument) -> Denial | None:
     if _reduces(i):
         return None
-    if i.side is Side.BUY:
+    if i.side is _BUY:
         cost = buy_cost(i.qty, i.price, i.order_type, lim)
         avail = s.free_quote - s.pending_buy_cost
         if cost > avail:
@@ -251,7 +259,7 @@ def check_balance(i: Intent, s: RiskSnapshot, lim: RiskLimits, inst: Instrument)
 
 
 def check_risk_per_trade(i: Intent, s: RiskSnapshot, lim: RiskLimits, inst: Instrument) -> Denial | None:
-    if _reduces(i) or i.side is Side.SELL:
+    if _reduces(i) or i.side is _SELL:
         return None
     if i.stop_price is None or i.stop_price >= i.price:
         return Denial(DenialCode.MISSING_STOP, {"stop_price": str(i.stop_price), "entry": str(i.price)})
@@ -263,7 +271,7 @@ def check_risk_per_trade(i: Intent, s: RiskSnapshot, lim: RiskLimits, inst: Inst
 
 
 def check_reward_risk(i: Intent, s: RiskSnapshot, lim: RiskLimits, inst: Instrument) -> Denial | None:
-    if _reduces(i) or i.side is Side.SELL:
+    if _reduces(i) or i.side is _SELL:
         return None
     if i.take_profit is None or i.take_profit <= i.price:
         return Denial(DenialCode.MISSING_TARGET, {"take_profit": str(i.take_profit), "entry": str(i.price)})
@@ -274,7 +282,7 @@ def check_reward_risk(i: Intent, s: RiskSnapshot, lim: RiskLimits, inst: Instrum
 
 
 def check_portfolio(i: Intent, s: RiskSnapshot, lim: RiskLimits, inst: Instrument) -> Denial | None:
-    if _reduces(i) or i.side is Side.SELL:
+    if _reduces(i) or i.side is _SELL:
         return None
     if inst.symbol not in s.open_instruments and len(s.open_instruments) >= lim.max_open_positions:
         return Denial(DenialCode.MAX_OPEN_POSITIONS, {"open": str(len(s.open_instruments)), "limit": str(lim.max_open_positions)})
@@ -330,7 +338,7 @@ def size_for_risk(equity: Decimal, entry: Decimal, stop: Decimal, limits: RiskLi
     per_unit = (entry - stop) + (entry + stop) * limits.fee_rate
     qty = budget / per_unit
     qty = min(qty, limits.max_order_notional / entry, max(ZERO, limits.max_total_exposure - exposure) / entry)
-    unit_cost = buy_cost(Decimal(1), entry, OrderType.MARKET, limits)
+    unit_cost = buy_cost(Decimal(1), entry, _MARKET, limits)
     qty = min(qty, max(ZERO, free_quote) / unit_cost, inst.max_qty)
     qty = (qty / inst.step_size).to_integral_value(rounding=ROUND_DOWN) * inst.step_size
     if qty < inst.min_qty or qty * entry < inst.min_notional or qty <= ZERO:
