@@ -3,8 +3,9 @@
 A pytest plugin (`-p deploy.report`): every compliance check carries `@pytest.mark.control(ID)`
 and runs once per host; this plugin gathers the outcomes and writes `compliance.json` and
 `compliance.md` to the report folder (JUnit XML comes from pytest's own `--junitxml`).
-A control is PASS only if every check tagged with it passed on that host; WAIVED and SKIP keep
-their reason, so nothing is silently left out.
+A control is PASS only if every check tagged with it passed on that host; WAIVED, NOT VERIFIED
+(what this kind of host cannot show, e.g. a container's kernel) and SKIP keep their reason, so
+nothing is silently left out.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from pathlib import Path
 import pytest
 
 #: Worst first: a control with several checks reports its worst outcome.
-ORDER = {"FAIL": 0, "ERROR": 1, "SKIP": 2, "WAIVED": 3, "PASS": 4}
+ORDER = {"FAIL": 0, "ERROR": 1, "NOT VERIFIED": 2, "SKIP": 3, "WAIVED": 4, "PASS": 5}
+#: A skip reason starting so is NOT VERIFIED (tests/compliance/target.py writes it).
+NOT_VERIFIED_PREFIX = "not verified: "
 _rows: dict[tuple[str, str], dict] = {}
 
 
@@ -54,7 +57,8 @@ def pytest_runtest_logreport(report):
     elif report.skipped:
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         reason = reason.removeprefix("Skipped: ")
-        status = "WAIVED" if reason.startswith("waived:") else "SKIP"
+        status = ("WAIVED" if reason.startswith("waived:") else
+                  "NOT VERIFIED" if reason.startswith(NOT_VERIFIED_PREFIX) else "SKIP")
         detail = reason
     else:
         status = "FAIL" if report.when == "call" else "ERROR"
@@ -88,8 +92,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         tr.write_line(f"{host}:")
         for r in (r for r in rows() if r["host"] == host):
             reason = r["details"][0].split(": ", 1)[-1] if r["details"] else ""
-            note = f"  ({reason[:90]}{'...' if len(reason) > 90 else ''})" if r["status"] in ("SKIP", "WAIVED") else ""
-            tr.write_line(f"  {r['status']:<6} {r['control']:<14} {r['title']:<{width}}{note}")
+            shown = r["status"] in ("SKIP", "WAIVED", "NOT VERIFIED")
+            note = f"  ({reason[:90]}{'...' if len(reason) > 90 else ''})" if shown else ""
+            tr.write_line(f"  {r['status']:<12} {r['control']:<14} {r['title']:<{width}}{note}")
     counts = {}
     for r in rows():
         counts[r["status"]] = counts.get(r["status"], 0) + 1

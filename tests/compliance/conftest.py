@@ -8,6 +8,7 @@ to each host over OpenSSH with strict host-key checking through a generated ssh_
 from __future__ import annotations
 
 import os
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -60,7 +61,8 @@ def _ssh_setup(request):
     yield inv, logins, errors, cfg
     for sock in tmp.iterdir():
         if sock.is_socket():
-            os.system(f"ssh -F {cfg} -O exit -o ControlPath={sock} x >/dev/null 2>&1")
+            subprocess.run(["ssh", "-F", str(cfg), "-O", "exit", "-o", f"ControlPath={sock}", "x"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
     for f in tmp.iterdir():
         f.unlink(missing_ok=True)
     tmp.rmdir()

@@ -69,6 +69,25 @@ def test_verify_passes_every_control(lab, tmp_path):
     assert "FAIL" not in (tmp_path / "compliance.md").read_text()
 
 
+def test_verify_sees_a_provider_match_block_and_an_extra_accept_rule(lab, name, tmp_path):
+    """A provider's `Match Address` drop-in for the controller's address (not the lab client the old check
+    used) and a hand-added `ip saddr X accept` (no port match, which the old check ignored) fail verify."""
+    drop_in = "/etc/ssh/sshd_config.d/50-provider.conf"
+    lab.ssh(name, f"printf 'Match Address 10.0.2.2\\n    PasswordAuthentication yes\\n' > {drop_in}; "
+                  "nft insert rule inet hardkit input ip saddr 192.0.2.7 accept")
+    try:
+        res = lab.verify("--report-dir", str(tmp_path), "-k", "real_login_context or only_ssh_is_open")
+        assert res.returncode == 1, res.stdout[-3000:]
+        rows = {r["control"]: r for r in json.loads((tmp_path / "compliance.json").read_text())["controls"]}
+        assert rows["sshd-27"]["status"] == "FAIL", rows["sshd-27"]
+        assert "addr=10.0.2.2," in " ".join(rows["sshd-27"]["details"])
+        assert [c for c, r in rows.items() if r["status"] == "FAIL"] == ["hk-fw-04", "sshd-27"], rows
+        assert "ip.saddr ['192.0.2.7']" in " ".join(rows["hk-fw-04"]["details"])
+    finally:
+        lab.ssh(name, f"rm -f {drop_in}; nft -f {NFT_CONF}")
+    assert lab.verify("--report-dir", str(tmp_path), "-k", "real_login_context or only_ssh_is_open").returncode == 0
+
+
 def test_key_login_as_admin_works_from_the_allowed_client(lab, name, key):
     for family in (4, 6):
         res = lab.client_ssh("allowed", "ops", lab.lab_address(name, family), key=key, command="id -un")
