@@ -3,6 +3,7 @@
     hardkit sandbox image | up | down | status | ssh      the local lab of disposable Debian 12 VPSs
     hardkit deploy INVENTORY [--limit GROUP|HOST] [--dry] [--json] [--identity FILE]
     hardkit verify INVENTORY [--report-dir DIR] [--junit FILE]
+    hardkit controls [--format md|json]                  the control catalog (catalog/controls.toml)
     hardkit bot status|halt|flatten|reset|logs|rollback INVENTORY [--limit GROUP|HOST]
     hardkit bot dashboard INVENTORY --host HOST [--port P]
     hardkit secrets init | set | edit | show-recipients | add-recipient | rotate ENV   (deploy/secrets_cli.py)
@@ -97,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--junit", default=None, help="also write JUnit XML here")
     s.add_argument("-k", dest="select", default=None, help="only checks matching this pytest expression")
     s.set_defaults(func=cmd_verify)
+
+    s = sub.add_parser("controls", help="print the control catalog: ids, titles, references, tiers")
+    s.add_argument("--format", choices=["md", "json"], default="md")
+    s.set_defaults(func=cmd_controls)
 
     bot = sub.add_parser("bot", help="operate the bots of an inventory over SSH").add_subparsers(metavar="VERB")
     verbs = {
@@ -253,6 +258,19 @@ def cmd_verify(args) -> int:
         cmd += ["-k", args.select]
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.run(cmd, cwd=str(REPO_ROOT), env=env).returncode
+
+
+def cmd_controls(args) -> int:
+    from deploy import catalog
+
+    try:
+        controls = catalog.load()
+    except catalog.CatalogError as e:
+        for line in str(e).splitlines():
+            print(f"error: {line}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    sys.stdout.write(catalog.to_json(controls) if args.format == "json" else catalog.to_markdown(controls))
+    return EXIT_OK
 
 
 # --- bot ------------------------------------------------------------------------------------------

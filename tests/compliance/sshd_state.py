@@ -32,7 +32,8 @@ def _global_addresses(target) -> dict[int, str]:
     out: dict[int, str] = {}
     for link in target.json("ip -j addr show scope global"):
         for a in link.get("addr_info", []):
-            out.setdefault(4 if a.get("family") == "inet" else 6, a["local"])
+            if a.get("local") and a.get("family") in ("inet", "inet6"):  # ip -j lists non-matching links as {}
+                out.setdefault(4 if a["family"] == "inet" else 6, a["local"])
     return out
 
 
