@@ -97,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--report-dir", default=None, help="where compliance.json/.md go (default reports/<inventory>)")
     s.add_argument("--junit", default=None, help="also write JUnit XML here")
     s.add_argument("-k", dest="select", default=None, help="only checks matching this pytest expression")
+    s.add_argument("--waivers", default=None, help="waiver file (default tests/compliance/waivers.toml)")
     s.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("controls", help="print the control catalog: ids, titles, references, tiers")
@@ -246,6 +247,11 @@ def cmd_verify(args) -> int:
 
     inv = load(args.inventory)  # bad input is reported before any connection
     hosts = inv.limit(args.limit)
+    problems = _verify_input_problems(args.waivers)
+    if problems:
+        for line in problems:
+            print(f"error: {line}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     report_dir = Path(args.report_dir or REPO_ROOT / "reports" / _inventory_label(Path(args.inventory)))
     cmd = [sys.executable, "-m", "pytest", str(REPO_ROOT / "tests" / "compliance"), "-p", "deploy.report",
            "--hardkit-inventory", str(Path(args.inventory).resolve()), "--hardkit-report-dir", str(report_dir),
@@ -257,7 +263,25 @@ def cmd_verify(args) -> int:
     if args.select:
         cmd += ["-k", args.select]
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    if args.waivers:
+        env["HARDKIT_WAIVERS"] = str(Path(args.waivers).resolve())
     return subprocess.run(cmd, cwd=str(REPO_ROOT), env=env).returncode
+
+
+def _verify_input_problems(waivers_file: str | None) -> list[str]:
+    """The catalog and the waiver file, checked before any host is contacted (every problem at once)."""
+    from deploy import catalog
+    from tests.compliance.waivers import WaiverError, load_waivers
+
+    try:
+        known = set(catalog.load())
+    except catalog.CatalogError as e:
+        return str(e).splitlines()
+    try:
+        load_waivers(Path(waivers_file) if waivers_file else None, known_controls=known)
+    except WaiverError as e:
+        return str(e).splitlines()
+    return []
 
 
 def cmd_controls(args) -> int:

@@ -57,7 +57,7 @@ def pytest_runtest_logreport(report):
     elif report.skipped:
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         reason = reason.removeprefix("Skipped: ")
-        status = ("WAIVED" if reason.startswith("waived:") else
+        status = ("WAIVED" if reason.startswith("waived") else
                   "NOT VERIFIED" if reason.startswith(NOT_VERIFIED_PREFIX) else "SKIP")
         detail = reason
     else:

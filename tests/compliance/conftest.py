@@ -18,7 +18,7 @@ import testinfra
 from deploy import connect, ssh_config
 from deploy.inventory import load
 from tests.compliance.target import Target
-from tests.compliance.waivers import load_waivers
+from tests.compliance.waivers import WaiverError, load_waivers
 
 
 def pytest_addoption(parser):
@@ -91,6 +91,18 @@ def _apply_waivers(request):
     callspec = getattr(request.node, "callspec", None)
     if marker is None or callspec is None or "target" not in callspec.params:
         return
-    waiver = load_waivers().get(marker.args[0])
+    waiver = _waivers(request.config).get(marker.args[0])
     if waiver and waiver.applies_to(callspec.params["target"]):
-        pytest.skip(f"waived: {waiver.reason}")
+        if waiver.expired():
+            pytest.fail(f"the waiver of {waiver.control} expired on {waiver.expires} (owner: {waiver.owner}); "
+                        f"fix the control or renew the waiver. It said: {waiver.reason}", pytrace=False)
+        pytest.skip(f"waived until {waiver.expires} (owner: {waiver.owner}): {waiver.reason}")
+
+
+def _waivers(config):
+    if not hasattr(config, "_hardkit_waivers"):
+        try:
+            config._hardkit_waivers = load_waivers()
+        except WaiverError as e:
+            raise pytest.UsageError(str(e)) from None
+    return config._hardkit_waivers

@@ -88,6 +88,21 @@ def test_verify_sees_a_provider_match_block_and_an_extra_accept_rule(lab, name, 
     assert lab.verify("--report-dir", str(tmp_path), "-k", "real_login_context or only_ssh_is_open").returncode == 0
 
 
+@pytest.mark.parametrize("expires, code, status, says", [
+    ("2000-01-01", 1, "FAIL", "the waiver of sshd-10 expired on 2000-01-01 (owner: qa)"),
+    ("2999-01-01", 0, "WAIVED", "waived until 2999-01-01 (owner: qa): protocol check waived for the test"),
+], ids=["expired", "current"])
+def test_a_waiver_waives_until_it_expires(lab, tmp_path, expires, code, status, says):
+    waivers = tmp_path / "waivers.toml"
+    waivers.write_text(f'[waiver."sshd-10"]\nreason = "protocol check waived for the test"\nowner = "qa"\n'
+                       f"expires = {expires}\n")
+    res = lab.verify("--report-dir", str(tmp_path), "--waivers", str(waivers), "-k", "protocol_2_only")
+    assert res.returncode == code, res.stdout[-3000:]
+    row = next(r for r in json.loads((tmp_path / "compliance.json").read_text())["controls"]
+               if r["control"] == "sshd-10")
+    assert row["status"] == status and says in " ".join(row["details"]), row
+
+
 def test_key_login_as_admin_works_from_the_allowed_client(lab, name, key):
     for family in (4, 6):
         res = lab.client_ssh("allowed", "ops", lab.lab_address(name, family), key=key, command="id -un")
