@@ -17,15 +17,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from deploy import secrets_cli
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_UNREACHABLE = 0, 1, 2, 3
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,8 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("verify", help="run the compliance checks against every host of an inventory")
     s.add_argument("inventory")
     s.add_argument("--limit", help="only these groups or hosts (comma-separated)")
-    s.add_argument("--report-dir", default=None, help="where compliance.json/.md go (default reports/<inventory>)")
-    s.add_argument("--junit", default=None, help="also write JUnit XML here")
+    s.add_argument("--report-dir", default=None,
+                   help="where compliance.json/.md/.xml/.html go (default reports/<inventory>)")
+    s.add_argument("--junit", default=None, help="also write the JUnit XML (a testcase per control and host) here")
     s.add_argument("-k", dest="select", default=None, help="only checks matching this pytest expression")
     s.add_argument("--waivers", default=None, help="waiver file (default tests/compliance/waivers.toml)")
     s.set_defaults(func=cmd_verify)
@@ -255,17 +258,33 @@ def cmd_verify(args) -> int:
     report_dir = Path(args.report_dir or REPO_ROOT / "reports" / _inventory_label(Path(args.inventory)))
     cmd = [sys.executable, "-m", "pytest", str(REPO_ROOT / "tests" / "compliance"), "-p", "deploy.report",
            "--hardkit-inventory", str(Path(args.inventory).resolve()), "--hardkit-report-dir", str(report_dir),
+           "--hardkit-report-label", _inventory_label(Path(args.inventory)),
            "-q", "--no-header", "-rfE", "-o", "console_output_style=classic", "-p", "no:cacheprovider"]
     if args.limit:
         cmd += ["--hardkit-limit", ",".join(h.name for h in hosts)]
-    if args.junit:
-        cmd += ["--junitxml", args.junit, "-o", "junit_family=xunit1"]
     if args.select:
         cmd += ["-k", args.select]
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     if args.waivers:
         env["HARDKIT_WAIVERS"] = str(Path(args.waivers).resolve())
-    return subprocess.run(cmd, cwd=str(REPO_ROOT), env=env).returncode
+    started = time.time()
+    rc = subprocess.run(cmd, cwd=str(REPO_ROOT), env=env).returncode
+    report = report_dir / "compliance.json"
+    if not report.exists() or report.stat().st_mtime < started:
+        return EXIT_BAD_INPUT if rc in (2, 4) else EXIT_FAILED  # pytest refused (usage) or crashed: no verdict
+    doc = json.loads(report.read_text())
+    if args.junit:
+        shutil.copyfile(report_dir / "compliance.xml", args.junit)
+    return verdict(doc)
+
+
+def verdict(doc: dict) -> int:
+    """Exit code a pipeline can use: 3 a host unreachable, 1 a control failed, 0 all passed or waived."""
+    if any(not h["reachable"] for h in doc["hosts"]):
+        return EXIT_UNREACHABLE
+    if doc["summary"]["FAIL"] or doc["summary"]["ERROR"]:
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 def _verify_input_problems(waivers_file: str | None) -> list[str]:

@@ -54,6 +54,7 @@ def _ssh_setup(request):
             logins[h.name] = connect.resolve(h)
         except connect.LoginError as e:
             errors[h.name] = str(e)
+    request.config.hardkit_unreachable = dict(errors)  # the report lists these hosts as unreachable (exit 3)
     tmp = Path(tempfile.mkdtemp(prefix="hardkit-verify-"))
     os.chmod(tmp, 0o700)
     cfg = tmp / "ssh_config"

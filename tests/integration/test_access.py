@@ -83,9 +83,33 @@ def test_verify_sees_a_provider_match_block_and_an_extra_accept_rule(lab, name, 
         assert "addr=10.0.2.2," in " ".join(rows["sshd-27"]["details"])
         assert [c for c, r in rows.items() if r["status"] == "FAIL"] == ["hk-fw-04", "sshd-27"], rows
         assert "ip.saddr ['192.0.2.7']" in " ".join(rows["hk-fw-04"]["details"])
+        _failed_in_every_format(tmp_path, "hk-fw-04", "ip.saddr ['192.0.2.7']", "issue 3: access hardening")
     finally:
         lab.ssh(name, f"rm -f {drop_in}; nft -f {NFT_CONF}")
     assert lab.verify("--report-dir", str(tmp_path), "-k", "real_login_context or only_ssh_is_open").returncode == 0
+
+
+def _failed_in_every_format(folder, control, evidence, reference):
+    """The failed control's id, evidence and a reference in the JSON, Markdown, JUnit and HTML (in Chromium)."""
+    import xml.etree.ElementTree as ET
+
+    from tests import browser
+
+    row = next(r for r in json.loads((folder / "compliance.json").read_text())["controls"] if r["control"] == control)
+    assert row["status"] == "FAIL" and evidence in row["evidence"] and reference in row["references"], row
+    md = next(line for line in (folder / "compliance.md").read_text().splitlines() if f"| {control} |" in line)
+    assert "| FAIL |" in md and evidence in md and reference in md, md
+    case = next(c for c in ET.parse(folder / "compliance.xml").iter("testcase") if c.get("name").startswith(control))
+    assert evidence in case.find("failure").text and reference in case.find("failure").text
+    if not browser.available():
+        pytest.skip(browser.MISSING)
+    with browser.chromium(folder) as driver:
+        driver.get((folder / "compliance.html").as_uri())
+        driver.execute_script("var s = document.getElementById('f-status'); s.value = 'FAIL'; "
+                              "s.dispatchEvent(new Event('change'));")
+        shown = [r for r in driver.find_elements("css selector", "#controls tbody tr") if r.is_displayed()]
+        text = next(r.text for r in shown if r.get_attribute("data-control") == control)
+        assert evidence in text and reference in text, text
 
 
 @pytest.mark.parametrize("expires, code, status, says", [
