@@ -3,6 +3,8 @@
     hardkit sandbox image | up | down | status | ssh      the local lab of disposable Debian 12 VPSs
     hardkit deploy INVENTORY [--limit GROUP|HOST] [--dry] [--json] [--identity FILE]
     hardkit verify INVENTORY [--report-dir DIR] [--junit FILE]
+    hardkit verify INVENTORY ... [--waivers FILE] [--compare PREVIOUS.json]   exit 0 pass, 1 fail, 2 usage, 3 unreachable
+    hardkit drift INVENTORY [--limit ...]               what a deploy would change + controls failing now
     hardkit controls [--format md|json]                  the control catalog (catalog/controls.toml)
     hardkit bot status|halt|flatten|reset|logs|rollback INVENTORY [--limit GROUP|HOST]
     hardkit bot dashboard INVENTORY --host HOST [--port P]
@@ -20,14 +22,13 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from deploy import secrets_cli
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_UNREACHABLE = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,7 +102,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--junit", default=None, help="also write the JUnit XML (a testcase per control and host) here")
     s.add_argument("-k", dest="select", default=None, help="only checks matching this pytest expression")
     s.add_argument("--waivers", default=None, help="waiver file (default tests/compliance/waivers.toml)")
+    s.add_argument("--compare", default=None, metavar="PREVIOUS.json",
+                   help="list the controls whose status changed since this earlier report")
     s.set_defaults(func=cmd_verify)
+
+    s = sub.add_parser("drift", help="per host: what a deploy would change and which controls fail now; "
+                       "changes nothing (exit 1 on drift)")
+    s.add_argument("inventory")
+    s.add_argument("--limit", help="only these groups or hosts (comma-separated)")
+    s.add_argument("--identity", default=None, help="age identity for the hosts' secrets_env (as for deploy)")
+    s.set_defaults(func=cmd_drift)
 
     s = sub.add_parser("controls", help="print the control catalog: ids, titles, references, tiers")
     s.add_argument("--format", choices=["md", "json"], default="md")
@@ -246,61 +256,47 @@ def _print_deploy_summary(result, dry: bool) -> None:
 
 
 def cmd_verify(args) -> int:
-    from deploy.inventory import load
+    from deploy import verify_run
+    from deploy.inventory import InventoryError, load
 
-    inv = load(args.inventory)  # bad input is reported before any connection
-    hosts = inv.limit(args.limit)
-    problems = _verify_input_problems(args.waivers)
+    problems = []
+    try:  # bad input is reported before any connection, every problem at once
+        inv = load(args.inventory)
+        hosts = inv.limit(args.limit)
+    except InventoryError as e:
+        problems += e.render().splitlines()
+    problems += verify_run.input_problems(args.waivers)
+    previous = None
+    if args.compare:
+        previous, why = verify_run.read_previous(args.compare)
+        problems += [why] if why else []
     if problems:
         for line in problems:
             print(f"error: {line}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    report_dir = Path(args.report_dir or REPO_ROOT / "reports" / _inventory_label(Path(args.inventory)))
-    cmd = [sys.executable, "-m", "pytest", str(REPO_ROOT / "tests" / "compliance"), "-p", "deploy.report",
-           "--hardkit-inventory", str(Path(args.inventory).resolve()), "--hardkit-report-dir", str(report_dir),
-           "--hardkit-report-label", _inventory_label(Path(args.inventory)),
-           "-q", "--no-header", "-rfE", "-o", "console_output_style=classic", "-p", "no:cacheprovider"]
-    if args.limit:
-        cmd += ["--hardkit-limit", ",".join(h.name for h in hosts)]
-    if args.select:
-        cmd += ["-k", args.select]
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    if args.waivers:
-        env["HARDKIT_WAIVERS"] = str(Path(args.waivers).resolve())
-    started = time.time()
-    rc = subprocess.run(cmd, cwd=str(REPO_ROOT), env=env).returncode
-    report = report_dir / "compliance.json"
-    if not report.exists() or report.stat().st_mtime < started:
-        return EXIT_BAD_INPUT if rc in (2, 4) else EXIT_FAILED  # pytest refused (usage) or crashed: no verdict
-    doc = json.loads(report.read_text())
-    if args.junit:
-        shutil.copyfile(report_dir / "compliance.xml", args.junit)
-    return verdict(doc)
+    label = _inventory_label(Path(args.inventory))
+    report_dir = Path(args.report_dir or REPO_ROOT / "reports" / label)
+    doc, rc = verify_run.run(Path(args.inventory), label, report_dir, select=args.select, waivers=args.waivers,
+                             limit=[h.name for h in hosts] if args.limit else None)
+    if doc is not None:
+        kept = verify_run.keep(report_dir, doc)
+        print(f"kept: {kept}")
+        if args.junit:
+            shutil.copyfile(report_dir / "compliance.xml", args.junit)
+        if previous is not None:
+            changed = verify_run.changes(previous, doc)
+            print(f"changed since {args.compare}: {len(changed)}")
+            for line in changed:
+                print(f"  {line}")
+    return verify_run.exit_code(doc, rc)
 
 
-def verdict(doc: dict) -> int:
-    """Exit code a pipeline can use: 3 a host unreachable, 1 a control failed, 0 all passed or waived."""
-    if any(not h["reachable"] for h in doc["hosts"]):
-        return EXIT_UNREACHABLE
-    if doc["summary"]["FAIL"] or doc["summary"]["ERROR"]:
-        return EXIT_FAILED
-    return EXIT_OK
+def cmd_drift(args) -> int:
+    from deploy import drift
+    from deploy.inventory import load
 
-
-def _verify_input_problems(waivers_file: str | None) -> list[str]:
-    """The catalog and the waiver file, checked before any host is contacted (every problem at once)."""
-    from deploy import catalog
-    from tests.compliance.waivers import WaiverError, load_waivers
-
-    try:
-        known = set(catalog.load())
-    except catalog.CatalogError as e:
-        return str(e).splitlines()
-    try:
-        load_waivers(Path(waivers_file) if waivers_file else None, known_controls=known)
-    except WaiverError as e:
-        return str(e).splitlines()
-    return []
+    inv = load(args.inventory)
+    return drift.run(inv, inv.limit(args.limit), _inventory_label(Path(args.inventory)), identity=args.identity)
 
 
 def cmd_controls(args) -> int:

@@ -86,7 +86,29 @@ def test_verify_sees_a_provider_match_block_and_an_extra_accept_rule(lab, name, 
         _failed_in_every_format(tmp_path, "hk-fw-04", "ip.saddr ['192.0.2.7']", "issue 3: access hardening")
     finally:
         lab.ssh(name, f"rm -f {drop_in}; nft -f {NFT_CONF}")
-    assert lab.verify("--report-dir", str(tmp_path), "-k", "real_login_context or only_ssh_is_open").returncode == 0
+    broken = tmp_path / "broken.json"
+    broken.write_text((tmp_path / "compliance.json").read_text())
+    res = lab.verify("--report-dir", str(tmp_path), "-k", "real_login_context or only_ssh_is_open",
+                     "--compare", str(broken))
+    assert res.returncode == 0, res.stdout[-3000:]
+    assert "changed since" in res.stdout and f"{name} hk-fw-04: FAIL -> PASS" in res.stdout
+    assert f"{name} sshd-27: FAIL -> PASS" in res.stdout
+    assert len(list(tmp_path.glob("2*/compliance.json"))) == 2, "each run's JSON is kept under its timestamp"
+
+
+def test_drift_names_what_a_deploy_would_change_and_changes_nothing(lab, name):
+    from tests.integration.labkit import hardkit
+
+    lab.ssh(name, f"echo '# a local edit' >> {NFT_CONF}")
+    before = sha(lab, name, NFT_CONF)
+    try:
+        res = hardkit("drift", str(lab.inventory_path))
+        assert res.returncode == 1, res.stdout + res.stderr[-3000:]
+        assert f"{name}: DRIFT" in res.stdout and "would change:" in res.stdout, res.stdout
+        assert "nftables ruleset" in res.stdout and "failing: hk-fw-06" in res.stdout, res.stdout
+        assert sha(lab, name, NFT_CONF) == before, "drift must change nothing"
+    finally:
+        lab.ssh(name, f"sed -i '$d' {NFT_CONF}")
 
 
 def _failed_in_every_format(folder, control, evidence, reference):
