@@ -4,6 +4,7 @@
     hardkit deploy INVENTORY [--limit GROUP|HOST] [--dry] [--json] [--identity FILE]
     hardkit verify INVENTORY [--report-dir DIR] [--junit FILE]
     hardkit verify INVENTORY ... [--waivers FILE] [--compare PREVIOUS.json]   exit 0 pass, 1 fail, 2 usage, 3 unreachable
+    hardkit audit INVENTORY ...                          verify plus ssh-audit and systemd-analyze security
     hardkit drift INVENTORY [--limit ...]               what a deploy would change + controls failing now
     hardkit controls [--format md|json]                  the control catalog (catalog/controls.toml)
     hardkit bot status|halt|flatten|reset|logs|rollback INVENTORY [--limit GROUP|HOST]
@@ -94,17 +95,24 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default $HARDKIT_AGE_IDENTITY, else ~/.config/hardkit/age-identity.txt)")
     s.set_defaults(func=cmd_deploy)
 
-    s = sub.add_parser("verify", help="run the compliance checks against every host of an inventory")
-    s.add_argument("inventory")
-    s.add_argument("--limit", help="only these groups or hosts (comma-separated)")
-    s.add_argument("--report-dir", default=None,
-                   help="where compliance.json/.md/.xml/.html go (default reports/<inventory>)")
-    s.add_argument("--junit", default=None, help="also write the JUnit XML (a testcase per control and host) here")
-    s.add_argument("-k", dest="select", default=None, help="only checks matching this pytest expression")
-    s.add_argument("--waivers", default=None, help="waiver file (default tests/compliance/waivers.toml)")
-    s.add_argument("--compare", default=None, metavar="PREVIOUS.json",
-                   help="list the controls whose status changed since this earlier report")
-    s.set_defaults(func=cmd_verify)
+    verify_args = [
+        (("inventory",), {}),
+        (("--limit",), {"help": "only these groups or hosts (comma-separated)"}),
+        (("--report-dir",), {"default": None,
+                             "help": "where compliance.json/.md/.xml/.html go (default reports/<inventory>)"}),
+        (("--junit",), {"default": None, "help": "also write the JUnit XML (a testcase per control and host) here"}),
+        (("-k",), {"dest": "select", "default": None, "help": "only checks matching this pytest expression"}),
+        (("--waivers",), {"default": None, "help": "waiver file (default tests/compliance/waivers.toml)"}),
+        (("--compare",), {"default": None, "metavar": "PREVIOUS.json",
+                          "help": "list the controls whose status changed since this earlier report"}),
+    ]
+    for command, text, auditors in (
+            ("verify", "run the compliance checks against every host of an inventory", False),
+            ("audit", "verify plus the external auditors (ssh-audit, systemd-analyze security), same report", True)):
+        s = sub.add_parser(command, help=text)
+        for flags, options in verify_args:
+            s.add_argument(*flags, **options)
+        s.set_defaults(func=cmd_verify, auditors=auditors)
 
     s = sub.add_parser("drift", help="per host: what a deploy would change and which controls fail now; "
                        "changes nothing (exit 1 on drift)")
@@ -277,7 +285,7 @@ def cmd_verify(args) -> int:
     label = _inventory_label(Path(args.inventory))
     report_dir = Path(args.report_dir or REPO_ROOT / "reports" / label)
     doc, rc = verify_run.run(Path(args.inventory), label, report_dir, select=args.select, waivers=args.waivers,
-                             limit=[h.name for h in hosts] if args.limit else None)
+                             limit=[h.name for h in hosts] if args.limit else None, auditors=args.auditors)
     if doc is not None:
         kept = verify_run.keep(report_dir, doc)
         print(f"kept: {kept}")

@@ -16,6 +16,18 @@ from pathlib import Path
 from deploy import runner, verify_run
 
 
+def planned_changes(raw: dict | None) -> dict[str, list[str]]:
+    """{host: operation names} a deploy would change, from pyinfra's dry-run plan (its `results` is None
+    with --dry); an operation whose change depends on an earlier one (`_if`) is named as "maybe"."""
+    out: dict[str, list[str]] = {}
+    for op in (raw or {}).get("plan") or []:
+        for host in op.get("hosts_with_change", []):
+            out.setdefault(host, []).append(op["name"])
+        for host in op.get("hosts_with_conditional_change", []):
+            out.setdefault(host, []).append(f"{op['name']} (maybe: depends on an earlier change)")
+    return out
+
+
 def run(inv, hosts, label: str, identity: str | None = None, out=sys.stdout) -> int:
     with open(os.devnull, "w") as sink:
         result = runner.deploy(inv, hosts, dry=True, identity=identity, stream=sink)
@@ -26,6 +38,7 @@ def run(inv, hosts, label: str, identity: str | None = None, out=sys.stdout) -> 
         if r["status"] in ("FAIL", "ERROR"):
             failing.setdefault(r["host"], []).append(f"{r['control']} ({r['status'].lower()}): {r['title']}")
     unreachable = {h["name"]: h["error"] for h in (doc or {}).get("hosts", []) if not h["reachable"]}
+    planned = planned_changes(result.raw)
     code = verify_run.EXIT_OK
     for h in hosts:
         res = result.hosts[h.name]
@@ -35,7 +48,7 @@ def run(inv, hosts, label: str, identity: str | None = None, out=sys.stdout) -> 
             code = verify_run.EXIT_UNREACHABLE
             continue
         creds = res.credentials
-        would = list(res.changed) + ([f"credentials: send {', '.join(creds.sent) or '-'}, remove "
+        would = planned.get(h.name, []) + ([f"credentials: send {', '.join(creds.sent) or '-'}, remove "
                                       f"{', '.join(creds.removed) or '-'}"] if creds and creds.changed else [])
         would += [f"FAILED in the dry run: {op}" for op in res.failed]
         if not would and not failing.get(h.name):

@@ -25,6 +25,21 @@ def pytest_addoption(parser):
     parser.addoption("--hardkit-inventory", default=os.environ.get("HARDKIT_INVENTORY"),
                      help="inventory file whose hosts are verified")
     parser.addoption("--hardkit-limit", default=None, help="only these hosts (comma-separated names)")
+    parser.addoption("--hardkit-auditors", action="store_true",
+                     help="also run the external auditors (checks marked `auditor`: `hardkit audit`)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "auditor: an external auditor's check, run only by `hardkit audit`")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--hardkit-auditors"):
+        return
+    kept = [i for i in items if i.get_closest_marker("auditor") is None]
+    if len(kept) != len(items):
+        config.hook.pytest_deselected(items=[i for i in items if i not in kept])
+        items[:] = kept
 
 
 def _inventory(config):

@@ -99,6 +99,8 @@ def test_verify_sees_a_provider_match_block_and_an_extra_accept_rule(lab, name, 
 def test_drift_names_what_a_deploy_would_change_and_changes_nothing(lab, name):
     from tests.integration.labkit import hardkit
 
+    clean = hardkit("drift", str(lab.inventory_path))
+    assert clean.returncode == 0 and f"{name}: no drift" in clean.stdout, clean.stdout + clean.stderr[-3000:]
     lab.ssh(name, f"echo '# a local edit' >> {NFT_CONF}")
     before = sha(lab, name, NFT_CONF)
     try:
@@ -132,6 +134,24 @@ def _failed_in_every_format(folder, control, evidence, reference):
         shown = [r for r in driver.find_elements("css selector", "#controls tbody tr") if r.is_displayed()]
         text = next(r.text for r in shown if r.get_attribute("data-control") == control)
         assert evidence in text and reference in text, text
+
+
+def test_audit_folds_the_external_auditors_into_the_report(lab, tmp_path):
+    """`hardkit audit` adds ssh-audit and systemd-analyze security as controls of the same report; verify does not."""
+    from tests.integration.labkit import hardkit
+
+    res = hardkit("audit", str(lab.inventory_path), "--report-dir", str(tmp_path), "-k", "external_audit")
+    rows = {r["control"]: r for r in json.loads((tmp_path / "compliance.json").read_text())["controls"]}
+    assert set(rows) == {"ext-ssh-audit-01", "ext-ssh-audit-02", "ext-units-01"}, rows
+    assert rows["ext-ssh-audit-01"]["status"] == "PASS", rows["ext-ssh-audit-01"]
+    for row in rows.values():
+        assert row["status"] in ("PASS", "FAIL") and "issue 10: compliance you can hand to an auditor" in row["references"]
+        assert row["status"] == "PASS" or row["evidence"], row
+    assert res.returncode == (1 if any(r["status"] == "FAIL" for r in rows.values()) else 0), res.stdout[-3000:]
+    plain = lab.verify("--report-dir", str(tmp_path / "plain"), "-k", "external_audit")
+    assert not (tmp_path / "plain" / "compliance.json").exists() or not [
+        r for r in json.loads((tmp_path / "plain" / "compliance.json").read_text())["controls"]
+        if r["control"].startswith("ext-")], plain.stdout[-2000:]
 
 
 @pytest.mark.parametrize("expires, code, status, says", [

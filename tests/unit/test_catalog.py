@@ -29,7 +29,7 @@ def checked_ids(tmp_path_factory) -> dict[str, list[dict]]:
     out = d / "index.json"
     res = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
                           "-p", "deploy.report", "-p", "tests.compliance.control_index", "tests/compliance",
-                          "--hardkit-inventory", str(inv), "--hardkit-control-index", str(out)],
+                          "--hardkit-inventory", str(inv), "--hardkit-control-index", str(out), "--hardkit-auditors"],
                          cwd=REPO, capture_output=True, text=True)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     return json.loads(out.read_text())
@@ -49,6 +49,7 @@ def test_areas_match_the_check_modules(checked_ids):
             modules.setdefault(entries[cid].area, set()).add(c["module"])
     # One area, one family of check modules (time and syslog share the time_logs role).
     assert all(len(m) == 1 for a, m in modules.items() if a != "time_logs"), modules
+    assert modules["external"] == {"test_external_audit"}
 
 
 def test_a_repeated_id_is_refused():

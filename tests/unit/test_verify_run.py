@@ -53,3 +53,16 @@ def test_verify_lists_every_input_problem_at_once(tmp_path):
     assert res.returncode == 2 and "Traceback" not in res.stderr
     for words in ("no such file", "nope-01: no control has this id", "is not a hardkit compliance report"):
         assert words in res.stderr, res.stderr
+
+
+def test_drift_reads_the_dry_run_plan_not_its_empty_results():
+    from deploy.drift import planned_changes
+
+    raw = {"plan": [{"name": "Firewall | nftables ruleset", "hosts_with_change": ["a"],
+                     "hosts_with_conditional_change": []},
+                    {"name": "SSH | reload", "hosts_with_change": [], "hosts_with_conditional_change": ["a", "b"]},
+                    {"name": "Baseline | packages", "hosts_with_change": [], "hosts_with_conditional_change": []}],
+           "results": None}
+    assert planned_changes(raw) == {"a": ["Firewall | nftables ruleset", "SSH | reload (maybe: depends on an earlier change)"],
+                                    "b": ["SSH | reload (maybe: depends on an earlier change)"]}
+    assert planned_changes(None) == {}
