@@ -112,7 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
         s = sub.add_parser(command, help=text)
         for flags, options in verify_args:
             s.add_argument(*flags, **options)
-        s.set_defaults(func=cmd_verify, auditors=auditors)
+        if auditors:
+            s.add_argument("--keep", action="store_true", help="leave Lynis installed afterwards")
+        s.set_defaults(func=cmd_verify, auditors=auditors, keep=False)
 
     s = sub.add_parser("drift", help="per host: what a deploy would change and which controls fail now; "
                        "changes nothing (exit 1 on drift)")
@@ -285,7 +287,8 @@ def cmd_verify(args) -> int:
     label = _inventory_label(Path(args.inventory))
     report_dir = Path(args.report_dir or REPO_ROOT / "reports" / label)
     doc, rc = verify_run.run(Path(args.inventory), label, report_dir, select=args.select, waivers=args.waivers,
-                             limit=[h.name for h in hosts] if args.limit else None, auditors=args.auditors)
+                             limit=[h.name for h in hosts] if args.limit else None, auditors=args.auditors,
+                             keep_lynis=args.keep)
     if doc is not None:
         kept = verify_run.keep(report_dir, doc)
         print(f"kept: {kept}")

@@ -52,7 +52,7 @@ def read_previous(path: str) -> tuple[dict | None, str | None]:
 
 def run(inventory: Path, label: str, report_dir: Path, *, limit: list[str] | None = None,
         select: str | None = None, waivers: str | None = None, quiet: bool = False,
-        auditors: bool = False) -> tuple[dict | None, int]:
+        auditors: bool = False, keep_lynis: bool = False) -> tuple[dict | None, int]:
     """Run the suite; (the report document, pytest's exit code). The document is None if none was written."""
     cmd = [sys.executable, "-m", "pytest", str(REPO_ROOT / "tests" / "compliance"), "-p", "deploy.report",
            "--hardkit-inventory", str(inventory.resolve()), "--hardkit-report-dir", str(report_dir),
@@ -64,6 +64,8 @@ def run(inventory: Path, label: str, report_dir: Path, *, limit: list[str] | Non
         cmd += ["-k", select]
     if auditors:
         cmd.append("--hardkit-auditors")
+    if keep_lynis:
+        cmd.append("--hardkit-keep-lynis")
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     if waivers:
         env["HARDKIT_WAIVERS"] = str(Path(waivers).resolve())

@@ -30,4 +30,22 @@ UNIT_MAX_EXPOSURE = DataKey(
     "Highest `systemd-analyze security` exposure allowed for a unit hardkit installs (the bot has its own, "
     "lower limit: roles/bot.py MAX_EXPOSURE).", _is_exposure)
 
-KEYS = [SSH_AUDIT_MAX_WARNINGS, UNIT_MAX_EXPOSURE]
+def _is_index(v) -> str | None:
+    ok = v is None or (isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 100)
+    return None if ok else f"must be a Lynis hardening index 0-100 (or unset for the default), not {v!r}"
+
+
+LYNIS_MIN_INDEX = DataKey(
+    "audit_lynis_min_index", None,
+    "Lowest Lynis hardening index accepted; unset: 85 on a host declared a container, 90 otherwise "
+    "(a container cannot harden the provider's kernel).", _is_index)
+LYNIS_DEFAULT_INDEX = {True: 85, False: 90}
+
+KEYS = [SSH_AUDIT_MAX_WARNINGS, UNIT_MAX_EXPOSURE, LYNIS_MIN_INDEX]
+
+
+def lynis_min_index(data) -> int:
+    from roles.platform_data import CONTAINER
+
+    chosen = LYNIS_MIN_INDEX.value(data)
+    return LYNIS_DEFAULT_INDEX[bool(CONTAINER.value(data))] if chosen is None else chosen

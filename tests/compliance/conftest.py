@@ -27,10 +27,8 @@ def pytest_addoption(parser):
     parser.addoption("--hardkit-limit", default=None, help="only these hosts (comma-separated names)")
     parser.addoption("--hardkit-auditors", action="store_true",
                      help="also run the external auditors (checks marked `auditor`: `hardkit audit`)")
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "auditor: an external auditor's check, run only by `hardkit audit`")
+    parser.addoption("--hardkit-keep-lynis", action="store_true",
+                     help="leave Lynis installed after the audit (default: removed if the audit installed it)")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from roles import bot as bot_role
-from roles.auditors_data import SSH_AUDIT_MAX_WARNINGS, SSH_AUDIT_POLICY, UNIT_MAX_EXPOSURE
+from roles.auditors_data import SSH_AUDIT_MAX_WARNINGS, SSH_AUDIT_POLICY, UNIT_MAX_EXPOSURE, lynis_min_index
 from roles.bot_paths import UNIT as BOT_UNIT
 
 pytestmark = pytest.mark.auditor
@@ -75,3 +75,25 @@ def test_every_hardkit_unit_within_its_exposure_limit(target):
     over = {u: e for u, e in exposures.items() if e > (bot_role.MAX_EXPOSURE if u == BOT_UNIT else limit)}
     assert not over, "exposure above the limit (found / allowed): " + ", ".join(
         f"{u} {e} / {bot_role.MAX_EXPOSURE if u == BOT_UNIT else limit}" for u, e in sorted(over.items()))
+
+
+#: Lynis runs with its own defaults (no custom profile: the score is not tuned, the host is).
+LYNIS_RUN = ("DEBIAN_FRONTEND=noninteractive apt-get install -y -q lynis >/dev/null && "
+             "lynis audit system --quick --no-colors --cronjob >/dev/null 2>&1; "
+             "grep -E '^hardening_index=' /var/log/lynis-report.dat")
+LYNIS_REMOVE = "DEBIAN_FRONTEND=noninteractive apt-get purge -y -q lynis >/dev/null; rm -f /var/log/lynis.log " \
+               "/var/log/lynis-report.dat"
+
+
+@pytest.mark.control("ext-lynis-01")
+def test_lynis_hardening_index(target, request):
+    """Lynis: the hardening index reaches the inventory's minimum (85 on a container, 90 otherwise)"""
+    had = target.run("dpkg-query -W -f='${Status}' lynis 2>/dev/null").stdout.startswith("install ok")
+    try:
+        out = target.check_output(LYNIS_RUN)
+    finally:
+        if not had and not request.config.getoption("--hardkit-keep-lynis"):
+            target.run(LYNIS_REMOVE)
+    index = int(out.strip().split("=", 1)[1])
+    minimum = lynis_min_index(target.data)
+    assert index >= minimum, f"Lynis hardening index {index}, minimum {minimum}"

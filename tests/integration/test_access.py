@@ -142,12 +142,15 @@ def test_audit_folds_the_external_auditors_into_the_report(lab, tmp_path):
 
     res = hardkit("audit", str(lab.inventory_path), "--report-dir", str(tmp_path), "-k", "external_audit")
     rows = {r["control"]: r for r in json.loads((tmp_path / "compliance.json").read_text())["controls"]}
-    assert set(rows) == {"ext-ssh-audit-01", "ext-ssh-audit-02", "ext-units-01"}, rows
+    assert set(rows) == {"ext-ssh-audit-01", "ext-ssh-audit-02", "ext-units-01", "ext-lynis-01"}, rows
     assert rows["ext-ssh-audit-01"]["status"] == "PASS", rows["ext-ssh-audit-01"]
     for row in rows.values():
         assert row["status"] in ("PASS", "FAIL") and "issue 10: compliance you can hand to an auditor" in row["references"]
         assert row["status"] == "PASS" or row["evidence"], row
     assert res.returncode == (1 if any(r["status"] == "FAIL" for r in rows.values()) else 0), res.stdout[-3000:]
+    assert "Lynis hardening index" in " ".join(rows["ext-lynis-01"]["details"]) or rows["ext-lynis-01"]["status"] == "PASS"
+    gone = lab.ssh(lab.names[0], "dpkg-query -W -f='${Status}' lynis 2>/dev/null; ls /var/log/lynis-report.dat")
+    assert "install ok" not in gone.stdout and "lynis-report.dat" not in gone.stdout, "Lynis must be removed (no --keep)"
     plain = lab.verify("--report-dir", str(tmp_path / "plain"), "-k", "external_audit")
     assert not (tmp_path / "plain" / "compliance.json").exists() or not [
         r for r in json.loads((tmp_path / "plain" / "compliance.json").read_text())["controls"]
