@@ -18,13 +18,12 @@ from deploy import runner, verify_run
 
 def planned_changes(raw: dict | None) -> dict[str, list[str]]:
     """{host: operation names} a deploy would change, from pyinfra's dry-run plan (its `results` is None
-    with --dry); an operation whose change depends on an earlier one (`_if`) is named as "maybe"."""
+    with --dry). Operations that run only after an earlier change (`_if`: reloads, restarts) are left
+    out: pyinfra lists them as conditional on every host, and the change they follow is listed itself."""
     out: dict[str, list[str]] = {}
     for op in (raw or {}).get("plan") or []:
         for host in op.get("hosts_with_change", []):
             out.setdefault(host, []).append(op["name"])
-        for host in op.get("hosts_with_conditional_change", []):
-            out.setdefault(host, []).append(f"{op['name']} (maybe: depends on an earlier change)")
     return out
 
 
