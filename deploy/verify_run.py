@@ -23,7 +23,7 @@ REPORT = "compliance.json"
 def input_problems(waivers_file: str | None) -> list[str]:
     """The catalog and the waiver file, checked before any host is contacted (every problem at once)."""
     from deploy import catalog
-    from tests.compliance.waivers import WaiverError, load_waivers
+    from deploy.waivers import WaiverError, load_waivers
 
     try:
         known = set(catalog.load())

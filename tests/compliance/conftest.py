@@ -18,7 +18,7 @@ import testinfra
 from deploy import connect, ssh_config
 from deploy.inventory import load
 from tests.compliance.target import Target
-from tests.compliance.waivers import WaiverError, load_waivers
+from deploy.waivers import WaiverError, load_waivers
 
 
 def pytest_addoption(parser):

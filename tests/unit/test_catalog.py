@@ -84,7 +84,7 @@ def test_references_are_derived_not_copied():
 
 @pytest.mark.parametrize("fmt", ["md", "json"])
 def test_hardkit_controls_prints_the_catalog(fmt):
-    res = subprocess.run([sys.executable, "-m", "deploy.cli", "controls", "--format", fmt], cwd=REPO,
+    res = subprocess.run([str(Path(sys.executable).parent / "hardkit"), "controls", "--format", fmt], cwd="/",
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     n = len(catalog.load())

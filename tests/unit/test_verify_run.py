@@ -47,9 +47,9 @@ def test_verify_lists_every_input_problem_at_once(tmp_path):
     bad_previous.write_text(json.dumps({"controls": [{"host": "a"}]}))
     waivers = tmp_path / "w.toml"
     waivers.write_text('[waiver."nope-01"]\nreason = "r"\nowner = "o"\nexpires = 2030-01-01\n')
-    res = subprocess.run([sys.executable, "-m", "deploy.cli", "verify", str(tmp_path / "missing.py"),
+    res = subprocess.run([str(Path(sys.executable).parent / "hardkit"), "verify", str(tmp_path / "missing.py"),
                           "--waivers", str(waivers), "--compare", str(bad_previous)],
-                         cwd=REPO, capture_output=True, text=True, timeout=60)
+                         cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     for words in ("no such file", "nope-01: no control has this id", "is not a hardkit compliance report"):
         assert words in res.stderr, res.stderr

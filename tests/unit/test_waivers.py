@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from deploy import catalog
-from tests.compliance.waivers import WaiverError, load_waivers, parse
+from deploy.waivers import WaiverError, load_waivers, parse
 
 REPO = Path(__file__).resolve().parents[2]
 GOOD = '[waiver."sshd-09"]\nreason = "r"\nowner = "ops team"\nexpires = 2027-06-30\nhosts = ["a"]\n'
@@ -54,8 +54,10 @@ def test_verify_refuses_a_bad_waiver_file_before_contacting_any_host(tmp_path):
     bad = tmp_path / "waivers.toml"
     bad.write_text('[waiver."hk-nope-01"]\nreason = "r"\nowner = "o"\nexpires = 2027-01-01\n'
                    '[waiver."sshd-09"]\nreason = "r"\n')
-    res = subprocess.run([sys.executable, "-m", "deploy.cli", "verify", str(inv), "--waivers", str(bad),
-                          "--report-dir", str(tmp_path / "r")], cwd=REPO, capture_output=True, text=True, timeout=60)
+    # The installed `hardkit` script, run outside the repository (as an operator runs it).
+    res = subprocess.run([str(Path(sys.executable).parent / "hardkit"), "verify", str(inv), "--waivers", str(bad),
+                          "--report-dir", str(tmp_path / "r")], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=60)
     assert res.returncode == 2, res.stdout + res.stderr
     assert "hk-nope-01: no control has this id" in res.stderr and "sshd-09: no owner" in res.stderr
     assert "Traceback" not in res.stderr and not (tmp_path / "r").exists()

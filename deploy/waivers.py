@@ -1,6 +1,6 @@
 """Justified waivers: controls deliberately not met, each with reason, owner and expiry date.
 
-`waivers.toml` beside this file is the list (`hardkit verify --waivers FILE` or $HARDKIT_WAIVERS
+tests/compliance/waivers.toml is the list (`hardkit verify --waivers FILE` or $HARDKIT_WAIVERS
 names another). A waived check is reported as WAIVED with its reason instead of running, so an
 auditor sees every exception and why. A waiver past its expiry date no longer waives: the check
 fails and says the waiver expired, so exceptions get looked at again. `hardkit verify` validates
@@ -16,7 +16,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-WAIVERS_FILE = Path(__file__).with_name("waivers.toml")
+WAIVERS_FILE = Path(__file__).resolve().parent.parent / "tests" / "compliance" / "waivers.toml"
 #: Environment variable naming another waiver file (set by `hardkit verify --waivers`).
 WAIVERS_ENV = "HARDKIT_WAIVERS"
 FIELDS = {"reason", "owner", "expires", "hosts"}
