@@ -24,7 +24,7 @@ demo: image
 	$(HARDKIT) deploy "$$inv" && \
 	$(HARDKIT) verify "$$inv" --report-dir reports/$(DEMO) --junit reports/$(DEMO)/junit.xml && \
 	echo && $(HARDKIT) bot status "$$inv" && \
-	echo && echo "report: reports/$(DEMO)/compliance.md" && \
+	echo && echo "report: reports/$(DEMO)/compliance.md, compliance.html" && \
 	echo "explore: $(HARDKIT) sandbox ssh $(DEMO)-1    dashboard: $(HARDKIT) bot dashboard $$inv --host $(DEMO)-1" && \
 	echo "tear down: make demo-down"
 

@@ -3,6 +3,10 @@
     hardkit sandbox image | up | down | status | ssh      the local lab of disposable Debian 12 VPSs
     hardkit deploy INVENTORY [--limit GROUP|HOST] [--dry] [--json] [--identity FILE]
     hardkit verify INVENTORY [--report-dir DIR] [--junit FILE]
+    hardkit verify INVENTORY ... [--waivers FILE] [--compare PREVIOUS.json]   exit 0 pass, 1 fail, 2 usage, 3 unreachable
+    hardkit audit INVENTORY ...                          verify plus ssh-audit and systemd-analyze security
+    hardkit drift INVENTORY [--limit ...]               what a deploy would change + controls failing now
+    hardkit controls [--format md|json]                  the control catalog (catalog/controls.toml)
     hardkit bot status|halt|flatten|reset|logs|rollback INVENTORY [--limit GROUP|HOST]
     hardkit bot dashboard INVENTORY --host HOST [--port P]
     hardkit secrets init | set | edit | show-recipients | add-recipient | rotate ENV   (deploy/secrets_cli.py)
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -90,13 +95,37 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default $HARDKIT_AGE_IDENTITY, else ~/.config/hardkit/age-identity.txt)")
     s.set_defaults(func=cmd_deploy)
 
-    s = sub.add_parser("verify", help="run the compliance checks against every host of an inventory")
+    verify_args = [
+        (("inventory",), {}),
+        (("--limit",), {"help": "only these groups or hosts (comma-separated)"}),
+        (("--report-dir",), {"default": None,
+                             "help": "where compliance.json/.md/.xml/.html go (default reports/<inventory>)"}),
+        (("--junit",), {"default": None, "help": "also write the JUnit XML (a testcase per control and host) here"}),
+        (("-k",), {"dest": "select", "default": None, "help": "only checks matching this pytest expression"}),
+        (("--waivers",), {"default": None, "help": "waiver file (default tests/compliance/waivers.toml)"}),
+        (("--compare",), {"default": None, "metavar": "PREVIOUS.json",
+                          "help": "list the controls whose status changed since this earlier report"}),
+    ]
+    for command, text, auditors in (
+            ("verify", "run the compliance checks against every host of an inventory", False),
+            ("audit", "verify plus the external auditors (ssh-audit, systemd-analyze security), same report", True)):
+        s = sub.add_parser(command, help=text)
+        for flags, options in verify_args:
+            s.add_argument(*flags, **options)
+        if auditors:
+            s.add_argument("--keep", action="store_true", help="leave Lynis installed afterwards")
+        s.set_defaults(func=cmd_verify, auditors=auditors, keep=False)
+
+    s = sub.add_parser("drift", help="per host: what a deploy would change and which controls fail now; "
+                       "changes nothing (exit 1 on drift)")
     s.add_argument("inventory")
     s.add_argument("--limit", help="only these groups or hosts (comma-separated)")
-    s.add_argument("--report-dir", default=None, help="where compliance.json/.md go (default reports/<inventory>)")
-    s.add_argument("--junit", default=None, help="also write JUnit XML here")
-    s.add_argument("-k", dest="select", default=None, help="only checks matching this pytest expression")
-    s.set_defaults(func=cmd_verify)
+    s.add_argument("--identity", default=None, help="age identity for the hosts' secrets_env (as for deploy)")
+    s.set_defaults(func=cmd_drift)
+
+    s = sub.add_parser("controls", help="print the control catalog: ids, titles, references, tiers")
+    s.add_argument("--format", choices=["md", "json"], default="md")
+    s.set_defaults(func=cmd_controls)
 
     bot = sub.add_parser("bot", help="operate the bots of an inventory over SSH").add_subparsers(metavar="VERB")
     verbs = {
@@ -237,22 +266,61 @@ def _print_deploy_summary(result, dry: bool) -> None:
 
 
 def cmd_verify(args) -> int:
+    from deploy import verify_run
+    from deploy.inventory import InventoryError, load
+
+    problems = []
+    try:  # bad input is reported before any connection, every problem at once
+        inv = load(args.inventory)
+        hosts = inv.limit(args.limit)
+    except InventoryError as e:
+        problems += e.render().splitlines()
+    problems += verify_run.input_problems(args.waivers)
+    previous = None
+    if args.compare:
+        previous, why = verify_run.read_previous(args.compare)
+        problems += [why] if why else []
+    if problems:
+        for line in problems:
+            print(f"error: {line}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    label = _inventory_label(Path(args.inventory))
+    report_dir = Path(args.report_dir or REPO_ROOT / "reports" / label)
+    doc, rc = verify_run.run(Path(args.inventory), label, report_dir, select=args.select, waivers=args.waivers,
+                             limit=[h.name for h in hosts] if args.limit else None, auditors=args.auditors,
+                             keep_lynis=args.keep)
+    if doc is not None:
+        kept = verify_run.keep(report_dir, doc)
+        print(f"kept: {kept}")
+        if args.junit:
+            shutil.copyfile(report_dir / "compliance.xml", args.junit)
+        if previous is not None:
+            changed = verify_run.changes(previous, doc)
+            print(f"changed since {args.compare}: {len(changed)}")
+            for line in changed:
+                print(f"  {line}")
+    return verify_run.exit_code(doc, rc)
+
+
+def cmd_drift(args) -> int:
+    from deploy import drift
     from deploy.inventory import load
 
-    inv = load(args.inventory)  # bad input is reported before any connection
-    hosts = inv.limit(args.limit)
-    report_dir = Path(args.report_dir or REPO_ROOT / "reports" / _inventory_label(Path(args.inventory)))
-    cmd = [sys.executable, "-m", "pytest", str(REPO_ROOT / "tests" / "compliance"), "-p", "deploy.report",
-           "--hardkit-inventory", str(Path(args.inventory).resolve()), "--hardkit-report-dir", str(report_dir),
-           "-q", "--no-header", "-rfE", "-o", "console_output_style=classic", "-p", "no:cacheprovider"]
-    if args.limit:
-        cmd += ["--hardkit-limit", ",".join(h.name for h in hosts)]
-    if args.junit:
-        cmd += ["--junitxml", args.junit, "-o", "junit_family=xunit1"]
-    if args.select:
-        cmd += ["-k", args.select]
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run(cmd, cwd=str(REPO_ROOT), env=env).returncode
+    inv = load(args.inventory)
+    return drift.run(inv, inv.limit(args.limit), _inventory_label(Path(args.inventory)), identity=args.identity)
+
+
+def cmd_controls(args) -> int:
+    from deploy import catalog
+
+    try:
+        controls = catalog.load()
+    except catalog.CatalogError as e:
+        for line in str(e).splitlines():
+            print(f"error: {line}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    sys.stdout.write(catalog.to_json(controls) if args.format == "json" else catalog.to_markdown(controls))
+    return EXIT_OK
 
 
 # --- bot ------------------------------------------------------------------------------------------

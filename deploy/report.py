@@ -1,28 +1,34 @@
-"""The compliance report: one row per (host, control id), as a table, JSON and Markdown.
+"""The compliance report: one row per (host, control id), in the terminal and in every format.
 
 A pytest plugin (`-p deploy.report`): every compliance check carries `@pytest.mark.control(ID)`
-and runs once per host; this plugin gathers the outcomes and writes `compliance.json` and
-`compliance.md` to the report folder (JUnit XML comes from pytest's own `--junitxml`).
-A control is PASS only if every check tagged with it passed on that host; WAIVED and SKIP keep
-their reason, so nothing is silently left out.
+and runs once per host; this plugin gathers the outcomes and writes compliance.json (the
+versioned document), .md, .xml (JUnit: a testcase per control and host) and .html to the report
+folder through deploy/report_formats.py.
+A control is PASS only if every check tagged with it passed on that host; WAIVED, NOT VERIFIED
+(what this kind of host cannot show, e.g. a container's kernel) and SKIP keep their reason, so
+nothing is silently left out.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import pytest
 
+from deploy import report_formats
+
 #: Worst first: a control with several checks reports its worst outcome.
-ORDER = {"FAIL": 0, "ERROR": 1, "SKIP": 2, "WAIVED": 3, "PASS": 4}
+ORDER = {s: i for i, s in enumerate(report_formats.STATUSES)}
+#: A skip reason starting so is NOT VERIFIED (tests/compliance/target.py writes it).
+NOT_VERIFIED_PREFIX = "not verified: "
 _rows: dict[tuple[str, str], dict] = {}
 
 
 def pytest_addoption(parser):
     group = parser.getgroup("hardkit")
-    group.addoption("--hardkit-report-dir", default=None, help="folder for compliance.json and compliance.md")
+    group.addoption("--hardkit-report-dir", default=None, help="folder for compliance.json/.md/.xml/.html")
+    group.addoption("--hardkit-report-label", default=None, help="the inventory's name in the report")
 
 
 def _control_of(item) -> tuple[str, str] | None:
@@ -54,7 +60,8 @@ def pytest_runtest_logreport(report):
     elif report.skipped:
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         reason = reason.removeprefix("Skipped: ")
-        status = "WAIVED" if reason.startswith("waived:") else "SKIP"
+        status = ("WAIVED" if reason.startswith("waived") else
+                  "NOT VERIFIED" if reason.startswith(NOT_VERIFIED_PREFIX) else "SKIP")
         detail = reason
     else:
         status = "FAIL" if report.when == "call" else "ERROR"
@@ -78,41 +85,35 @@ def rows() -> list[dict]:
     return sorted(_rows.values(), key=lambda r: (r["host"], r["control"]))
 
 
+def _document(config) -> dict:
+    from deploy import catalog
+
+    return report_formats.document(rows(), catalog.load(), config.getoption("--hardkit-report-label") or "inventory",
+                                   time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                   getattr(config, "hardkit_unreachable", {}))
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    if not _rows:
+    if not _rows and not getattr(config, "hardkit_unreachable", {}):
         return
     tr = terminalreporter
+    doc = _document(config)
     tr.section("hardkit compliance")
-    width = max(len(r["title"]) for r in rows())
-    for host in sorted({r["host"] for r in rows()}):
-        tr.write_line(f"{host}:")
-        for r in (r for r in rows() if r["host"] == host):
+    width = max((len(r["title"]) for r in doc["controls"]), default=10)
+    for host in doc["hosts"]:
+        tr.write_line(f"{host['name']}:" + ("" if host["reachable"] else f" UNREACHABLE ({host['error']})"))
+        for r in (r for r in doc["controls"] if r["host"] == host["name"]):
             reason = r["details"][0].split(": ", 1)[-1] if r["details"] else ""
-            note = f"  ({reason[:90]}{'...' if len(reason) > 90 else ''})" if r["status"] in ("SKIP", "WAIVED") else ""
-            tr.write_line(f"  {r['status']:<6} {r['control']:<14} {r['title']:<{width}}{note}")
-    counts = {}
-    for r in rows():
-        counts[r["status"]] = counts.get(r["status"], 0) + 1
-    tr.write_line("controls: " + ", ".join(f"{counts[s]} {s.lower()}" for s in sorted(counts, key=ORDER.get)))
+            shown = r["status"] in ("SKIP", "WAIVED", "NOT VERIFIED")
+            note = f"  ({reason[:90]}{'...' if len(reason) > 90 else ''})" if shown else ""
+            tr.write_line(f"  {r['status']:<12} {r['control']:<14} {r['title']:<{width}}{note}")
+    for host in doc["hosts"]:
+        tr.write_line(f"{host['name']}: " + (report_formats.summary_line(host["summary"]) or "no controls"))
+    tr.write_line("controls: " + report_formats.summary_line(doc["summary"]))
     out = config.getoption("--hardkit-report-dir")
     if out:
-        paths = write(Path(out))
+        paths = report_formats.write_all(doc, Path(out))
         tr.write_line("report: " + ", ".join(str(p) for p in paths))
-
-
-def write(folder: Path) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    data = {"generated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "controls": rows()}
-    jpath = folder / "compliance.json"
-    jpath.write_text(json.dumps(data, indent=2) + "\n")
-    md = ["# hardkit compliance report", "", f"Generated {data['generated']}.", "",
-          "| host | control | check | result | detail |", "|---|---|---|---|---|"]
-    for r in rows():
-        detail = "; ".join(r["details"]).replace("|", "\\|")[:400]
-        md.append(f"| {r['host']} | {r['control']} | {r['title']} | {r['status']} | {detail} |")
-    mpath = folder / "compliance.md"
-    mpath.write_text("\n".join(md) + "\n")
-    return [jpath, mpath]
 
 
 @pytest.hookimpl(tryfirst=True)

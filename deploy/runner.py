@@ -130,9 +130,9 @@ def deploy(inv: Inventory, hosts: list[Host], *, dry: bool = False, extra_args: 
         os.chmod(tmp, 0o700)
         resolved = write_resolved_inventory(inv, hosts, logins, Path(tmp),
                                             {n: d.changed for n, d in deliveries.items()})
-        cmd = [sys.executable, "-m", "pyinfra", str(resolved), str(site), "-y", "--json"]
-        if dry:
-            cmd.append("--dry")
+        cmd = [sys.executable, "-m", "pyinfra", str(resolved), str(site), "--json"]
+        # -y skips pyinfra's change detection: a dry run without it plans what would change (raw["plan"]).
+        cmd.append("--dry" if dry else "-y")
         cmd += extra_args or []
         env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         returncode, stdout, tail = _run_teeing_stderr(cmd, env, stream)

@@ -7,6 +7,8 @@ collects every module's `KEYS` from here, so a role that adds a key is validated
 ROLE_MODULES = [
     "roles.access_data",
     "roles.secrets_data",
+    "roles.platform_data",  # issue 10: the host is a container (verify reports NOT VERIFIED)
+    "roles.auditors_data",  # issue 10: thresholds of `hardkit audit`'s external auditors
     "roles.baseline",
     "roles.guard",
     "roles.admin",

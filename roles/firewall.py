@@ -61,6 +61,15 @@ LOG_DROPS = DataKey("firewall_log_drops", True, "Log dropped packets (rate-limit
 
 KEYS = [EGRESS_POLICY, EGRESS_ALLOW, LOG_DROPS]
 
+#: Inbound ICMP a working network needs (the template's groups; the compliance check allows exactly these).
+ICMP_PING = ("echo-request",)
+ICMP_ERRORS_V4 = ("destination-unreachable", "time-exceeded", "parameter-problem")
+ICMP_ERRORS_V6 = ("destination-unreachable", "packet-too-big", "time-exceeded", "parameter-problem")
+ICMPV6_NEIGHBOUR = ("nd-router-advert", "nd-neighbor-solicit", "nd-neighbor-advert", "nd-redirect")
+ICMPV6_MULTICAST = ("mld-listener-query", "mld-listener-report", "mld2-listener-report")
+#: Inbound DHCP replies (source port, destination port): v4 server 67 -> client 68, v6 547 -> 546.
+DHCP_REPLIES = ((67, 68), (547, 546))
+
 
 def split_families(networks: list[str]) -> tuple[list[str], list[str]]:
     """(IPv4, IPv6) networks, overlaps merged: nftables interval sets refuse overlapping elements."""
@@ -89,7 +98,9 @@ def render(data, ssh_ports: list[int] | None = None) -> str:
         allow_v4=allow_v4, allow_v6=allow_v6,
         ssh_ports=str(ports[0]) if len(ports) == 1 else "{ " + ", ".join(map(str, ports)) + " }",
         log_drops=LOG_DROPS.value(data), egress_open=EGRESS_POLICY.value(data) == "open",
-        egress_allow=egress_rules(EGRESS_ALLOW.value(data)))
+        egress_allow=egress_rules(EGRESS_ALLOW.value(data)),
+        icmp_ping=ICMP_PING, icmp_errors_v4=ICMP_ERRORS_V4, icmp_errors_v6=ICMP_ERRORS_V6,
+        icmpv6_neighbour=ICMPV6_NEIGHBOUR, icmpv6_multicast=ICMPV6_MULTICAST, dhcp=DHCP_REPLIES)
 
 
 def ruleset_change(data, ports: list[int], confirm_port: int, label: str = ""):

@@ -50,6 +50,8 @@ def host_entry(t: Target, net: network.LabNet) -> tuple[str, dict]:
         "ssh_hostname": "127.0.0.1",
         # The lab reaches sshd through port forwards: one per guest port sshd may listen on.
         "ssh_forwarded_ports": t.ssh_forwards(),
+        # An nspawn target shares this machine's kernel, as a container VPS shares its provider's.
+        "container": t.tier == "nspawn",
         "lab": {
             "tier": t.tier, "prefix": t.prefix, "netns": t.netns,
             "address_v4": t.lab_v4, "address_v6": t.lab_v6,

@@ -8,6 +8,7 @@ to each host over OpenSSH with strict host-key checking through a generated ssh_
 from __future__ import annotations
 
 import os
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -17,13 +18,26 @@ import testinfra
 from deploy import connect, ssh_config
 from deploy.inventory import load
 from tests.compliance.target import Target
-from tests.compliance.waivers import load_waivers
+from deploy.waivers import WaiverError, load_waivers
 
 
 def pytest_addoption(parser):
     parser.addoption("--hardkit-inventory", default=os.environ.get("HARDKIT_INVENTORY"),
                      help="inventory file whose hosts are verified")
     parser.addoption("--hardkit-limit", default=None, help="only these hosts (comma-separated names)")
+    parser.addoption("--hardkit-auditors", action="store_true",
+                     help="also run the external auditors (checks marked `auditor`: `hardkit audit`)")
+    parser.addoption("--hardkit-keep-lynis", action="store_true",
+                     help="leave Lynis installed after the audit (default: removed if the audit installed it)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--hardkit-auditors"):
+        return
+    kept = [i for i in items if i.get_closest_marker("auditor") is None]
+    if len(kept) != len(items):
+        config.hook.pytest_deselected(items=[i for i in items if i not in kept])
+        items[:] = kept
 
 
 def _inventory(config):
@@ -53,6 +67,7 @@ def _ssh_setup(request):
             logins[h.name] = connect.resolve(h)
         except connect.LoginError as e:
             errors[h.name] = str(e)
+    request.config.hardkit_unreachable = dict(errors)  # the report lists these hosts as unreachable (exit 3)
     tmp = Path(tempfile.mkdtemp(prefix="hardkit-verify-"))
     os.chmod(tmp, 0o700)
     cfg = tmp / "ssh_config"
@@ -60,7 +75,8 @@ def _ssh_setup(request):
     yield inv, logins, errors, cfg
     for sock in tmp.iterdir():
         if sock.is_socket():
-            os.system(f"ssh -F {cfg} -O exit -o ControlPath={sock} x >/dev/null 2>&1")
+            subprocess.run(["ssh", "-F", str(cfg), "-O", "exit", "-o", f"ControlPath={sock}", "x"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
     for f in tmp.iterdir():
         f.unlink(missing_ok=True)
     tmp.rmdir()
@@ -89,6 +105,27 @@ def _apply_waivers(request):
     callspec = getattr(request.node, "callspec", None)
     if marker is None or callspec is None or "target" not in callspec.params:
         return
-    waiver = load_waivers().get(marker.args[0])
+    waiver = _waivers(request.config).get(marker.args[0])
     if waiver and waiver.applies_to(callspec.params["target"]):
-        pytest.skip(f"waived: {waiver.reason}")
+        if waiver.expired():  # the check fails in its call phase (FAIL, not a setup ERROR), without running
+            request.node.hardkit_expired_waiver = (
+                f"the waiver of {waiver.control} expired on {waiver.expires} (owner: {waiver.owner}); "
+                f"fix the control or renew the waiver. It said: {waiver.reason}")
+            return
+        pytest.skip(f"waived until {waiver.expires} (owner: {waiver.owner}): {waiver.reason}")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_call(item):
+    expired = getattr(item, "hardkit_expired_waiver", None)
+    if expired:
+        pytest.fail(expired, pytrace=False)
+
+
+def _waivers(config):
+    if not hasattr(config, "_hardkit_waivers"):
+        try:
+            config._hardkit_waivers = load_waivers()
+        except WaiverError as e:
+            raise pytest.UsageError(str(e)) from None
+    return config._hardkit_waivers

@@ -13,6 +13,8 @@ from functools import cached_property
 import pytest
 
 from deploy.connect import Login
+from deploy.report import NOT_VERIFIED_PREFIX as NOT_VERIFIED
+from roles.platform_data import CONTAINER
 
 
 @dataclass(eq=False)
@@ -39,13 +41,27 @@ class Target:
         return self._cache[key]
 
     @cached_property
-    def in_container(self) -> bool:
-        """True on a container (shares the host's kernel): kernel-level controls cannot be shown there."""
-        return self.host.run("systemd-detect-virt --container --quiet").rc == 0
+    def container_kind(self) -> str | None:
+        """The container technology (lxc, openvz, systemd-nspawn, ...) or None on a VM or metal."""
+        res = self.host.run("systemd-detect-virt --container")
+        return res.stdout.strip() if res.rc == 0 else None
 
-    def require_kernel(self) -> None:
-        if self.in_container:
-            pytest.skip("needs a real kernel (this host is a container): proven on the vm tier")
+    @property
+    def in_container(self) -> bool:
+        """True on a container (shares the provider's kernel): kernel-level controls cannot be shown there."""
+        return self.container_kind is not None
+
+    def require_kernel(self, what: str, why: str = "its kernel belongs to the provider") -> None:
+        """Go on only where the host owns its kernel. On a container the control is NOT VERIFIED, saying
+        what and why, if the inventory declares the host a container; otherwise it fails."""
+        if not self.in_container:
+            return
+        if CONTAINER.value(self.data):
+            pytest.skip(f"{NOT_VERIFIED}{what} cannot be checked: the host is a container ({self.container_kind}), "
+                        f"{why}")
+        pytest.fail(f"{what} cannot be checked: the host is a container ({self.container_kind}) but the inventory "
+                    f"does not declare it ({CONTAINER.name}: True); declare it to report this control as "
+                    "NOT VERIFIED, or run on a VM", pytrace=False)
 
     def json(self, command: str):
         return json.loads(self.check_output(command))

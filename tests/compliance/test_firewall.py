@@ -7,12 +7,8 @@ import ipaddress
 import pytest
 
 from roles.access_data import SSH_ALLOW_FROM, SSHD_PORT
-from roles.firewall import EGRESS_POLICY, LOG_DROPS, NFT_CONF, render, split_families
-from tests.compliance import nft_state
-
-#: Ports a rule may accept besides SSH: DHCP replies (v4 67->68, v6 547->546).
-DHCP_REPLIES = {(68, 67), (546, 547)}
-
+from roles.firewall import DHCP_REPLIES, EGRESS_POLICY, LOG_DROPS, NFT_CONF, render, split_families
+from tests.compliance import nft_input, nft_state
 
 @pytest.mark.control("hk-fw-01")
 def test_inbound_default_deny(target):
@@ -39,23 +35,11 @@ def test_allow_list_loaded(target):
 @pytest.mark.control("hk-fw-04")
 def test_only_ssh_is_open_and_only_to_the_allow_list(target):
     """No inbound port is open but SSH, and SSH only to the allow-list"""
-    port = SSHD_PORT.value(target.data)
-    ssh_rules = 0
-    for expr in nft_state.rules(target, "input"):
-        if nft_state.verdict(expr) != "accept":
-            continue
-        found = nft_state.matches(expr)
-        dports = [right for proto, field, right in found if field == "dport"]
-        if not dports:
-            continue
-        sports = [right for proto, field, right in found if field == "sport"]
-        if dports == [port]:
-            sources = [right for proto, field, right in found if field == "saddr"]
-            assert sources in (["@ssh_allow_v4"], ["@ssh_allow_v6"]), f"SSH accepted without the allow-list: {expr}"
-            ssh_rules += 1
-        else:
-            assert (dports[0], sports[0] if sports else None) in DHCP_REPLIES, f"unexpected open port: {expr}"
-    assert ssh_rules == 2
+    # The input chain as a whole: every accept (also via jumps and verdict maps) must be an intended opening.
+    assert nft_input.unexpected_accepts(nft_state.ruleset(target), {SSHD_PORT.value(target.data)}) == []
+    ssh_rules = [expr for expr in nft_state.rules(target, "input") if nft_state.verdict(expr) == "accept"
+                 and nft_input.conditions(expr).get("tcp.dport") == {SSHD_PORT.value(target.data)}]
+    assert len(ssh_rules) == 2, "one SSH rule per address family"
 
 
 @pytest.mark.control("hk-fw-05")
@@ -98,7 +82,7 @@ def test_nothing_but_ssh_listens_publicly(target):
         addr = local.rsplit(":", 1)[0].strip("[]").split("%")[0]
         if addr in ("127.0.0.1", "::1") or addr.startswith("127."):
             continue
-        if cols[0] == "udp" and local.rsplit(":", 1)[1] in ("68", "546"):
+        if cols[0] == "udp" and int(local.rsplit(":", 1)[1]) in {client for _, client in DHCP_REPLIES}:
             continue  # DHCP clients (replies only, see hk-fw-04)
         public.append(line)
     assert all('"sshd"' in line for line in public), "\n".join(public)

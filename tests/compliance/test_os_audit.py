@@ -12,13 +12,16 @@ from roles.filesystem import FIND_SUID_SGID
 from tests.compliance import os_state
 
 
+AUDIT_WHY = "the audit subsystem is the provider's kernel's"
+
+
 def _loaded(target) -> list[str]:
-    target.require_kernel()
+    target.require_kernel("the loaded audit rules (auditctl -l)", AUDIT_WHY)
     return target.fact("os:auditctl-l", lambda t: t.check_output("auditctl -l").splitlines())
 
 
 def _status(target) -> dict[str, str]:
-    target.require_kernel()
+    target.require_kernel("the audit status (auditctl -s)", AUDIT_WHY)
     out = target.fact("os:auditctl-s", lambda t: t.check_output("auditctl -s"))
     return dict(line.split(None, 1) for line in out.splitlines() if " " in line)
 
@@ -50,7 +53,7 @@ def test_enabled_and_immutable_as_asked(target):
 @pytest.mark.control("hk-os-aud-03")
 def test_audit_from_boot(target):
     """Processes started before auditd are audited (audit=1 on the kernel command line)"""
-    target.require_kernel()
+    target.require_kernel("the kernel command line", "the provider boots its kernel")
     if not target.host.file(role.GRUB_DEFAULTS).exists:
         pytest.skip("no boot loader on this host (the hypervisor boots the kernel directly): "
                     "its command line is the hypervisor's")

@@ -85,7 +85,7 @@ def _make_sysctl_check(control: str, keys: list[str]):
         if waiver and waiver[0].value(target.data) == waiver[1]:
             pytest.skip(f"waived: {waiver[2]}")
         if any(_kernel_level(k) for k in keys):
-            target.require_kernel()
+            target.require_kernel("kernel sysctls " + ", ".join(k for k in keys if _kernel_level(k)))
         want, have = expected(target), os_state.sysctl(target)
         wrong = {k: (have.get(k, "missing"), want[k]) for k in keys if have.get(k) != str(want[k])}
         optional_missing = {k for k, (got, _) in wrong.items() if got == "missing" and k in role.KERNEL_OPTIONAL}
@@ -109,7 +109,7 @@ def test_sysctl_18_ipv6_as_the_inventory_says(target):
 @pytest.mark.control("sysctl-31b")
 def test_sysctl_31b_core_dump_path(target):
     """Core dumps of setuid programs (if allowed) go to an absolute path"""
-    target.require_kernel()
+    target.require_kernel("fs.suid_dumpable and kernel.core_pattern")
     have = os_state.sysctl(target)
     if have.get("fs.suid_dumpable") == "2":
         assert have.get("kernel.core_pattern", "").lstrip("|").startswith("/"), have.get("kernel.core_pattern")
@@ -120,7 +120,7 @@ def test_sysctl_31b_core_dump_path(target):
 @pytest.mark.control("sysctl-33")
 def test_sysctl_33_nx(target):
     """The CPU's no-execute (NX) protection is available"""
-    target.require_kernel()
+    target.require_kernel("the CPU's NX flag")
     flags = target.fact("os:cpuflags", lambda t: t.check_output("grep -m1 '^flags' /proc/cpuinfo").split())
     assert "nx" in flags, "the CPU has no NX flag"
 
@@ -152,7 +152,7 @@ def test_no_core_dumps(target):
 @pytest.mark.control("os-10")
 def test_os_10_unused_filesystems_and_protocols(target):
     """Unused file systems and rare protocols cannot be loaded"""
-    target.require_kernel()
+    target.require_kernel("kernel module loading (blacklists)")
     efi = target.host.run("test -d /sys/firmware/efi").rc == 0
     mods = role.blacklist(target.data, efi)
     out = target.check_output("for m in " + " ".join(mods) + "; do echo \"$m|$(modprobe -n -v $m 2>&1 | tr '\\n' ' ')\"; "
@@ -172,7 +172,7 @@ def test_os_10_unused_filesystems_and_protocols(target):
 @pytest.mark.control("os-12")
 def test_os_12_cpu_vulnerabilities(target):
     """The kernel reports no CPU vulnerability as unmitigated"""
-    target.require_kernel()
+    target.require_kernel("CPU vulnerability mitigations")
     out = target.check_output("grep -H . /sys/devices/system/cpu/vulnerabilities/* 2>/dev/null || true")
     vulnerable = [line for line in out.splitlines() if "vulnerable" in line.split(":", 1)[-1].lower()
                   and "not affected" not in line.lower()]

@@ -12,7 +12,8 @@ import pytest
 from roles.admin import SSH_GROUP
 from roles.ssh import (CRYPTO_DIRECTIVES, HOST_KEYS, MIN_MODULI_BITS, RSA_HOST_KEY_BITS, SSHD_CONFIG, crypto_lists,
                        settings)
-from tests.compliance.sshd_state import effective, one, supported
+from tests.compliance.sshd_contexts import disagreements
+from tests.compliance.sshd_state import effective, in_every_login_context, one, supported
 
 #: dev-sec ssh-baseline control for each directive roles/ssh.py sets (others get hk-ssh ids below).
 DEVSEC_IDS = {
@@ -59,11 +60,13 @@ def test_sshd_setting_in_force(target, directive):
 
 @pytest.mark.parametrize("directive", _setting_params())
 def test_sshd_setting_holds_for_a_real_login_context(target, directive):
-    """The setting also holds inside Match blocks for the admin's login"""
-    # A provider's drop-in may add `Match` blocks: evaluate sshd as it would for a real connection.
-    context = f"user={target.data['admin_user']},host=client,addr=198.51.100.10,laddr=0.0.0.0,lport=22"
+    """The setting also holds inside Match blocks, for the admin from every allowed range to every sshd port"""
+    # A provider's drop-in may add `Match Address`/`LocalPort` blocks for the operator's real address or port.
     expected = dict(settings(target.data))[directive]
-    assert one(effective(target, context), directive).lower() == expected.lower()
+    per_context = in_every_login_context(target)
+    assert per_context, "no login context evaluated"
+    wrong = disagreements(per_context, directive, expected)
+    assert not wrong, f"{directive} is not {expected!r} for: " + "; ".join(f"{c} -> {v}" for c, v in wrong.items())
 
 
 @pytest.mark.parametrize("key", [pytest.param(k, marks=pytest.mark.control(c), id=k) for k, c in CRYPTO_IDS.items()])

@@ -69,6 +69,109 @@ def test_verify_passes_every_control(lab, tmp_path):
     assert "FAIL" not in (tmp_path / "compliance.md").read_text()
 
 
+def test_verify_sees_a_provider_match_block_and_an_extra_accept_rule(lab, name, tmp_path):
+    """A provider's `Match Address` drop-in for the controller's address (not the lab client the old check
+    used) and a hand-added `ip saddr X accept` (no port match, which the old check ignored) fail verify."""
+    drop_in = "/etc/ssh/sshd_config.d/50-provider.conf"
+    lab.ssh(name, f"printf 'Match Address 10.0.2.2\\n    PasswordAuthentication yes\\n' > {drop_in}; "
+                  "nft insert rule inet hardkit input ip saddr 192.0.2.7 accept")
+    try:
+        res = lab.verify("--report-dir", str(tmp_path), "-k", "real_login_context or only_ssh_is_open")
+        assert res.returncode == 1, res.stdout[-3000:]
+        rows = {r["control"]: r for r in json.loads((tmp_path / "compliance.json").read_text())["controls"]}
+        assert rows["sshd-27"]["status"] == "FAIL", rows["sshd-27"]
+        assert "addr=10.0.2.2," in " ".join(rows["sshd-27"]["details"])
+        assert [c for c, r in rows.items() if r["status"] == "FAIL"] == ["hk-fw-04", "sshd-27"], rows
+        assert "ip.saddr ['192.0.2.7']" in " ".join(rows["hk-fw-04"]["details"])
+        _failed_in_every_format(tmp_path, "hk-fw-04", "ip.saddr ['192.0.2.7']", "issue 3: access hardening")
+    finally:
+        lab.ssh(name, f"rm -f {drop_in}; nft -f {NFT_CONF}")
+    broken = tmp_path / "broken.json"
+    broken.write_text((tmp_path / "compliance.json").read_text())
+    res = lab.verify("--report-dir", str(tmp_path), "-k", "real_login_context or only_ssh_is_open",
+                     "--compare", str(broken))
+    assert res.returncode == 0, res.stdout[-3000:]
+    assert "changed since" in res.stdout and f"{name} hk-fw-04: FAIL -> PASS" in res.stdout
+    assert f"{name} sshd-27: FAIL -> PASS" in res.stdout
+    assert len(list(tmp_path.glob("2*/compliance.json"))) == 2, "each run's JSON is kept under its timestamp"
+
+
+def test_drift_names_what_a_deploy_would_change_and_changes_nothing(lab, name):
+    from tests.integration.labkit import hardkit
+
+    clean = hardkit("drift", str(lab.inventory_path))
+    assert clean.returncode == 0 and f"{name}: no drift" in clean.stdout, clean.stdout + clean.stderr[-3000:]
+    lab.ssh(name, f"echo '# a local edit' >> {NFT_CONF}")
+    before = sha(lab, name, NFT_CONF)
+    try:
+        res = hardkit("drift", str(lab.inventory_path))
+        assert res.returncode == 1, res.stdout + res.stderr[-3000:]
+        assert f"{name}: DRIFT" in res.stdout and "would change:" in res.stdout, res.stdout
+        assert "nftables ruleset" in res.stdout and "failing: hk-fw-06" in res.stdout, res.stdout
+        assert sha(lab, name, NFT_CONF) == before, "drift must change nothing"
+    finally:
+        lab.ssh(name, f"sed -i '$d' {NFT_CONF}")
+
+
+def _failed_in_every_format(folder, control, evidence, reference):
+    """The failed control's id, evidence and a reference in the JSON, Markdown, JUnit and HTML (in Chromium)."""
+    import xml.etree.ElementTree as ET
+
+    from tests import browser
+
+    row = next(r for r in json.loads((folder / "compliance.json").read_text())["controls"] if r["control"] == control)
+    assert row["status"] == "FAIL" and evidence in row["evidence"] and reference in row["references"], row
+    md = next(line for line in (folder / "compliance.md").read_text().splitlines() if f"| {control} |" in line)
+    assert "| FAIL |" in md and evidence in md and reference in md, md
+    case = next(c for c in ET.parse(folder / "compliance.xml").iter("testcase") if c.get("name").startswith(control))
+    assert evidence in case.find("failure").text and reference in case.find("failure").text
+    if not browser.available():
+        pytest.skip(browser.MISSING)
+    with browser.chromium(folder) as driver:
+        driver.get((folder / "compliance.html").as_uri())
+        driver.execute_script("var s = document.getElementById('f-status'); s.value = 'FAIL'; "
+                              "s.dispatchEvent(new Event('change'));")
+        shown = [r for r in driver.find_elements("css selector", "#controls tbody tr") if r.is_displayed()]
+        text = next(r.text for r in shown if r.get_attribute("data-control") == control)
+        assert evidence in text and reference in text, text
+
+
+def test_audit_folds_the_external_auditors_into_the_report(lab, tmp_path):
+    """`hardkit audit` adds ssh-audit and systemd-analyze security as controls of the same report; verify does not."""
+    from tests.integration.labkit import hardkit
+
+    res = hardkit("audit", str(lab.inventory_path), "--report-dir", str(tmp_path), "-k", "external_audit")
+    rows = {r["control"]: r for r in json.loads((tmp_path / "compliance.json").read_text())["controls"]}
+    assert set(rows) == {"ext-ssh-audit-01", "ext-ssh-audit-02", "ext-units-01", "ext-lynis-01"}, rows
+    assert rows["ext-ssh-audit-01"]["status"] == "PASS", rows["ext-ssh-audit-01"]
+    for row in rows.values():
+        assert row["status"] in ("PASS", "FAIL") and "issue 10: compliance you can hand to an auditor" in row["references"]
+        assert row["status"] == "PASS" or row["evidence"], row
+    assert res.returncode == (1 if any(r["status"] == "FAIL" for r in rows.values()) else 0), res.stdout[-3000:]
+    assert "Lynis hardening index" in " ".join(rows["ext-lynis-01"]["details"]) or rows["ext-lynis-01"]["status"] == "PASS"
+    gone = lab.ssh(lab.names[0], "dpkg-query -W -f='${Status}' lynis 2>/dev/null; ls /var/log/lynis-report.dat")
+    assert "install ok" not in gone.stdout and "lynis-report.dat" not in gone.stdout, "Lynis must be removed (no --keep)"
+    plain = lab.verify("--report-dir", str(tmp_path / "plain"), "-k", "external_audit")
+    assert not (tmp_path / "plain" / "compliance.json").exists() or not [
+        r for r in json.loads((tmp_path / "plain" / "compliance.json").read_text())["controls"]
+        if r["control"].startswith("ext-")], plain.stdout[-2000:]
+
+
+@pytest.mark.parametrize("expires, code, status, says", [
+    ("2000-01-01", 1, "FAIL", "the waiver of sshd-10 expired on 2000-01-01 (owner: qa)"),
+    ("2999-01-01", 0, "WAIVED", "waived until 2999-01-01 (owner: qa): protocol check waived for the test"),
+], ids=["expired", "current"])
+def test_a_waiver_waives_until_it_expires(lab, tmp_path, expires, code, status, says):
+    waivers = tmp_path / "waivers.toml"
+    waivers.write_text(f'[waiver."sshd-10"]\nreason = "protocol check waived for the test"\nowner = "qa"\n'
+                       f"expires = {expires}\n")
+    res = lab.verify("--report-dir", str(tmp_path), "--waivers", str(waivers), "-k", "protocol_2_only")
+    assert res.returncode == code, res.stdout[-3000:]
+    row = next(r for r in json.loads((tmp_path / "compliance.json").read_text())["controls"]
+               if r["control"] == "sshd-10")
+    assert row["status"] == status and says in " ".join(row["details"]), row
+
+
 def test_key_login_as_admin_works_from_the_allowed_client(lab, name, key):
     for family in (4, 6):
         res = lab.client_ssh("allowed", "ops", lab.lab_address(name, family), key=key, command="id -un")

@@ -95,9 +95,28 @@ def test_deploy_verify_then_nothing_changes(lab, deployed, tmp_path):
     rows = json.loads((tmp_path / "compliance.json").read_text())["controls"]
     statuses = {r["control"]: r["status"] for r in rows}
     assert statuses["sysctl-07"] == "PASS" and statuses["os-14"] == "PASS" and statuses["hk-os-upd-02"] == "PASS"
+    # The nspawn target is declared a container: what its kernel decides is NOT VERIFIED, saying why.
+    not_verified = {r["control"]: r["details"] for r in rows if r["status"] == "NOT VERIFIED"}
+    assert {"os-12", "hk-os-aud-01", "hk-os-time-01", "package-08"} <= set(not_verified), sorted(not_verified)
+    for control, details in not_verified.items():
+        assert all("the host is a container (systemd-nspawn)" in d for d in details), f"{control}: {details}"
+    assert not [r for r in rows if r["status"] == "SKIP" and r["control"] in not_verified]
+    assert f"{len(not_verified)} not verified" in res.stdout, res.stdout[-2000:]
     skipped = {r["control"]: r["details"] for r in rows if r["status"] == "SKIP"}
     for control, details in skipped.items():
         assert any(why in d for why in EXPECTED_SKIPS for d in details), f"{control} skipped for {details}"
+
+
+def test_an_undeclared_container_fails_its_kernel_controls(lab, deployed, tmp_path):
+    """The same container without `container: True` in its inventory: a skip there would hide a surprise."""
+    from tests.integration.labkit import hardkit
+
+    undeclared = derived_inventory(lab, tmp_path, ntp_servers=[lab.ntp_address], container=False)
+    res = hardkit("verify", str(undeclared), "--report-dir", str(tmp_path), "-k", "os_12 or time_synchronised")
+    assert res.returncode == 1, res.stdout[-3000:]
+    rows = json.loads((tmp_path / "compliance.json").read_text())["controls"]
+    assert {r["control"]: r["status"] for r in rows} == {"os-12": "FAIL", "hk-os-time-01": "FAIL"}
+    assert all("does not declare it (container: True)" in " ".join(r["details"]) for r in rows), rows
 
 
 def test_admin_keeps_key_login_and_sudo(lab, deployed):

@@ -108,14 +108,6 @@ def test_lab_leg_from_the_allowed_client(lab, tgt):
     assert f"t{tgt.index} " in sw_links
 
 
-def test_ssh_latency(lab):
-    rounds = 3
-    start = time.monotonic()
-    for _ in range(rounds):
-        _ssh_ok(lab, "true")
-    print(f"\nvm per-ssh-command latency: {(time.monotonic() - start) / rounds:.2f}s")
-
-
 def test_reboot_comes_back(lab, tgt):
     before = _ssh_ok(lab, "cat /proc/sys/kernel/random/boot_id")
     # Scheduled a moment later so this command answers before sshd goes down.

@@ -9,7 +9,7 @@ import pkgutil
 from pathlib import Path
 
 import tests.compliance
-from tests.compliance.waivers import load_waivers
+from deploy.waivers import load_waivers
 
 #: dev-sec linux-baseline's control ids (os_spec, package_spec, sysctl_spec; package-04 is
 #: reserved). The union of the ids across its releases: sysctl-18 (IPv6 off) and -34/-35

@@ -1,0 +1,137 @@
+"""The compliance report as one versioned document, and the formats written from it.
+
+Every format (JSON, Markdown, JUnit XML, HTML) is rendered from the same document, so their
+counts cannot disagree. The JSON is the document itself; its schema (SCHEMA, SCHEMA_VERSION)
+is described in README.md ("The compliance report") and changes only with a new version:
+
+    schema, schema_version, generated (UTC, ISO 8601), inventory,
+    summary {STATUS: count},                      over every (host, control) row
+    hosts [{name, reachable, error, summary}],    per host
+    controls [{host, control, title, status, area, role, requirement, rationale, references,
+               evidence, waiver, details}]        one row per (host, control)
+
+STATUS is one of PASS, FAIL, ERROR, NOT VERIFIED, SKIP, WAIVED. `evidence` is what the failed
+check found against what it expected; `waiver` is the waiver's text for WAIVED rows.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+SCHEMA = "hardkit-compliance-report"
+SCHEMA_VERSION = 1
+#: Worst first: a control with several checks reports its worst outcome.
+STATUSES = ("FAIL", "ERROR", "NOT VERIFIED", "SKIP", "WAIVED", "PASS")
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates" / "report"
+
+
+def count(rows: list[dict]) -> dict[str, int]:
+    out = {s: 0 for s in STATUSES}
+    for r in rows:
+        out[r["status"]] += 1
+    return out
+
+
+def document(rows: list[dict], catalog: dict, inventory: str, generated: str,
+             unreachable: dict[str, str] | None = None) -> dict:
+    """The report: rows enriched from the catalog (area, references, rationale), counted per host and overall."""
+    unreachable = unreachable or {}
+    controls = []
+    for r in sorted(rows, key=lambda r: (r["host"], r["control"])):
+        c = catalog.get(r["control"])
+        details = list(r["details"])
+        controls.append({
+            "host": r["host"], "control": r["control"], "title": c.title if c else r["title"],
+            "status": r["status"], "area": c.area if c else "uncatalogued", "role": c.role if c else None,
+            "requirement": c.requirement if c else None, "rationale": c.rationale if c else None,
+            "references": list(c.references) if c else [],
+            "evidence": "; ".join(details) if r["status"] in ("FAIL", "ERROR") else "",
+            "waiver": details[0].split(": ", 1)[-1] if r["status"] == "WAIVED" and details else None,
+            "details": details,
+        })
+    hosts = sorted({r["host"] for r in controls} | set(unreachable))
+    return {
+        "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "generated": generated, "inventory": inventory,
+        "summary": count(controls),
+        "hosts": [{"name": h, "reachable": h not in unreachable, "error": unreachable.get(h),
+                   "summary": count([r for r in controls if r["host"] == h])} for h in hosts],
+        "controls": controls,
+    }
+
+
+def summary_line(counts: dict[str, int]) -> str:
+    return ", ".join(f"{counts[s]} {s.lower()}" for s in STATUSES if counts.get(s))
+
+
+def to_json(doc: dict) -> str:
+    return json.dumps(doc, indent=2) + "\n"
+
+
+def to_markdown(doc: dict) -> str:
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", " ")[:400]
+
+    lines = ["# hardkit compliance report", "", f"Inventory {doc['inventory']}, generated {doc['generated']}.", "",
+             "| host | reachable | " + " | ".join(s.lower() for s in STATUSES) + " |",
+             "|---|---|" + "---|" * len(STATUSES)]
+    for h in doc["hosts"]:
+        lines.append(f"| {h['name']} | {'yes' if h['reachable'] else 'NO: ' + cell(h['error'] or '')} | "
+                     + " | ".join(str(h["summary"][s]) for s in STATUSES) + " |")
+    lines.append("| **all** | | " + " | ".join(str(doc["summary"][s]) for s in STATUSES) + " |")
+    lines += ["", "| host | control | check | result | references | evidence / reason |", "|---|---|---|---|---|---|"]
+    for r in doc["controls"]:
+        lines.append(f"| {r['host']} | {r['control']} | {cell(r['title'])} | {r['status']} | "
+                     f"{cell('; '.join(r['references']))} | {cell('; '.join(r['details']))} |")
+    return "\n".join(lines) + "\n"
+
+
+def to_junit(doc: dict) -> str:
+    """One testsuite per host, one testcase per (host, control)."""
+    root = ET.Element("testsuites", name="hardkit compliance", tests=str(len(doc["controls"])))
+    for h in doc["hosts"]:
+        rows = [r for r in doc["controls"] if r["host"] == h["name"]]
+        s = h["summary"]
+        suite = ET.SubElement(root, "testsuite", name=h["name"], tests=str(len(rows)), failures=str(s["FAIL"]),
+                              errors=str(s["ERROR"]),
+                              skipped=str(s["SKIP"] + s["WAIVED"] + s["NOT VERIFIED"]))
+        if not h["reachable"]:
+            ET.SubElement(ET.SubElement(suite, "testcase", classname=f"hardkit.{h['name']}", name="reachable"),
+                          "error", message=f"host unreachable: {h['error']}")
+        for r in rows:
+            case = ET.SubElement(suite, "testcase", classname=f"hardkit.{h['name']}",
+                                 name=f"{r['control']}: {r['title']}")
+            text = "\n".join(r["details"] + ["references: " + "; ".join(r["references"])])
+            if r["status"] == "FAIL":
+                ET.SubElement(case, "failure", message=r["evidence"][:500]).text = text
+            elif r["status"] == "ERROR":
+                ET.SubElement(case, "error", message=r["evidence"][:500]).text = text
+            elif r["status"] in ("SKIP", "WAIVED", "NOT VERIFIED"):
+                ET.SubElement(case, "skipped", message=f"{r['status']}: " + "; ".join(r["details"])[:500])
+    return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def to_html(doc: dict) -> str:
+    """One self-contained page (inline style and script, no fetches) with filters by status, area and host."""
+    env = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=select_autoescape(["html", "j2"]),
+                      keep_trailing_newline=True)
+    return env.get_template("compliance.html.j2").render(
+        doc=doc, statuses=STATUSES, areas=sorted({r["area"] for r in doc["controls"]}), escape=html.escape)
+
+
+WRITERS = {"compliance.json": to_json, "compliance.md": to_markdown, "compliance.xml": to_junit,
+           "compliance.html": to_html}
+
+
+def write_all(doc: dict, folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, render in WRITERS.items():
+        path = folder / name
+        path.write_text(render(doc))
+        paths.append(path)
+    return paths

@@ -1,0 +1,113 @@
+"""Running the compliance suite for `hardkit verify` and `hardkit drift`, and reading its verdict.
+
+The suite runs in its own pytest process (tests/compliance with the deploy.report plugin); the
+versioned report it writes (deploy/report_formats.py) is the only thing read back: the exit code,
+the comparison with an earlier run and the history all come from that document.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_UNREACHABLE = 0, 1, 2, 3
+REPORT = "compliance.json"
+
+
+def input_problems(waivers_file: str | None) -> list[str]:
+    """The catalog and the waiver file, checked before any host is contacted (every problem at once)."""
+    from deploy import catalog
+    from deploy.waivers import WaiverError, load_waivers
+
+    try:
+        known = set(catalog.load())
+    except catalog.CatalogError as e:
+        return str(e).splitlines()
+    try:
+        load_waivers(Path(waivers_file) if waivers_file else None, known_controls=known)
+    except WaiverError as e:
+        return str(e).splitlines()
+    return []
+
+
+def read_previous(path: str) -> tuple[dict | None, str | None]:
+    """An earlier report to compare with, or why it cannot be used."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return None, f"--compare: no such file: {path}"
+    except (OSError, ValueError) as e:
+        return None, f"--compare: {path} is not a JSON report ({e})"
+    if not isinstance(doc, dict) or not isinstance(doc.get("controls"), list) or not all(
+            isinstance(r, dict) and {"host", "control", "status"} <= set(r) for r in doc["controls"]):
+        return None, f"--compare: {path} is not a hardkit compliance report (no controls with host, control, status)"
+    return doc, None
+
+
+def run(inventory: Path, label: str, report_dir: Path, *, limit: list[str] | None = None,
+        select: str | None = None, waivers: str | None = None, quiet: bool = False,
+        auditors: bool = False, keep_lynis: bool = False) -> tuple[dict | None, int]:
+    """Run the suite; (the report document, pytest's exit code). The document is None if none was written."""
+    cmd = [sys.executable, "-m", "pytest", str(REPO_ROOT / "tests" / "compliance"), "-p", "deploy.report",
+           "--hardkit-inventory", str(inventory.resolve()), "--hardkit-report-dir", str(report_dir),
+           "--hardkit-report-label", label,
+           "-q", "--no-header", "-rfE", "-o", "console_output_style=classic", "-p", "no:cacheprovider"]
+    if limit is not None:
+        cmd += ["--hardkit-limit", ",".join(limit)]
+    if select:
+        cmd += ["-k", select]
+    if auditors:
+        cmd.append("--hardkit-auditors")
+    if keep_lynis:
+        cmd.append("--hardkit-keep-lynis")
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    if waivers:
+        env["HARDKIT_WAIVERS"] = str(Path(waivers).resolve())
+    started = time.time()
+    out = subprocess.DEVNULL if quiet else None
+    rc = subprocess.run(cmd, cwd=str(REPO_ROOT), env=env, stdout=out).returncode
+    report = report_dir / REPORT
+    if not report.exists() or report.stat().st_mtime < started:
+        return None, rc
+    return json.loads(report.read_text()), rc
+
+
+def exit_code(doc: dict | None, pytest_rc: int) -> int:
+    """What a pipeline reads: 3 a host unreachable, 1 a control failed, 0 all passed or waived, 2 usage."""
+    if doc is None:
+        return EXIT_BAD_INPUT if pytest_rc in (2, 4) else EXIT_FAILED  # pytest refused (usage) or crashed
+    if any(not h["reachable"] for h in doc["hosts"]):
+        return EXIT_UNREACHABLE
+    if doc["summary"]["FAIL"] or doc["summary"]["ERROR"]:
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def keep(report_dir: Path, doc: dict) -> Path:
+    """Keep this run's JSON as <report dir>/<UTC timestamp>/compliance.json (the history)."""
+    stamp = doc["generated"].replace("-", "").replace(":", "")
+    folder = report_dir / stamp
+    n = 1
+    while folder.exists():  # two runs within one second
+        folder, n = report_dir / f"{stamp}-{n}", n + 1
+    folder.mkdir(parents=True)
+    shutil.copyfile(report_dir / REPORT, folder / REPORT)
+    return folder / REPORT
+
+
+def changes(previous: dict, current: dict) -> list[str]:
+    """Lines naming every (host, control) whose status differs from the previous run (appeared/gone too)."""
+    before = {(r["host"], r["control"]): r["status"] for r in previous["controls"]}
+    now = {(r["host"], r["control"]): r["status"] for r in current["controls"]}
+    out = []
+    for key in sorted(before.keys() | now.keys()):
+        old, new = before.get(key, "absent"), now.get(key, "absent")
+        if old != new:
+            out.append(f"{key[0]} {key[1]}: {old} -> {new}")
+    return out

@@ -1,0 +1,99 @@
+"""External auditors in the same report (`hardkit audit`, or verify with --hardkit-auditors).
+
+ssh-audit (from the controller, as any client sees the server) and `systemd-analyze security`
+(on the host) judge hardkit from outside its own checks, against thresholds from the inventory
+(roles/auditors_data.py). Marked `auditor`: a plain `hardkit verify` leaves them out.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from roles import bot as bot_role
+from roles.auditors_data import SSH_AUDIT_MAX_WARNINGS, SSH_AUDIT_POLICY, UNIT_MAX_EXPOSURE, lynis_min_index
+from roles.bot_paths import UNIT as BOT_UNIT
+
+pytestmark = pytest.mark.auditor
+SSH_AUDIT = str(Path(sys.executable).parent / "ssh-audit")
+
+
+def _ssh_audit(target, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([SSH_AUDIT, *args, "-p", str(target.login.port), target.data["ssh_hostname"]],
+                          capture_output=True, text=True, timeout=120)
+
+
+def warnings(report: dict) -> list[str]:
+    """Every warning ssh-audit attaches to an algorithm the server offers, as 'kind algorithm: text'."""
+    out = []
+    for kind in ("kex", "key", "enc", "mac"):
+        for alg in report.get(kind, []):
+            out += [f"{kind} {alg['algorithm']}: {w}" for w in alg.get("notes", {}).get("warn", [])]
+    return out
+
+
+@pytest.mark.control("ext-ssh-audit-01")
+def test_ssh_audit_policy_passes(target):
+    """ssh-audit: the server passes the Hardened Debian 12 policy"""
+    res = _ssh_audit(target, "-P", SSH_AUDIT_POLICY)
+    failed = [line.strip() for line in res.stdout.splitlines() if "Failed" in line or "expected" in line.lower()]
+    assert res.returncode == 0, f"policy '{SSH_AUDIT_POLICY}' not passed: " + " / ".join(failed)[:600]
+
+
+@pytest.mark.control("ext-ssh-audit-02")
+def test_ssh_audit_warnings_within_limit(target):
+    """ssh-audit: no more warnings than the inventory allows (default 0)"""
+    res = _ssh_audit(target, "-j")
+    report = json.loads(res.stdout)
+    found, allowed = warnings(report), SSH_AUDIT_MAX_WARNINGS.value(target.data)
+    assert len(found) <= allowed, f"{len(found)} warnings (allowed {allowed}): " + "; ".join(found)
+
+
+def _exposures(target) -> dict[str, float]:
+    units = target.check_output("systemctl list-unit-files --type=service --no-legend 'hardkit-*'").split()
+    services = [u for u in units if u.endswith(".service") and "@" not in u]
+    out = {}
+    for unit in services:
+        text = target.check_output(f"systemd-analyze security --no-pager {unit} 2>&1 | tail -n 3")
+        m = re.search(r"Overall exposure level for \S+: (\d+(?:\.\d+)?)", text)
+        assert m, f"no exposure for {unit}: {text.strip()[-200:]}"
+        out[unit] = float(m.group(1))
+    return out
+
+
+@pytest.mark.control("ext-units-01")
+def test_every_hardkit_unit_within_its_exposure_limit(target):
+    """systemd-analyze security: every unit hardkit installs at or below its limit (2.0; the bot 1.5)"""
+    exposures = target.fact("ext:exposures", _exposures)
+    assert exposures, "no hardkit unit installed"
+    limit = UNIT_MAX_EXPOSURE.value(target.data)
+    over = {u: e for u, e in exposures.items() if e > (bot_role.MAX_EXPOSURE if u == BOT_UNIT else limit)}
+    assert not over, "exposure above the limit (found / allowed): " + ", ".join(
+        f"{u} {e} / {bot_role.MAX_EXPOSURE if u == BOT_UNIT else limit}" for u, e in sorted(over.items()))
+
+
+#: Lynis runs with its own defaults (no custom profile: the score is not tuned, the host is).
+LYNIS_RUN = ("DEBIAN_FRONTEND=noninteractive apt-get install -y -q lynis >/dev/null && "
+             "lynis audit system --quick --no-colors --cronjob >/dev/null 2>&1; "
+             "grep -E '^hardening_index=' /var/log/lynis-report.dat")
+LYNIS_REMOVE = "DEBIAN_FRONTEND=noninteractive apt-get purge -y -q lynis >/dev/null; rm -f /var/log/lynis.log " \
+               "/var/log/lynis-report.dat"
+
+
+@pytest.mark.control("ext-lynis-01")
+def test_lynis_hardening_index(target, request):
+    """Lynis: the hardening index reaches the inventory's minimum (85 on a container, 90 otherwise)"""
+    had = target.run("dpkg-query -W -f='${Status}' lynis 2>/dev/null").stdout.startswith("install ok")
+    try:
+        out = target.check_output(LYNIS_RUN)
+    finally:
+        if not had and not request.config.getoption("--hardkit-keep-lynis"):
+            target.run(LYNIS_REMOVE)
+    index = int(out.strip().split("=", 1)[1])
+    minimum = lynis_min_index(target.data)
+    assert index >= minimum, f"Lynis hardening index {index}, minimum {minimum}"
