@@ -12,6 +12,8 @@ name *and* the controllers' addresses is the only place where a key alone is eno
 
 from __future__ import annotations
 
+import ipaddress
+from dataclasses import dataclass
 from io import StringIO
 
 from pyinfra.api import deploy
@@ -51,21 +53,53 @@ def people_sudoers_text(names: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def sshd_match_blocks(data) -> list[str]:
-    """sshd_config lines after the Include: the automation exception and the FIDO2 people's rules."""
+@dataclass(frozen=True)
+class MatchRule:
+    """One sshd `Match` block: for these users (and, if given, only from these networks), these settings."""
+    comment: str
+    users: list[str]
+    networks: list[str] | None
+    overrides: list[tuple[str, str]]
+
+    def applies(self, user: str, addr: str) -> bool:
+        ip = ipaddress.ip_address(addr)
+        return user in self.users and (self.networks is None or any(
+            ip in ipaddress.ip_network(n) for n in self.networks))
+
+    def lines(self) -> list[str]:
+        criteria = f"User {','.join(self.users)}" + (f" Address {','.join(self.networks)}" if self.networks else "")
+        return [f"# {self.comment}", f"Match {criteria}", *[f"    {k} {v}" for k, v in self.overrides], ""]
+
+
+def match_rules(data) -> list[MatchRule]:
+    """sshd's Match blocks, in config order (for a login they match, the first value read wins)."""
     if not enabled(data):
         return []
-    lines = ["# The automation account, from the controllers only: its key alone (deploy and verify are unattended).",
-             f"Match User {ADMIN_USER.value(data)} Address {','.join(automation_networks(data))}",
-             "    AuthenticationMethods publickey", ""]
+    rules = [MatchRule("The automation account, from the controllers only: its key alone (deploy and verify "
+                       "are unattended).", [ADMIN_USER.value(data)], automation_networks(data),
+                       [("AuthenticationMethods", "publickey")])]
     fido2 = users_with(data, FIDO2)
     if fido2:
-        lines += ["# FIDO2 admins: only security-key keys, and only with the user verified (PIN or touch).",
-                  f"Match User {','.join(fido2)}",
-                  f"    PubkeyAcceptedAlgorithms {','.join(FIDO2_ALGORITHMS)}",
-                  "    PubkeyAuthOptions verify-required",
-                  "    AuthenticationMethods publickey", ""]
-    return lines
+        rules.append(MatchRule("FIDO2 admins: only security-key keys, and only with the user verified (PIN or "
+                               "touch).", fido2, None,
+                               [("PubkeyAcceptedAlgorithms", ",".join(FIDO2_ALGORITHMS)),
+                                ("PubkeyAuthOptions", "verify-required"), ("AuthenticationMethods", "publickey")]))
+    return rules
+
+
+def sshd_match_blocks(data) -> list[str]:
+    """sshd_config lines after the Include: the automation exception and the FIDO2 people's rules."""
+    return [line for rule in match_rules(data) for line in rule.lines()]
+
+
+def login_overrides(data, user: str, addr: str) -> dict[str, str]:
+    """What the Match blocks change for a login of `user` from `addr` (first value wins, as in sshd)."""
+    out: dict[str, str] = {}
+    for rule in match_rules(data):
+        if rule.applies(user, addr):
+            for key, value in rule.overrides:
+                out.setdefault(key, value)
+    return out
 
 
 @deploy("Second factor for people")
@@ -74,8 +108,6 @@ def second_factor():
 
     data = host.data
     everyone = people(data)
-    accounts.group_members(name="SSH group: the admin and the people", group=SSH_GROUP,
-                           members=[ADMIN_USER.value(data), *sorted(everyone)])
     for name, entry in sorted(everyone.items()):
         server.user(name=f"Account of {name}", user=name, shell="/bin/bash", home=f"/home/{name}",
                     create_home=True, groups=[SSH_GROUP], append=True)
@@ -83,6 +115,8 @@ def second_factor():
         files.directory(name=f"{name}'s .ssh", path=f"/home/{name}/.ssh", user=name, group=name, mode="700")
         files.put(name=f"{name}'s authorized keys ({entry['second_factor']})", src=StringIO(person_keys_text(entry)),
                   dest=f"/home/{name}/.ssh/authorized_keys", user=name, group=name, mode="600")
+    accounts.group_members(name="SSH group: the admin and the people", group=SSH_GROUP,
+                           members=[ADMIN_USER.value(data), *sorted(everyone)])
     if not everyone:
         files.file(name="No sudo rule for people", path=PEOPLE_SUDOERS, present=False)
         return

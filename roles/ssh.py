@@ -102,6 +102,14 @@ def settings(data, ports: list[int] | None = None) -> list[tuple[str, str]]:
     ]
 
 
+def settings_for_login(data, user: str, addr: str) -> list[tuple[str, str]]:
+    """settings() as sshd applies them to a login of `user` from `addr` (after hardkit's Match blocks)."""
+    overrides = second_factor.login_overrides(data, user, addr)
+    base = settings(data)
+    names = {k for k, _ in base}
+    return [(k, overrides.get(k, v)) for k, v in base] + [(k, v) for k, v in overrides.items() if k not in names]
+
+
 def crypto_lists(supported: dict[str, list[str]]) -> dict[str, list[str]]:
     """The policy lists, keeping only what this OpenSSH supports (in policy order)."""
     out = {}

@@ -11,7 +11,7 @@ import pytest
 
 from roles.admin import SSH_GROUP
 from roles.ssh import (CRYPTO_DIRECTIVES, HOST_KEYS, MIN_MODULI_BITS, RSA_HOST_KEY_BITS, SSHD_CONFIG, crypto_lists,
-                       settings)
+                       settings, settings_for_login)
 from tests.compliance.sshd_state import effective, one, supported
 
 #: dev-sec ssh-baseline control for each directive roles/ssh.py sets (others get hk-ssh ids below).
@@ -62,7 +62,7 @@ def test_sshd_setting_holds_for_a_real_login_context(target, directive):
     """The setting also holds inside Match blocks for the admin's login"""
     # A provider's drop-in may add `Match` blocks: evaluate sshd as it would for a real connection.
     context = f"user={target.data['admin_user']},host=client,addr=198.51.100.10,laddr=0.0.0.0,lport=22"
-    expected = dict(settings(target.data))[directive]
+    expected = dict(settings_for_login(target.data, target.data["admin_user"], "198.51.100.10"))[directive]
     assert one(effective(target, context), directive).lower() == expected.lower()
 
 
@@ -159,7 +159,9 @@ def test_provider_drop_ins_cannot_weaken(target):
     text = target.check_output(f"cat {SSHD_CONFIG}")
     lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
     includes = [i for i, line in enumerate(lines) if line.lower().startswith("include")]
-    assert includes == [len(lines) - 1], "the Include of sshd_config.d must be the last line"
+    # Only hardkit's own Match blocks (second_factor_admins) may follow it: a Match line ends the global part.
+    first_match = next((i for i, line in enumerate(lines) if line.lower().startswith("match ")), len(lines))
+    assert includes == [first_match - 1], "the Include of sshd_config.d must follow every global setting"
     # And whatever the drop-ins say, passwords stay off in force (cloud-init's 50-cloud-init.conf says yes).
     assert one(effective(target), "passwordauthentication") == "no"
 

@@ -81,6 +81,11 @@ def test_only_the_automation_account_from_a_controller_skips_the_second_factor(p
                                                                               methods):
     got = sshd_T(public_dir, rendered, f"user={user},host=c,addr={addr}")
     assert got["authenticationmethods"] == methods
+    # The checks' model of the Match blocks (roles.ssh.settings_for_login) agrees with sshd itself.
+    model = dict(ssh.settings_for_login(DATA, user, addr))
+    differ = {k: (v, got[k.lower()]) for k, v in model.items()
+              if k.lower() in got and k != "Port" and got[k.lower()].lower() != v.lower()}
+    assert not differ and model["AuthenticationMethods"] == methods, differ
     assert got["passwordauthentication"] == "no" and got["permitemptypasswords"] == "no"
 
 
