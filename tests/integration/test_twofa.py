@@ -160,6 +160,19 @@ def test_automation_key_is_refused_from_the_attacker_even_with_the_right_key(lab
     assert network.ATTACKER_V4 in root(lab, "journalctl -u ssh --no-pager -n 200").stdout
 
 
+def test_deploy_is_refused_from_a_controller_outside_automation_from(lab, tmp_path):
+    inv = tmp_path / "inventory.py"
+    inv.write_text(lab["inv"].read_text() + "\nfor _name, _d in sandbox:\n"
+                   f"    _d['automation_from'] = ['{network.ALLOWED_V4}/32']\n")
+    before = root(lab, "sha256sum /etc/ssh/sshd_config /home/ops/.ssh/authorized_keys").stdout
+    res = hardkit("deploy", str(inv), "--json")
+    out = json.loads(res.stdout)
+    assert res.returncode != 0 and out["pyinfra"] is None, "pyinfra must not even start"
+    why = out["hosts"][lab["name"]]["refused"]
+    assert "not in automation_from" in why and network.CONTROLLER_V4 in why, why
+    assert root(lab, "sha256sum /etc/ssh/sshd_config /home/ops/.ssh/authorized_keys").stdout == before
+
+
 def test_lost_phone_reenrolment_runs_unattended_with_the_admin_locked_by_faillock(lab):
     """The operator re-enrols alice with the automation key while faillock has locked the admin's PAM logins:
     deploy and verify still run without a prompt, the old seed stops working and the new one works."""

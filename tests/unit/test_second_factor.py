@@ -24,6 +24,9 @@ from deploy.secrets_store import SecretsError
 from roles import admin, second_factor, ssh
 from roles.second_factor_data import FIDO2_ALGORITHMS, KEYS, host_problems
 from tests.unit.test_rendered_access import controller_algorithms, public_dir  # noqa: F401 (fixture)
+from tests.unit.test_secrets_cli import Kit
+from tests.unit.test_secrets_preflight import deploy as preflight_deploy, inventory as preflight_inventory
+from tests.unit.test_secrets_preflight import listener, refused  # noqa: F401 (fixture)
 
 REPO = Path(__file__).resolve().parents[2]
 ED25519 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBu5y1Ybfk8NfDvEo/tLSPnwTh8zOcpHzLqIr0hz6xlS ops@controller"
@@ -202,3 +205,14 @@ def test_add_totp_refuses_a_pipe_and_bad_input_all_at_once(secrets_env):
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 3 and all(line.startswith("error: ") for line in lines), lines
     assert "not a terminal" in res.stderr and "valid Linux user name" in res.stderr and "'nope'" in res.stderr
+
+
+def test_deploy_without_a_seed_stops_before_any_host_is_touched(tmp_path, listener):
+    """A totp admin whose seed is missing: exit 2, one line saying which command enrols them, no connection."""
+    kit = Kit(tmp_path)
+    assert kit.run("init", "prod").returncode == 0
+    person = {"alice": {"second_factor": "totp", "keys": [ED25519]}}
+    port, seen = listener
+    res = preflight_deploy(kit, preflight_inventory(tmp_path, port, secrets_env="prod", second_factor_admins=person))
+    refused(res, 1, "no TOTP seed for alice", "hardkit users add-totp alice --env prod")
+    assert seen == [], "no host may be contacted"
