@@ -38,6 +38,9 @@ SALT_FILE = f"{DEPLOY_RECORD_DIR}/credentials.salt"
 DIGESTS_FILE = f"{DEPLOY_RECORD_DIR}/credentials.digests"
 
 
+#: The last line of the host's state report: without it the report is incomplete and nothing is decided.
+STATE_END = "end"
+
 #: Seconds one delivery command on the host may take (reading state, one systemd-creds encrypt).
 COMMAND_TIMEOUT = 120
 
@@ -124,7 +127,7 @@ BOT_STORE = Store(
     remove=lambda name: f"rm -f {CREDSTORE}/{CRED_PREFIX}{name}")
 
 
-def _read_state(store: Store, create_salt: bool) -> str:
+def _read_state(create_salt: bool, store: Store = BOT_STORE) -> str:
     """Prints `salt HEX` (or `salt -`), `digest NAME HEX` lines and `file NAME` per value held."""
     make = (f"mkdir -p -m 700 {DEPLOY_RECORD_DIR}; [ -s {SALT_FILE} ] || {{ head -c 32 /dev/urandom > "
             f"{SALT_FILE}.tmp && mv {SALT_FILE}.tmp {SALT_FILE}; }}; ") if create_salt else ""
@@ -132,7 +135,7 @@ def _read_state(store: Store, create_salt: bool) -> str:
             f"if [ -s {SALT_FILE} ]; then echo salt $(od -An -tx1 -v {SALT_FILE} | tr -d ' \\n'); "
             "else echo salt -; fi; "
             f"[ -f {store.digests_file} ] && sed 's/^/digest /' {store.digests_file}; "
-            f"{{ {store.held}; }} | sed 's/^/file /'; true")
+            f"{{ {store.held}; }} | sed 's/^/file /'; echo {STATE_END}")
 
 
 def _record_command(store: Store, removed: list[str]) -> str:
@@ -168,7 +171,11 @@ class _Session:
 
 
 def _drain(chan, host: str) -> tuple[bytes, bytes]:
-    """Everything the command prints, until it exits (at most COMMAND_TIMEOUT seconds)."""
+    """Everything the command prints, until the channel's end of file (at most COMMAND_TIMEOUT seconds).
+
+    Not until its exit status: sshd sends that as soon as the command's process exits, which can be
+    before it has read the last output from the command's pipe, so a loaded host would truncate it.
+    """
     out, err = bytearray(), bytearray()
     deadline = time.monotonic() + COMMAND_TIMEOUT
     while time.monotonic() < deadline:
@@ -176,8 +183,9 @@ def _drain(chan, host: str) -> tuple[bytes, bytes]:
             out += chan.recv(65536)
         elif chan.recv_stderr_ready():
             err += chan.recv_stderr(65536)
-        elif chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
-            return bytes(out), bytes(err)
+        elif chan.eof_received or chan.closed:
+            if chan.status_event.wait(max(0.0, deadline - time.monotonic())):
+                return bytes(out), bytes(err)
         else:
             chan.status_event.wait(0.05)
     chan.close()
@@ -189,7 +197,8 @@ def sync_host(host: Host, login: connect.Login, wanted: dict[str, bytes], dry: b
     """Bring one host's values in `store` to `wanted`; with dry, only say what would change."""
     session = _Session(host, login)
     try:
-        salt, recorded, present = _parse_state(session.run(_read_state(store, create_salt=bool(wanted) and not dry)))
+        state = session.run(_read_state(create_salt=bool(wanted) and not dry, store=store))
+        salt, recorded, present = _parse_state(state, host.name)
         delivery = Delivery()
         digests = {}
         for name, value in sorted(wanted.items()):
@@ -208,9 +217,15 @@ def sync_host(host: Host, login: connect.Login, wanted: dict[str, bytes], dry: b
         session.close()
 
 
-def _parse_state(text: str) -> tuple[bytes | None, dict[str, str], set[str]]:
+def _parse_state(text: str, host: str) -> tuple[bytes | None, dict[str, str], set[str]]:
+    """(salt, recorded digests, credential files present) from _read_state's report.
+
+    An incomplete report raises: read as "nothing recorded" it would re-send every credential."""
+    lines = text.splitlines()
+    if not lines or lines[-1] != STATE_END:
+        raise DeliveryError(f"{host}: incomplete credential state from the host: {text[-200:]!r}")
     salt, recorded, present = None, {}, set()
-    for line in text.splitlines():
+    for line in lines[:-1]:
         word, _, rest = line.partition(" ")
         if word == "salt" and rest != "-":
             salt = bytes.fromhex(rest)

@@ -236,11 +236,22 @@ def wait_for_bot_command() -> str:
             f"journalctl -u {UNIT} -n 20 --no-pager -o cat >&2; exit 1; fi; sleep 1; done")
 
 
+def stop_disabled_bot():
+    """bot_enabled false on a host that has the bot: it is stopped and not started at boot. Its ledger,
+    releases, config and credentials stay (the audit trail and a later re-enable need them)."""
+    installed = host.get_fact(Lines, command=f"systemctl cat {UNIT} >/dev/null 2>&1 && echo installed || true")
+    if not installed:
+        host.noop("bot_enabled is false: no bot on this host")
+        return
+    systemd.service(name="bot_enabled is false: the installed bot is stopped and not started at boot",
+                    service=UNIT, running=False, enabled=False)
+
+
 @deploy("Trading bot")
 def bot():
     data = host.data
     if not BOT_ENABLED.value(data):
-        host.noop("bot_enabled is false: no bot on this host")
+        stop_disabled_bot()
         return
     apt.packages(name="Install python3-venv (the bot's offline install)", packages=PACKAGES)
 

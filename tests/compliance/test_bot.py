@@ -21,10 +21,17 @@ _SHOWN = {"SystemCallErrorNumber": {"EPERM": "1"}}
 _AS_SET = {"RestrictAddressFamilies"}
 
 
+#: The controls that apply when the inventory turns the bot off (every other one needs the bot).
+WHEN_DISABLED = {"test_a_disabled_bot_does_not_run"}
+
+
 @pytest.fixture(autouse=True)
-def _bot_enabled(target):
-    if not bot_config.BOT_ENABLED.value(target.data):
+def _bot_enabled(request, target):
+    enabled = bot_config.BOT_ENABLED.value(target.data)
+    if not enabled and request.function.__name__ not in WHEN_DISABLED:
         pytest.skip("bot_enabled is false for this host: no bot to check")
+    if enabled and request.function.__name__ in WHEN_DISABLED:
+        pytest.skip("bot_enabled is true for this host: the bot's own controls apply")
 
 
 def _unit(target) -> dict[str, str]:
@@ -165,3 +172,15 @@ def test_bot_credentials_are_ciphertexts(target):
         if res.rc != 0:
             bad.append(f"{file}: {res.stderr.strip()[-120:]}")
     assert not bad, "; ".join(bad)
+
+
+@pytest.mark.control("hk-bot-10")
+def test_a_disabled_bot_does_not_run(target):
+    """With bot_enabled false the bot's unit, if installed, is neither running nor started at boot, and no
+    process runs as the bot's user"""
+    unit = _unit(target)
+    if unit.get("LoadState") != "not-found":
+        assert unit.get("ActiveState") in ("inactive", "failed"), unit
+        assert unit.get("UnitFileState") in ("disabled", "masked"), unit
+    procs = target.run(f"pgrep -u {BOT_USER} -a || true").stdout.strip()
+    assert procs == "", f"processes of {BOT_USER} run: {procs}"

@@ -248,3 +248,25 @@ def test_live_bot_authenticates_with_delivered_credentials_through_its_egress(la
     assert lab.deploy().ok  # the inventory's own paper bot again; the delivered credentials are removed
     gone = oslab.root(lab, lab.names[0], "ls /etc/credstore.encrypted")
     assert "exchange-api" not in gone.stdout, gone.stdout
+
+
+def test_bot_enabled_false_stops_the_installed_bot_and_keeps_its_ledger(lab, tmp_path):
+    """Turning the bot off in the inventory stops it for real (not only "not installed next time"), and
+    turning it on again brings back the same ledger state."""
+    res = bot(lab, "halt", "--reason", "before turning the bot off")
+    assert res.returncode == 0, res.stdout + res.stderr
+    off = lab.variant(tmp_path / "inventory.py", bot_enabled=False)
+    res = hardkit("deploy", str(off))
+    assert res.returncode == 0, res.stderr[-3000:]
+    state = oslab.root(lab, lab.names[0], f"systemctl is-active {UNIT}; systemctl is-enabled {UNIT}; "
+                                          f"pgrep -u hardkit-bot | wc -l").stdout.split()
+    assert state == ["inactive", "disabled", "0"], state
+    report = tmp_path / "report"
+    res = hardkit("verify", str(off), "--report-dir", str(report), "-k", "bot")
+    assert res.returncode == 0, res.stdout[-3000:]
+    rows = {r["control"]: r["status"] for r in json.loads((report / "compliance.json").read_text())["controls"]}
+    assert rows["hk-bot-10"] == "PASS" and rows["hk-bot-01"] == "SKIP", rows
+    assert lab.deploy().ok
+    back = status(lab)
+    assert back["running"] and back["state"] == "HALTED" and back["reason"].endswith("before turning the bot off"), back
+    assert bot(lab, "reset", "--note", "turned on again").returncode == 0

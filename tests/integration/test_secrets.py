@@ -233,6 +233,20 @@ def test_the_process_sampler_sees_a_marker_in_a_target_process(canary):
     assert sampler.hits, "the sampler must see the target's processes, or its silence proves nothing"
 
 
+def test_delivery_reads_a_command_to_its_last_line(canary):
+    """sshd reports a command's exit as soon as its process ends, maybe before the last output is read:
+    the delivery's state report must not be cut there (a cut report re-sent unchanged credentials)."""
+    from deploy import connect, credentials
+
+    host = load(canary["inventory"]).hosts[0]
+    session = credentials._Session(host, connect.resolve(host))
+    try:
+        assert session.run("(sleep 2; echo late) & echo early") == "early\nlate\n"
+        credentials._parse_state(session.run(credentials._read_state(create_salt=False)), host.name)
+    finally:
+        session.close()
+
+
 def test_wrong_identity_is_refused_before_any_connection(canary, tmp_path):
     lab, name = canary["lab"], canary["name"]
     other = tmp_path / "other.txt"

@@ -119,3 +119,15 @@ def test_hosts_without_secrets_need_no_identity(kit, tmp_path):
         assert wanted_credentials(inv.hosts) == {"vps-1": {}}
     finally:
         del os.environ["HARDKIT_AGE_IDENTITY"]
+
+
+def test_a_cut_credential_state_report_decides_nothing():
+    """Read as "nothing recorded", a report cut short would re-send every credential: it is an error."""
+    from deploy.credentials import STATE_END, DeliveryError, _parse_state
+
+    full = f"salt {'ab' * 32}\ndigest exchange-api-key {'cd' * 32}\nfile exchange-api-key\n{STATE_END}\n"
+    salt, recorded, present = _parse_state(full, "vps-1")
+    assert salt == bytes.fromhex("ab" * 32) and recorded == {"exchange-api-key": "cd" * 32}
+    assert present == {"exchange-api-key"}
+    with pytest.raises(DeliveryError, match="vps-1: incomplete credential state"):
+        _parse_state(full.rsplit(STATE_END, 1)[0], "vps-1")
