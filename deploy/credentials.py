@@ -185,6 +185,12 @@ def _drain(chan, host: str) -> tuple[bytes, bytes]:
             err += chan.recv_stderr(65536)
         elif chan.eof_received or chan.closed:
             if chan.status_event.wait(max(0.0, deadline - time.monotonic())):
+                # The last data may have arrived, with the EOF, after the checks above: take it too
+                # (paramiko buffers a channel's data before it marks the EOF that follows it).
+                while chan.recv_ready():
+                    out += chan.recv(65536)
+                while chan.recv_stderr_ready():
+                    err += chan.recv_stderr(65536)
                 return bytes(out), bytes(err)
         else:
             chan.status_event.wait(0.05)
