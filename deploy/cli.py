@@ -25,7 +25,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from deploy import secrets_cli
+from deploy import secrets_cli, users_cli
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -157,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=0, help="local port (default: any free port)")
     s.set_defaults(func=cmd_bot_dashboard)
     secrets_cli.add_parser(sub)
+    users_cli.add_parser(sub)
     return p
 
 
@@ -241,7 +242,8 @@ def cmd_deploy(args) -> int:
             "hosts": {n: {"login": h.login, "changed": h.changed, "unchanged": len(h.unchanged),
                           "failed": h.failed, "refused": h.error,
                           "credentials": h.credentials and {"sent": h.credentials.sent,
-                                                            "removed": h.credentials.removed}}
+                                                            "removed": h.credentials.removed},
+                          "totp_seeds": h.totp_seeds and {"sent": h.totp_seeds.sent, "removed": h.totp_seeds.removed}}
                       for n, h in result.hosts.items()},
             "pyinfra": result.raw,
         }, indent=2))
@@ -260,9 +262,10 @@ def _print_deploy_summary(result, dry: bool) -> None:
         else:
             verb = "would change" if dry else "changed"
             print(f"  OK      {name} as {h.login}: {len(h.changed)} {verb}, {len(h.unchanged)} unchanged", file=out)
-            if h.credentials and h.credentials.changed:
-                print(f"          credentials: {'would send' if dry else 'sent'} {', '.join(h.credentials.sent) or '-'}"
-                      f"; {'would remove' if dry else 'removed'} {', '.join(h.credentials.removed) or '-'}", file=out)
+            for label, d in (("credentials", h.credentials), ("TOTP seeds", h.totp_seeds)):
+                if d and d.changed:
+                    print(f"          {label}: {'would send' if dry else 'sent'} {', '.join(d.sent) or '-'}"
+                          f"; {'would remove' if dry else 'removed'} {', '.join(d.removed) or '-'}", file=out)
 
 
 def cmd_verify(args) -> int:

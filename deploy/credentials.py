@@ -22,6 +22,7 @@ import hmac
 import shlex
 import time
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import paramiko
@@ -50,8 +51,8 @@ class DeliveryError(Exception):
 
 # --- before any host is touched: what each host should hold -------------------------------------
 
-def wanted_credentials(hosts: list[Host], identity: str | None = None) -> dict[str, dict[str, bytes]]:
-    """{host: {credential: value}} for every host (empty without secrets_env).
+def wanted_values(hosts: list[Host], identity: str | None = None) -> dict[str, dict[str, bytes]]:
+    """{host: every value of its secrets environment} (empty without secrets_env).
 
     Every environment a host names must exist and every file in it must decrypt with the operator's
     identity; otherwise SecretsError lists every problem at once, one line each.
@@ -70,8 +71,17 @@ def wanted_credentials(hosts: list[Host], identity: str | None = None) -> dict[s
             problems += [f"secrets_env {name!r}: {line}" for line in str(e).splitlines()]
     if problems:
         raise SecretsError("\n".join(problems))
-    return {h.name: {n: v for n, v in values.get(h.get(SECRETS_ENV), {}).items() if n in BOT_CREDENTIALS}
-            for h in hosts}
+    return {h.name: values.get(h.get(SECRETS_ENV), {}) for h in hosts}
+
+
+def bot_credentials(values: dict[str, dict[str, bytes]]) -> dict[str, dict[str, bytes]]:
+    """Of each host's values (wanted_values), those that are the bot's credentials."""
+    return {host: {n: v for n, v in got.items() if n in BOT_CREDENTIALS} for host, got in values.items()}
+
+
+def wanted_credentials(hosts: list[Host], identity: str | None = None) -> dict[str, dict[str, bytes]]:
+    """{host: {credential: value}} for every host (empty without secrets_env); see wanted_values."""
+    return bot_credentials(wanted_values(hosts, identity))
 
 
 # --- on one host ---------------------------------------------------------------------------------
@@ -90,16 +100,15 @@ def digest(salt: bytes, value: bytes) -> str:
     return hmac.new(salt, value, hashlib.sha256).hexdigest()
 
 
-def _read_state(create_salt: bool) -> str:
-    """Prints `salt HEX` (or `salt -`), `digest NAME HEX` lines and `file NAME` per stored credential."""
-    make = (f"mkdir -p -m 700 {DEPLOY_RECORD_DIR}; [ -s {SALT_FILE} ] || {{ head -c 32 /dev/urandom > "
-            f"{SALT_FILE}.tmp && mv {SALT_FILE}.tmp {SALT_FILE}; }}; ") if create_salt else ""
-    return ("umask 077; " + make +
-            f"if [ -s {SALT_FILE} ]; then echo salt $(od -An -tx1 -v {SALT_FILE} | tr -d ' \\n'); "
-            "else echo salt -; fi; "
-            f"[ -f {DIGESTS_FILE} ] && sed 's/^/digest /' {DIGESTS_FILE}; "
-            f"for f in {CREDSTORE}/{CRED_PREFIX}*; do [ -f \"$f\" ] && echo \"file ${{f#{CREDSTORE}/{CRED_PREFIX}}}\"; "
-            f"done; echo {STATE_END}")
+@dataclass(frozen=True)
+class Store:
+    """Where one kind of secret lives on the host, as shell commands run as root.
+
+    Values reach `write` on its stdin only; `held` prints the name of each value in place, one a line."""
+    digests_file: str
+    held: str
+    write: Callable[[str], str]
+    remove: Callable[[str], str]
 
 
 def _encrypt_command(name: str) -> str:
@@ -109,9 +118,29 @@ def _encrypt_command(name: str) -> str:
             f"|| {{ rm -f {out}.tmp; exit 1; }}")
 
 
-def _record_command(removed: list[str]) -> str:
-    rm = "".join(f"rm -f {CREDSTORE}/{CRED_PREFIX}{n}; " for n in removed)
-    return f"umask 077; {rm}cat > {DIGESTS_FILE}.tmp && mv -f {DIGESTS_FILE}.tmp {DIGESTS_FILE}"
+#: The bot's credentials: systemd-creds ciphertexts in the credential store.
+BOT_STORE = Store(
+    digests_file=DIGESTS_FILE,
+    held=(f"for f in {CREDSTORE}/{CRED_PREFIX}*; do [ -f \"$f\" ] && echo \"${{f#{CREDSTORE}/{CRED_PREFIX}}}\"; "
+          "done; true"),
+    write=_encrypt_command,
+    remove=lambda name: f"rm -f {CREDSTORE}/{CRED_PREFIX}{name}")
+
+
+def _read_state(create_salt: bool, store: Store = BOT_STORE) -> str:
+    """Prints `salt HEX` (or `salt -`), `digest NAME HEX` lines and `file NAME` per value held."""
+    make = (f"mkdir -p -m 700 {DEPLOY_RECORD_DIR}; [ -s {SALT_FILE} ] || {{ head -c 32 /dev/urandom > "
+            f"{SALT_FILE}.tmp && mv {SALT_FILE}.tmp {SALT_FILE}; }}; ") if create_salt else ""
+    return ("umask 077; " + make +
+            f"if [ -s {SALT_FILE} ]; then echo salt $(od -An -tx1 -v {SALT_FILE} | tr -d ' \\n'); "
+            "else echo salt -; fi; "
+            f"[ -f {store.digests_file} ] && sed 's/^/digest /' {store.digests_file}; "
+            f"{{ {store.held}; }} | sed 's/^/file /'; echo {STATE_END}")
+
+
+def _record_command(store: Store, removed: list[str]) -> str:
+    rm = "".join(store.remove(n) + "; " for n in removed)
+    return f"umask 077; {rm}cat > {store.digests_file}.tmp && mv -f {store.digests_file}.tmp {store.digests_file}"
 
 
 class _Session:
@@ -156,6 +185,12 @@ def _drain(chan, host: str) -> tuple[bytes, bytes]:
             err += chan.recv_stderr(65536)
         elif chan.eof_received or chan.closed:
             if chan.status_event.wait(max(0.0, deadline - time.monotonic())):
+                # The last data may have arrived, with the EOF, after the checks above: take it too
+                # (paramiko buffers a channel's data before it marks the EOF that follows it).
+                while chan.recv_ready():
+                    out += chan.recv(65536)
+                while chan.recv_stderr_ready():
+                    err += chan.recv_stderr(65536)
                 return bytes(out), bytes(err)
         else:
             chan.status_event.wait(0.05)
@@ -163,11 +198,12 @@ def _drain(chan, host: str) -> tuple[bytes, bytes]:
     raise DeliveryError(f"{host}: credential delivery: no answer within {COMMAND_TIMEOUT} s")
 
 
-def sync_host(host: Host, login: connect.Login, wanted: dict[str, bytes], dry: bool = False) -> Delivery:
-    """Bring one host's bot credentials to `wanted`; with dry, only say what would change."""
+def sync_host(host: Host, login: connect.Login, wanted: dict[str, bytes], dry: bool = False,
+              store: Store = BOT_STORE) -> Delivery:
+    """Bring one host's values in `store` to `wanted`; with dry, only say what would change."""
     session = _Session(host, login)
     try:
-        state = session.run(_read_state(create_salt=bool(wanted) and not dry))
+        state = session.run(_read_state(create_salt=bool(wanted) and not dry, store=store))
         salt, recorded, present = _parse_state(state, host.name)
         delivery = Delivery()
         digests = {}
@@ -179,9 +215,9 @@ def sync_host(host: Host, login: connect.Login, wanted: dict[str, bytes], dry: b
         if dry or not (delivery.sent or delivery.removed or set(recorded) != set(digests)):
             return delivery
         for name in delivery.sent:
-            session.run(_encrypt_command(name), stdin=wanted[name])
+            session.run(store.write(name), stdin=wanted[name])
         record = "".join(f"{n} {d}\n" for n, d in sorted(digests.items()))
-        session.run(_record_command(delivery.removed), stdin=record.encode())
+        session.run(_record_command(store, delivery.removed), stdin=record.encode())
         return delivery
     finally:
         session.close()
@@ -208,14 +244,14 @@ def _parse_state(text: str, host: str) -> tuple[bytes | None, dict[str, str], se
 
 
 def sync_all(hosts: list[Host], logins: dict[str, connect.Login], wanted: dict[str, dict[str, bytes]],
-             dry: bool = False) -> tuple[dict[str, Delivery], dict[str, str]]:
+             dry: bool = False, store: Store = BOT_STORE) -> tuple[dict[str, Delivery], dict[str, str]]:
     """sync_host on every logged-in host in parallel: (deliveries, errors) by host name."""
     todo = [h for h in hosts if h.name in logins]
     deliveries, errors = {}, {}
 
     def one(h: Host):
         try:
-            return h.name, sync_host(h, logins[h.name], wanted.get(h.name, {}), dry), None
+            return h.name, sync_host(h, logins[h.name], wanted.get(h.name, {}), dry, store), None
         except (DeliveryError, OSError, paramiko.SSHException) as e:
             return h.name, None, str(e) if isinstance(e, DeliveryError) else f"{h.name}: credential delivery: {e}"
 

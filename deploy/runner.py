@@ -19,9 +19,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deploy import connect, credentials
+from deploy import connect, credentials, totp_seeds
 from deploy.inventory import Host, Inventory
 from roles.access_data import CONNECTED_SSHD_PORT_KEY, FIXED_PORT_KEY, SSH_ALLOW_FROM
+from roles.second_factor_data import automation_networks, enabled as second_factor_enabled
 from roles.secrets_data import CREDENTIALS_CHANGED_KEY
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -37,6 +38,7 @@ class HostResult:
     failed: list[str] = field(default_factory=list)
     error: str = ""  # set when the host was refused before pyinfra ran
     credentials: credentials.Delivery | None = None  # names sent/removed (would be, with --dry)
+    totp_seeds: credentials.Delivery | None = None  # the same for the people's TOTP seeds
 
     @property
     def ok(self) -> bool:
@@ -81,6 +83,13 @@ def preflight(hosts: list[Host]) -> tuple[dict[str, connect.Login], dict[str, st
                     f"{login.client_address or 'an unknown address'}, which is not in ssh_allow_from "
                     f"{allow}; the firewall would lock you out. Add it to the inventory's ssh_allow_from.")
                 continue
+            if second_factor_enabled(h.data) and not connect.address_allowed(login.client_address,
+                                                                             automation_networks(h.data)):
+                refusals[h.name] = (
+                    f"{h.name}: refusing to deploy: this controller reaches the host from {login.client_address}, "
+                    f"which is not in automation_from {automation_networks(h.data)}; with second_factor_admins "
+                    "set, the admin's key works only from there. Add it to the inventory's automation_from.")
+                continue
             logins[h.name] = login
     return logins, refusals
 
@@ -111,11 +120,16 @@ def deploy(inv: Inventory, hosts: list[Host], *, dry: bool = False, extra_args: 
            stream=sys.stderr, site: Path = SITE, identity: str | None = None) -> RunResult:
     """Decrypt and check every host's credentials (SecretsError before any host is touched), probe the
     logins, deliver the credentials, then run pyinfra on the hosts that passed."""
-    wanted = credentials.wanted_credentials(hosts, identity)
+    values = credentials.wanted_values(hosts, identity)
+    wanted, seeds = credentials.bot_credentials(values), totp_seeds.wanted_seeds(hosts, values)
+    del values
     logins, refusals = preflight(hosts)
     deliveries, failures = credentials.sync_all(hosts, logins, wanted, dry=dry)
-    del wanted  # the plaintext is not needed any more
-    for name, why in failures.items():
+    seed_deliveries, seed_failures = credentials.sync_all(hosts, {n: lg for n, lg in logins.items()
+                                                                  if n not in failures}, seeds, dry=dry,
+                                                          store=totp_seeds.STORE)
+    del wanted, seeds  # the plaintext is not needed any more
+    for name, why in {**seed_failures, **failures}.items():
         refusals[name] = why
         del logins[name]
     results = {h.name: HostResult(h.name) for h in hosts}
@@ -124,6 +138,7 @@ def deploy(inv: Inventory, hosts: list[Host], *, dry: bool = False, extra_args: 
     for name, login in logins.items():
         results[name].login = login.user + (" (sudo)" if login.sudo else "")
         results[name].credentials = deliveries.get(name)
+        results[name].totp_seeds = seed_deliveries.get(name)
     if not logins:
         return RunResult(results, None, 1)
     with tempfile.TemporaryDirectory(prefix="hardkit-run-") as tmp:

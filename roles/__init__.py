@@ -12,6 +12,8 @@ ROLE_MODULES = [
     "roles.baseline",
     "roles.guard",
     "roles.admin",
+    "roles.second_factor_data",  # issue 13: people's accounts and PAM before sshd asks for a second factor
+    "roles.second_factor",
     "roles.ssh",
     "roles.firewall",
     "roles.fail2ban",

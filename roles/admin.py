@@ -16,6 +16,7 @@ from pyinfra.operations import apt, files, server
 from roles.access_data import ADMIN_KEYS, ADMIN_USER
 from roles.data import read_public_key
 from roles.ops import install_file
+from roles.second_factor_data import automation_networks, enabled
 
 #: Members of this group, and only they, may log in over SSH (sshd AllowGroups).
 SSH_GROUP = "ssh-users"
@@ -33,8 +34,17 @@ def sudoers_text(admin: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def authorized_keys_text(keys: list[str]) -> str:
-    return "".join(read_public_key(k) + "\n" for k in keys)
+def authorized_keys_text(keys: list[str], options: str = "") -> str:
+    """One line per key, each with the same authorized_keys `options` (e.g. `from="..."`) when given."""
+    prefix = options + " " if options else ""
+    return "".join(prefix + read_public_key(k) + "\n" for k in keys)
+
+
+def admin_authorized_keys_text(data) -> str:
+    """The admin's keys; with second_factor_admins set the admin is the automation account, and its keys
+    work only from automation_from (`from=`), where sshd's Match block lets the key alone in."""
+    options = f'from="{",".join(automation_networks(data))}"' if enabled(data) else ""
+    return authorized_keys_text(ADMIN_KEYS.value(data), options)
 
 
 @deploy("Admin access")
@@ -49,7 +59,7 @@ def admin_access():
     lock_password(name=f"Keep {admin}'s password locked (key-only)", user=admin)
     files.directory(name=f"{admin}'s .ssh", path=f"/home/{admin}/.ssh", user=admin, group=admin, mode="700")
     files.put(name=f"{admin}'s authorized keys (exactly the inventory's)",
-              src=StringIO(authorized_keys_text(ADMIN_KEYS.value(host.data))),
+              src=StringIO(admin_authorized_keys_text(host.data)),
               dest=f"/home/{admin}/.ssh/authorized_keys", user=admin, group=admin, mode="600")
     install_file(name="sudoers rule for the admin (checked with visudo)", content=sudoers_text(admin),
                  dest=SUDOERS_FILE, mode="0440", validate="visudo -cf {path}")

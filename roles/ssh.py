@@ -20,6 +20,7 @@ from pyinfra.operations import apt
 
 from roles import guard
 from roles import firewall
+from roles import second_factor, second_factor_data
 from roles.access_data import ADMIN_USER, CONNECTED_SSHD_PORT_KEY, FIXED_PORT_KEY, SSHD_PORT
 from roles.admin import SSH_GROUP
 
@@ -53,6 +54,7 @@ CRYPTO_DIRECTIVES = {"kexalgorithms": "KexAlgorithms", "ciphers": "Ciphers", "ma
 def settings(data, ports: list[int] | None = None) -> list[tuple[str, str]]:
     """(directive, value) in config order. Lower-cased, they are what `sshd -T` must show.
     `ports` overrides the listening ports (both the old and the new one during a port move)."""
+    twofa = second_factor_data.enabled(data)
     return [
         *[("Port", str(p)) for p in (ports or [SSHD_PORT.value(data)])],
         ("AddressFamily", "any"),  # IPv4 and IPv6 (dev-sec #906: ListenAddress 0.0.0.0 drops IPv6)
@@ -65,10 +67,11 @@ def settings(data, ports: list[int] | None = None) -> list[tuple[str, str]]:
         ("MaxSessions", "10"),
         ("MaxStartups", "10:30:60"),
         ("PubkeyAuthentication", "yes"),
-        ("AuthenticationMethods", "publickey"),
+        # With second_factor_admins: every login needs key + TOTP, but for the Match blocks at the end.
+        ("AuthenticationMethods", "publickey,keyboard-interactive" if twofa else "publickey"),
         ("PasswordAuthentication", "no"),
         ("PermitEmptyPasswords", "no"),
-        ("KbdInteractiveAuthentication", "no"),
+        ("KbdInteractiveAuthentication", "yes" if twofa else "no"),  # PAM asks for the TOTP code only
         ("KerberosAuthentication", "no"),
         ("KerberosOrLocalPasswd", "no"),
         ("KerberosTicketCleanup", "yes"),
@@ -99,6 +102,14 @@ def settings(data, ports: list[int] | None = None) -> list[tuple[str, str]]:
     ]
 
 
+def settings_for_login(data, user: str, addr: str) -> list[tuple[str, str]]:
+    """settings() as sshd applies them to a login of `user` from `addr` (after hardkit's Match blocks)."""
+    overrides = second_factor.login_overrides(data, user, addr)
+    base = settings(data)
+    names = {k for k, _ in base}
+    return [(k, overrides.get(k, v)) for k, v in base] + [(k, v) for k, v in overrides.items() if k not in names]
+
+
 def crypto_lists(supported: dict[str, list[str]]) -> dict[str, list[str]]:
     """The policy lists, keeping only what this OpenSSH supports (in policy order)."""
     out = {}
@@ -119,6 +130,8 @@ def render_config(data, supported: dict[str, list[str]], ports: list[int] | None
         lines.append(f"{CRYPTO_DIRECTIVES[key]} {','.join(algs)}")
     lines += [f"{k} {v}" for k, v in settings(data, ports)]
     lines += ["Subsystem sftp internal-sftp -f AUTHPRIV -l INFO", "", "Include /etc/ssh/sshd_config.d/*.conf", ""]
+    # Match blocks last: everything after a Match line belongs to it, and the Include must stay global.
+    lines += second_factor.sshd_match_blocks(data)
     return "\n".join(lines)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from roles.admin import SSH_GROUP, SUDOERS_FILE, authorized_keys_text, sudoers_text
+from roles.admin import SSH_GROUP, SUDOERS_FILE, admin_authorized_keys_text, sudoers_text
 
 
 @pytest.mark.control("hk-admin-01")
@@ -18,11 +18,11 @@ def test_admin_account(target):
 
 @pytest.mark.control("hk-admin-02")
 def test_admin_authorized_keys(target):
-    """The admin's authorized_keys holds exactly the inventory's keys, private to the admin"""
+    """The admin's authorized_keys holds exactly the inventory's keys (from= the controllers with 2FA), private"""
     admin = target.data["admin_user"]
     f = target.host.file(f"/home/{admin}/.ssh/authorized_keys")
     assert (f.user, f.mode) == (admin, 0o600)
-    assert f.content_string == authorized_keys_text(target.data["admin_keys"])
+    assert f.content_string == admin_authorized_keys_text(target.data)
 
 
 @pytest.mark.control("hk-admin-03")

@@ -11,7 +11,7 @@ import pytest
 
 from roles.admin import SSH_GROUP
 from roles.ssh import (CRYPTO_DIRECTIVES, HOST_KEYS, MIN_MODULI_BITS, RSA_HOST_KEY_BITS, SSHD_CONFIG, crypto_lists,
-                       settings)
+                       settings, settings_for_login)
 from tests.compliance.sshd_contexts import disagreements
 from tests.compliance.sshd_state import effective, in_every_login_context, one, supported
 
@@ -61,12 +61,16 @@ def test_sshd_setting_in_force(target, directive):
 @pytest.mark.parametrize("directive", _setting_params())
 def test_sshd_setting_holds_for_a_real_login_context(target, directive):
     """The setting also holds inside Match blocks, for the admin from every allowed range to every sshd port"""
-    # A provider's drop-in may add `Match Address`/`LocalPort` blocks for the operator's real address or port.
-    expected = dict(settings(target.data))[directive]
+    # A provider's drop-in may add `Match Address`/`LocalPort` blocks for the operator's real address or port;
+    # hardkit's own Match blocks (second factor, automation key) make the expected value depend on the address.
+    admin, wrong = target.data["admin_user"], {}
     per_context = in_every_login_context(target)
     assert per_context, "no login context evaluated"
-    wrong = disagreements(per_context, directive, expected)
-    assert not wrong, f"{directive} is not {expected!r} for: " + "; ".join(f"{c} -> {v}" for c, v in wrong.items())
+    for spec, config in per_context.items():
+        addr = dict(part.split("=", 1) for part in spec.split(","))["addr"]
+        expected = dict(settings_for_login(target.data, admin, addr))[directive]
+        wrong.update(disagreements({spec: config}, directive, expected))
+    assert not wrong, f"{directive} is not as expected for: " + "; ".join(f"{c} -> {v}" for c, v in wrong.items())
 
 
 @pytest.mark.parametrize("key", [pytest.param(k, marks=pytest.mark.control(c), id=k) for k, c in CRYPTO_IDS.items()])
@@ -162,7 +166,9 @@ def test_provider_drop_ins_cannot_weaken(target):
     text = target.check_output(f"cat {SSHD_CONFIG}")
     lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
     includes = [i for i, line in enumerate(lines) if line.lower().startswith("include")]
-    assert includes == [len(lines) - 1], "the Include of sshd_config.d must be the last line"
+    # Only hardkit's own Match blocks (second_factor_admins) may follow it: a Match line ends the global part.
+    first_match = next((i for i, line in enumerate(lines) if line.lower().startswith("match ")), len(lines))
+    assert includes == [first_match - 1], "the Include of sshd_config.d must follow every global setting"
     # And whatever the drop-ins say, passwords stay off in force (cloud-init's 50-cloud-init.conf says yes).
     assert one(effective(target), "passwordauthentication") == "no"
 

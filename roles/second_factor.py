@@ -1,0 +1,131 @@
+"""Two factors for people, the key alone for automation (see roles/second_factor_data.py).
+
+Comes after the admin role and before the SSH role: the people's accounts, their keys and sshd's
+PAM stack (key, then a TOTP code from pam_oath; never a password) are in place before the guarded
+sshd change asks for them. The TOTP seeds themselves never pass through pyinfra: the runner
+streams them over SSH stdin into USERS_FILE (deploy/totp_seeds.py).
+
+sshd cannot tell one key of an account from another in a Match block, so the automation account
+(the admin_user) and the people are different accounts: the Match on the automation account's
+name *and* the controllers' addresses is the only place where a key alone is enough.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from io import StringIO
+
+from pyinfra.api import deploy
+from pyinfra.operations import apt, files, server
+
+from roles import accounts
+from roles.access_data import ADMIN_USER
+from roles.admin import SSH_GROUP, authorized_keys_text, lock_password
+from roles.ops import install_file, render
+from roles.second_factor_data import (FIDO2, FIDO2_ALGORITHMS, TOTP_DIGITS, TOTP_WINDOW, automation_networks,
+                                      enabled, people, users_with)
+
+#: The root-only file pam_oath reads (and writes: it records the last code used, so none is accepted twice).
+USERS_FILE = "/etc/users.oath"
+#: pam_oath's line for a TOTP user: 30-second steps, 6 digits, no PIN ("-"), the seed in hex.
+USERS_FILE_TOKEN = f"HOTP/T30/{TOTP_DIGITS}"
+PAM_SSHD = "/etc/pam.d/sshd"
+PEOPLE_SUDOERS = "/etc/sudoers.d/hardkit-people"
+#: Debian 12 packages: the PAM module and `oathtool` (an operator can compute a code on the host to test).
+PACKAGES = ["libpam-oath", "oathtool"]
+
+KEYS: list = []
+
+
+def pam_sshd_text() -> str:
+    return render("ssh/pam-sshd-2fa.j2", users_file=USERS_FILE, window=TOTP_WINDOW, digits=TOTP_DIGITS)
+
+
+def person_keys_text(entry: dict) -> str:
+    """A person's authorized_keys; a FIDO2 key is only accepted with the user verified (PIN or touch)."""
+    return authorized_keys_text(entry["keys"], "verify-required" if entry.get("second_factor") == FIDO2 else "")
+
+
+def people_sudoers_text(names: list[str]) -> str:
+    lines = ["# Managed by hardkit: people who logged in with two factors may use sudo without a password."]
+    lines += [f"{n} ALL=(ALL:ALL) NOPASSWD: ALL" for n in names]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class MatchRule:
+    """One sshd `Match` block: for these users (and, if given, only from these networks), these settings."""
+    comment: str
+    users: list[str]
+    networks: list[str] | None
+    overrides: list[tuple[str, str]]
+
+    def applies(self, user: str, addr: str) -> bool:
+        ip = ipaddress.ip_address(addr)
+        return user in self.users and (self.networks is None or any(
+            ip in ipaddress.ip_network(n) for n in self.networks))
+
+    def lines(self) -> list[str]:
+        criteria = f"User {','.join(self.users)}" + (f" Address {','.join(self.networks)}" if self.networks else "")
+        return [f"# {self.comment}", f"Match {criteria}", *[f"    {k} {v}" for k, v in self.overrides], ""]
+
+
+def match_rules(data) -> list[MatchRule]:
+    """sshd's Match blocks, in config order (for a login they match, the first value read wins)."""
+    if not enabled(data):
+        return []
+    rules = [MatchRule("The automation account, from the controllers only: its key alone (deploy and verify "
+                       "are unattended).", [ADMIN_USER.value(data)], automation_networks(data),
+                       [("AuthenticationMethods", "publickey")])]
+    fido2 = users_with(data, FIDO2)
+    if fido2:
+        rules.append(MatchRule("FIDO2 admins: only security-key keys, and only with the user verified (PIN or "
+                               "touch).", fido2, None,
+                               [("PubkeyAcceptedAlgorithms", ",".join(FIDO2_ALGORITHMS)),
+                                ("PubkeyAuthOptions", "verify-required"), ("AuthenticationMethods", "publickey")]))
+    return rules
+
+
+def sshd_match_blocks(data) -> list[str]:
+    """sshd_config lines after the Include: the automation exception and the FIDO2 people's rules."""
+    return [line for rule in match_rules(data) for line in rule.lines()]
+
+
+def login_overrides(data, user: str, addr: str) -> dict[str, str]:
+    """What the Match blocks change for a login of `user` from `addr` (first value wins, as in sshd)."""
+    out: dict[str, str] = {}
+    for rule in match_rules(data):
+        if rule.applies(user, addr):
+            for key, value in rule.overrides:
+                out.setdefault(key, value)
+    return out
+
+
+@deploy("Second factor for people")
+def second_factor():
+    from pyinfra import host
+
+    data = host.data
+    everyone = people(data)
+    for name, entry in sorted(everyone.items()):
+        server.user(name=f"Account of {name}", user=name, shell="/bin/bash", home=f"/home/{name}",
+                    create_home=True, groups=[SSH_GROUP], append=True)
+        lock_password(name=f"Keep {name}'s password locked (no password login, ever)", user=name)
+        files.directory(name=f"{name}'s .ssh", path=f"/home/{name}/.ssh", user=name, group=name, mode="700")
+        files.put(name=f"{name}'s authorized keys ({entry['second_factor']})", src=StringIO(person_keys_text(entry)),
+                  dest=f"/home/{name}/.ssh/authorized_keys", user=name, group=name, mode="600")
+    accounts.group_members(name="SSH group: the admin and the people", group=SSH_GROUP,
+                           members=[ADMIN_USER.value(data), *sorted(everyone)])
+    if not everyone:
+        files.file(name="No sudo rule for people", path=PEOPLE_SUDOERS, present=False)
+        return
+    install_file(name="sudoers rule for the people (checked with visudo)", content=people_sudoers_text(sorted(everyone)),
+                 dest=PEOPLE_SUDOERS, mode="0440", validate="visudo -cf {path}")
+    # Even with FIDO2 people only: keyboard-interactive must never fall through to a password prompt.
+    apt.packages(name="Install pam_oath", packages=PACKAGES)
+    install_file(name="sshd PAM: key first, then a TOTP code (never a password)", content=pam_sshd_text(),
+                 dest=PAM_SSHD, mode="0644")
+
+
+apply = second_factor

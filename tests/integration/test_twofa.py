@@ -1,0 +1,201 @@
+"""Two factors for people, the key alone for automation (issue 13), on one lab target.
+
+One lab, two deploys: the first (as root, on a fresh target) turns 2FA on for a TOTP admin and a
+FIDO2 admin; the second re-enrols the TOTP admin (a lost phone) while the automation account is
+locked by faillock, and must still run unattended. Logins are driven with paramiko from the lab's
+allowed and attacker client namespaces; codes are computed here with cryptography's TOTP.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+from cryptography.hazmat.primitives.hashes import SHA1
+from cryptography.hazmat.primitives.twofactor.totp import TOTP
+
+from deploy import connect, credentials, totp_seeds
+from deploy.inventory import load
+from roles.second_factor import USERS_FILE
+from roles.second_factor_data import TOTP_DIGITS, TOTP_STEP_SECONDS
+from sandbox import keys, network
+from tests.integration.labkit import REPO_ROOT, boot, hardkit
+from tests.unit.test_second_factor import sk_public_key
+
+pytestmark = pytest.mark.lab
+PREFIX = "tfa"
+ENV = "tf2fa"
+PERSON, FIDO_PERSON = "alice", "bob"
+
+
+def code_at(seed: str, when: float) -> str:
+    return TOTP(totp_seeds.seed_bytes(seed), TOTP_DIGITS, SHA1(), TOTP_STEP_SECONDS).generate(when).decode()
+
+
+def enrol(replace: bool = False) -> str:
+    """`hardkit users add-totp` on a terminal, as an operator runs it; the seed read back from its URI."""
+    args = [sys.executable, "-m", "deploy.cli", "users", "add-totp", PERSON, "--env", ENV, "--issuer", "tf-lab"]
+    res = subprocess.run(["script", "-qec", shlex.join(args + (["--replace"] if replace else [])), "/dev/null"],
+                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    uri = next(line.strip() for line in res.stdout.splitlines() if line.strip().startswith("otpauth://"))
+    return parse_qs(urlparse(uri).query)["secret"][0]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("twofa")
+    saved = {k: os.environ.get(k) for k in ("HARDKIT_SECRETS_DIR", "HARDKIT_AGE_IDENTITY")}
+    os.environ.update(HARDKIT_SECRETS_DIR=str(tmp / "secrets"), HARDKIT_AGE_IDENTITY=str(tmp / "id.txt"))
+    handle = None
+    try:
+        assert hardkit("secrets", "init", ENV).returncode == 0
+        person_key = tmp / "alice_ed25519"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(person_key)], check=True)
+        seed = enrol()
+        handle = boot(PREFIX, count=1)
+        data = handle.host_data(handle.names[0])
+        attacker = data["lab"]["clients"]["attacker"]
+        inv = handle.variant(
+            tmp / "inventory.py", secrets_env=ENV,
+            # The attacker may reach sshd (it is allow-listed here), so only 2FA and from= stand in its way.
+            ssh_allow_from=data["ssh_allow_from"] + [f"{attacker['v4']}/32", f"{attacker['v6']}/128"],
+            automation_from=data["ssh_allow_from"],
+            second_factor_admins={PERSON: {"second_factor": "totp", "keys": [str(person_key) + ".pub"]},
+                                  FIDO_PERSON: {"second_factor": "fido2", "keys": [sk_public_key()]}})
+        first = hardkit("deploy", str(inv), "--json")
+        assert first.returncode == 0, first.stderr[-4000:]
+        yield {"lab": handle, "name": handle.names[0], "inv": inv, "seed": seed, "key": str(person_key),
+               "first": first, "tmp": tmp}
+    finally:
+        if handle:
+            handle.down()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def login(lab, client: str, user: str, **how) -> dict:
+    """One login attempt from a client namespace (tests/integration/ssh_2fa_client.py)."""
+    h = lab["lab"]
+    args = [sys.executable, "-m", "tests.integration.ssh_2fa_client", h.lab_address(lab["name"]), user]
+    for option, value in how.items():
+        args += [f"--{option.replace('_', '-')}"] + ([] if value is True else [str(value)])
+    res = h.from_client(client, args, timeout=60)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return json.loads(res.stdout)
+
+
+def root(lab, command: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return lab["lab"].ssh(lab["name"], command, timeout=timeout)
+
+
+def test_seed_reaches_the_root_only_file_and_no_output(lab):
+    first = lab["first"]
+    assert json.loads(first.stdout)["hosts"][lab["name"]]["totp_seeds"] == {"sent": ["totp-alice"], "removed": []}
+    hexseed = totp_seeds.seed_bytes(lab["seed"]).hex()
+    for secret in (lab["seed"], hexseed):
+        assert secret not in first.stdout + first.stderr
+    listing = root(lab, f"stat -c '%U %G %a' {USERS_FILE}; awk '{{print $1, $2, $3}}' {USERS_FILE}").stdout
+    assert listing.splitlines() == ["root root 600", "HOTP/T30/6 alice -"], listing
+    # Unchanged: the keyed digest on the host says so, and nothing is sent again.
+    inv = load(lab["inv"])
+    h = inv.hosts[0]
+    values = credentials.wanted_values(inv.hosts)
+    again, errors = credentials.sync_all(inv.hosts, {h.name: connect.resolve(h)},
+                                         totp_seeds.wanted_seeds(inv.hosts, values), dry=True,
+                                         store=totp_seeds.STORE)
+    assert not errors and again[h.name].changed == []
+
+
+def test_key_alone_is_refused_for_a_totp_admin(lab):
+    got = login(lab, "allowed", PERSON, key=lab["key"])
+    assert not got["authenticated"] and got["remaining"] == ["keyboard-interactive"], got
+
+
+def test_key_and_valid_code_log_in_once(lab):
+    now = time.time()
+    code = code_at(lab["seed"], now)
+    got = login(lab, "allowed", PERSON, key=lab["key"], code=code)
+    assert got["authenticated"] and got["stdout"].split() == [PERSON, "sudo-ok"], got
+    assert any("One-time password" in p for p in got["prompts"]), got["prompts"]
+    reused = login(lab, "allowed", PERSON, key=lab["key"], code=code)
+    assert not reused["authenticated"], "a code must not be accepted twice"
+
+
+def test_stale_and_wrong_codes_are_refused(lab):
+    now = time.time()
+    stale = code_at(lab["seed"], now - 10 * TOTP_STEP_SECONDS)
+    near = {code_at(lab["seed"], now + k * TOTP_STEP_SECONDS) for k in (-2, -1, 0, 1, 2)}
+    wrong = next(c for c in (f"{(int(stale) + i) % 10**6:06d}" for i in range(1, 20)) if c not in near)
+    for code in (stale, wrong):
+        got = login(lab, "allowed", PERSON, key=lab["key"], code=code)
+        assert not got["authenticated"] and got["refused"], (code, got)
+    counted = root(lab, f"faillock --user {PERSON} | grep -c ' V$'; faillock --user {PERSON} --reset").stdout
+    assert int(counted.split()[0]) >= 2, f"wrong codes must count towards faillock: {counted}"
+
+
+def test_password_or_code_without_a_key_never_works(lab):
+    for user in (PERSON, "ops"):
+        got = login(lab, "allowed", user, password="anything")
+        assert not got["authenticated"] and "['publickey']" in got["refused"], got
+    got = login(lab, "allowed", PERSON, interactive_first=True, code=code_at(lab["seed"], time.time()))
+    assert not got["authenticated"] and "['publickey']" in got["refused"], got
+
+
+def test_automation_key_is_refused_from_the_attacker_even_with_the_right_key(lab):
+    key = str(keys.operator_key())
+    assert login(lab, "allowed", "ops", key=key)["authenticated"], "control: the allowed client is a controller"
+    got = login(lab, "attacker", "ops", key=key)
+    assert not got["authenticated"] and got["refused"], got
+    got = login(lab, "attacker", "ops", key=key, code="123456")
+    assert not got["authenticated"], got
+    assert network.ATTACKER_V4 in root(lab, "journalctl -u ssh --no-pager -n 200").stdout
+
+
+def test_deploy_is_refused_from_a_controller_outside_automation_from(lab, tmp_path):
+    inv = tmp_path / "inventory.py"
+    inv.write_text(lab["inv"].read_text() + "\nfor _name, _d in sandbox:\n"
+                   f"    _d['automation_from'] = ['{network.ALLOWED_V4}/32']\n")
+    before = root(lab, "sha256sum /etc/ssh/sshd_config /home/ops/.ssh/authorized_keys").stdout
+    res = hardkit("deploy", str(inv), "--json")
+    out = json.loads(res.stdout)
+    assert res.returncode != 0 and out["pyinfra"] is None, "pyinfra must not even start"
+    why = out["hosts"][lab["name"]]["refused"]
+    assert "not in automation_from" in why and network.CONTROLLER_V4 in why, why
+    assert root(lab, "sha256sum /etc/ssh/sshd_config /home/ops/.ssh/authorized_keys").stdout == before
+
+
+def test_lost_phone_reenrolment_runs_unattended_with_the_admin_locked_by_faillock(lab):
+    """The operator re-enrols alice with the automation key while faillock has locked the admin's PAM logins:
+    deploy and verify still run without a prompt, the old seed stops working and the new one works."""
+    failures = root(lab, "apt-get install -y -q pamtester >/dev/null 2>&1 && for i in 1 2 3 4 5 6 7; do "
+                         "echo 000000 | pamtester sshd ops authenticate; done; faillock --user ops | grep -c ' V$'",
+                    timeout=300)
+    assert int(failures.stdout.split()[-1]) >= 5, failures.stdout + failures.stderr
+    try:
+        old, new = lab["seed"], enrol(replace=True)
+        res = hardkit("deploy", str(lab["inv"]), "--json")
+        assert res.returncode == 0, res.stderr[-4000:]
+        host = json.loads(res.stdout)["hosts"][lab["name"]]
+        assert host["login"] == "ops (sudo)" and host["changed"] == [], host
+        assert host["totp_seeds"] == {"sent": ["totp-alice"], "removed": []}
+        report = lab["tmp"] / "report"
+        verified = hardkit("verify", str(lab["inv"]), "--report-dir", str(report))
+        assert verified.returncode == 0, verified.stdout[-4000:]
+        rows = json.loads((report / "compliance.json").read_text())["controls"]
+        assert {r["control"]: r["status"] for r in rows if r["control"].startswith("hk-2fa-")} == {
+            f"hk-2fa-0{i}": "PASS" for i in range(1, 6)}
+        now = time.time()
+        refused = login(lab, "allowed", PERSON, key=lab["key"], code=code_at(old, now))
+        accepted = login(lab, "allowed", PERSON, key=lab["key"], code=code_at(new, now))
+        assert not refused["authenticated"] and accepted["authenticated"], (refused, accepted)
+    finally:
+        root(lab, "faillock --user ops --reset; apt-get purge -y -q pamtester >/dev/null 2>&1; true", timeout=300)
