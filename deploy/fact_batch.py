@@ -18,6 +18,7 @@ number of round-trips changes. Installed by `deploy/site.py` (`install()`), befo
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 import os
 import re
@@ -55,7 +56,7 @@ def batch_script(commands: list[str], lanes: int = LANES) -> str:
     """One shell script asking every command; each answers on one line:
     `<index> <exit status> <base64 stdout> <base64 stderr>` (stdin of each is /dev/null)."""
     lines = ['d=$(mktemp -d) || exit 1', 'trap \'rm -rf "$d"\' EXIT']
-    for lane in range(lanes):
+    for lane in range(min(lanes, len(commands))):
         lines.append("(")
         for i in range(lane, len(commands), lanes):
             lines.append(f'( {commands[i]}\n) >"$d/o{lane}" 2>"$d/e{lane}" </dev/null; rc=$?; '
@@ -65,6 +66,30 @@ def batch_script(commands: list[str], lanes: int = LANES) -> str:
     lines.append("wait")
     lines.append('cat "$d"/a* 2>/dev/null')
     return "\n".join(lines) + "\n"
+
+
+#: The most base64 text one batch command carries: the whole command is one argument of
+#: `sh -c` on the host, and Linux caps one argument at 128 KiB.
+MAX_COMMAND_BYTES = 96 * 1024
+
+
+def batch_commands(commands: list[str]):
+    """(index of the first question, pyinfra command) for as few commands as fit: each is the
+    batch script, gzipped and base64-encoded, unpacked and run by `sh` on the host."""
+    from pyinfra.api import StringCommand
+
+    def packed(part: list[str]) -> str:
+        return base64.b64encode(gzip.compress(batch_script(part).encode(), mtime=0)).decode()
+
+    start, size = 0, len(commands)
+    while start < len(commands):
+        part = commands[start:start + size]
+        text = packed(part)
+        if len(text) > MAX_COMMAND_BYTES and size > 1:
+            size = max(1, size // 2)
+            continue
+        yield start, StringCommand(f"echo {text} | base64 -d | gzip -dc | sh")
+        start += len(part)
 
 
 _ANSWER = re.compile(r"^(\d+) (\d+) (\S*) (\S*)$")
@@ -81,12 +106,20 @@ def parse_answers(lines: list[str]) -> dict[int, tuple[int, list[str], list[str]
 
 
 def _lines(b64: str) -> list[str]:
+    return _lines_of(base64.b64decode(b64).decode("utf-8", errors="replace"))
+
+
+def _lines_of(text: str) -> list[str]:
     """Split the way pyinfra reads a channel: by newline, without the final empty piece."""
-    text = base64.b64decode(b64).decode("utf-8", errors="replace")
     if not text:
         return []
     parts = text.split("\n")
     return parts[:-1] if parts[-1] == "" else parts
+
+
+def _transport_free(arguments: dict) -> str | None:
+    """The arguments without `_sudo` (how root is reached, not who answers), as a comparable key."""
+    return key_of("", {k: v for k, v in arguments.items() if k != "_sudo"})
 
 
 def cache_file(host_name: str) -> Path:
@@ -141,23 +174,29 @@ class HostAnswers:
     def fetch(self, run, arguments: dict) -> None:
         """Ask every remembered question with these connector arguments in one command."""
         self.batched = True
-        wanted = key_of("", arguments)
-        questions = [(c, a) for c, a in load_questions(self.host_name) if key_of("", a) == wanted]
+        wanted = _transport_free(arguments)
+        # Asked now with this run's arguments: a question remembered from a run that logged in as
+        # root is the same question when the admin's sudo makes us root (hardkit's two logins).
+        questions = [(c, arguments) for c, a in load_questions(self.host_name) if _transport_free(a) == wanted]
         if not questions:
             return
-        from pyinfra.api import StringCommand
-
         arguments = {k: v for k, v in arguments.items() if k != "_stdin"}
-        status, output = run(StringCommand("sh", "-s"), _stdin=batch_script([c for c, _ in questions]).splitlines(),
-                             **arguments)
-        if not status:
-            return  # the batch itself failed: every fact is asked live, as without it
-        for i, (rc, out, err) in parse_answers(output.stdout_lines).items():
-            self.answers[key_of(questions[i][0], questions[i][1])] = (rc, out, err)
+        for first, command in batch_commands([c for c, _ in questions]):
+            status, output = run(command, **arguments)
+            if not status:
+                continue  # this part failed as a whole: its facts are asked live, as without the batch
+            for i, (rc, out, err) in parse_answers(output.stdout_lines).items():
+                c, a = questions[first + i]
+                self.answers[key_of(c, a)] = (rc, out, err)
         self.stats["batched"] = len(self.answers)
 
 
 _hosts: dict[str, HostAnswers] = {}
+
+
+def reset() -> None:
+    """Forget this process's answers and questions (a new run in the same process, e.g. a test)."""
+    _hosts.clear()
 
 
 def answers_for(host) -> HostAnswers:
