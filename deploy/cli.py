@@ -3,6 +3,7 @@
     hardkit sandbox image | up | down | status | ssh      the local lab of disposable Debian 12 VPSs
     hardkit deploy INVENTORY [--limit GROUP|HOST] [--dry] [--json] [--identity FILE]
     hardkit verify INVENTORY [--report-dir DIR] [--junit FILE]
+    hardkit status INVENTORY [--limit GROUP|HOST] [--json]   what is deployed where, and drift
     hardkit bot status|halt|flatten|reset|logs|rollback INVENTORY [--limit GROUP|HOST]
     hardkit bot dashboard INVENTORY --host HOST [--port P]
     hardkit secrets init | set | edit | show-recipients | add-recipient | rotate ENV   (deploy/secrets_cli.py)
@@ -97,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--junit", default=None, help="also write JUnit XML here")
     s.add_argument("-k", dest="select", default=None, help="only checks matching this pytest expression")
     s.set_defaults(func=cmd_verify)
+
+    s = sub.add_parser("status", help="what is deployed where (commit, bot release, time, operator) and drift")
+    s.add_argument("inventory")
+    s.add_argument("--limit", help="only these groups or hosts (comma-separated)")
+    s.add_argument("--json", action="store_true", help="one JSON object, keyed by host")
+    s.set_defaults(func=cmd_status)
 
     bot = sub.add_parser("bot", help="operate the bots of an inventory over SSH").add_subparsers(metavar="VERB")
     verbs = {
@@ -253,6 +260,14 @@ def cmd_verify(args) -> int:
         cmd += ["-k", args.select]
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.run(cmd, cwd=str(REPO_ROOT), env=env).returncode
+
+
+def cmd_status(args) -> int:
+    from deploy import status
+    from deploy.inventory import load
+
+    inv = load(args.inventory)
+    return status.run(inv.limit(args.limit), as_json=args.json)
 
 
 # --- bot ------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from pyinfra.operations import files, systemd
 
 from roles.access_data import FIXED_PORT_KEY
 from roles.data import DataKey
+from roles.ops import note_managed
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates" / "guard"
 GUARD_BIN = "/usr/local/sbin/hardkit-guard"
@@ -82,6 +83,8 @@ def guarded_change(change_id: str, contents: dict[str, str], modes: dict[str, st
     from pyinfra import host
 
     stage = f"{STAGED_DIR}/{change_id}"
+    for path, text in contents.items():
+        note_managed(path, text.encode())
     changed = [path for path, text in contents.items()
                if host.get_fact(Sha256File, path=path) != hashlib.sha256(text.encode()).hexdigest()]
     if not changed:

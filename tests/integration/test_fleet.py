@@ -1,9 +1,12 @@
-"""The fast no-op redeploy is honest: with every fact answered by the one-round-trip batch
-(deploy/fact_batch.py), drift made by hand between deploys is still seen and converged.
+"""Redeploying a fleet: an honest fast no-op, and a record of what runs where.
 
-One nspawn target, four deploys: fresh, no-op (the batch in use, nothing changed), after three
-kinds of drift (a managed file edited, a package removed, a unit disabled: each converged), and
-no-op again.
+- With every fact answered by the one-round-trip batch (deploy/fact_batch.py), drift made by
+  hand between deploys (a managed file edited, a package removed, a unit disabled) is still seen
+  and converged.
+- The deploy record (roles/record.py): two hosts deployed together from one commit and the same
+  data hold identical digests; `hardkit status` shows the record and a hand edit as drift.
+
+Two nspawn targets, one lab for the module, four deploys of both hosts at once.
 """
 
 from __future__ import annotations
@@ -17,17 +20,18 @@ from deploy import fact_batch
 from roles.baseline import RELEASE_FILE
 from roles.guard import BOOT_UNIT
 from roles.time_logs import JOURNALD_FILE
-from tests.integration.labkit import boot
+from roles.record import RECORD_FILE
+from tests.integration.labkit import boot, hardkit
 
 pytestmark = pytest.mark.lab
-PREFIX = "flnoop"
+PREFIX = "flfleet"
 #: A package the updates role installs and nothing else needs (safe to remove by hand).
 REMOVED_PACKAGE = "needrestart"
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    handle = boot(PREFIX)
+    handle = boot(PREFIX, count=2)
     for name in handle.names:
         fact_batch.cache_file(name).unlink(missing_ok=True)
     stats = tmp_path_factory.mktemp("facts") / "stats.json"
@@ -43,17 +47,40 @@ def lab(tmp_path_factory):
 def test_a_noop_redeploy_answers_its_facts_from_one_batch_and_changes_nothing(lab):
     again = lab.deploy()
     assert again.ok and again.changed_ops == 0, {n: h.changed for n, h in again.hosts.items()}
-    stats = lab.fact_stats()[lab.names[0]]
-    assert stats["batched"] > 100 and stats["live"] == 0, stats
+    for name in lab.names:
+        stats = lab.fact_stats()[name]
+        assert stats["batched"] > 100 and stats["live"] == 0, stats
+
+
+def test_the_record_is_root_only_and_identical_for_hosts_from_one_commit(lab):
+    records = {}
+    for name in lab.names:
+        res = lab.ssh(name, f"stat -c '%U %a' {RECORD_FILE} $(dirname {RECORD_FILE}); cat {RECORD_FILE}")
+        assert res.returncode == 0, res.stderr
+        modes, _, text = res.stdout.partition("\n" + "{")
+        assert modes.split() == ["root", "600", "root", "700"], modes
+        records[name] = json.loads("{" + text)
+    first, second = records.values()
+    assert first["files"] and first["files"] == second["files"]
+    assert len(first["commit"]) == 40 and isinstance(first["dirty"], bool) and first["bot_release"]
+    shown = hardkit("status", str(lab.inventory_path), "--json")
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    status = json.loads(shown.stdout)
+    assert all(status[n]["ok"] and status[n]["record"]["files"] == first["files"] for n in lab.names)
 
 
 def test_drift_by_hand_is_seen_and_converged(lab):
-    name = lab.names[0]
+    name, other = lab.names
     before = lab.ssh(name, f"sha256sum {RELEASE_FILE} {JOURNALD_FILE}").stdout
     drift = lab.ssh(name, f"echo 'edited by hand' | tee -a {RELEASE_FILE} >> {JOURNALD_FILE}; "
                           f"DEBIAN_FRONTEND=noninteractive apt-get remove -y -q {REMOVED_PACKAGE} "
                           f">/dev/null && systemctl disable --quiet {BOOT_UNIT} && echo drifted")
     assert drift.stdout.strip() == "drifted", drift.stderr
+    shown = hardkit("status", str(lab.inventory_path))
+    assert shown.returncode == 1, shown.stdout + shown.stderr
+    row = next(line for line in shown.stdout.splitlines() if line.startswith(name + " "))
+    assert "drifted" in row and RELEASE_FILE in row and JOURNALD_FILE in row, shown.stdout
+    assert " ok " in next(line for line in shown.stdout.splitlines() if line.startswith(other + " "))
 
     fixed = lab.deploy()
     assert fixed.ok, fixed.hosts[name].failed
@@ -67,3 +94,4 @@ def test_drift_by_hand_is_seen_and_converged(lab):
 
     settled = lab.deploy()
     assert settled.ok and settled.changed_ops == 0, settled.hosts[name].changed
+    assert hardkit("status", str(lab.inventory_path)).returncode == 0
