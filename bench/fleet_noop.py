@@ -23,7 +23,8 @@ from deploy import runner  # noqa: E402
 from deploy.inventory import load  # noqa: E402
 from sandbox import lab  # noqa: E402
 
-PREFIX = "benchfleet"
+#: The lab this bench boots (HARDKIT_BENCH_PREFIX overrides it, e.g. to keep to a prefix on a shared machine).
+PREFIX = os.environ.get("HARDKIT_BENCH_PREFIX", "bfleet")
 REPO = Path(__file__).resolve().parent.parent
 OUT_DIR = REPO / "reports" / "bench"
 

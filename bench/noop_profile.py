@@ -26,7 +26,8 @@ from deploy import credentials, runner  # noqa: E402
 from deploy.inventory import load  # noqa: E402
 from sandbox import lab  # noqa: E402
 
-PREFIX = "benchnoop"
+#: The lab this bench boots (HARDKIT_BENCH_PREFIX overrides it, e.g. to keep to a prefix on a shared machine).
+PREFIX = os.environ.get("HARDKIT_BENCH_PREFIX", "bnoop")
 REPO = Path(__file__).resolve().parent.parent
 PROFILE_SITE = REPO / "bench" / "sites" / "profile_site.py"  # not bench/*.py: `make bench` runs those
 OUT_DIR = REPO / "reports" / "bench"
