@@ -21,6 +21,7 @@ import pytest
 from deploy import connect
 from roles.access_data import ADMIN_USER
 from roles.firewall import NFT_CONF
+from roles.guard import GUARD_BIN
 from roles.ssh import SSHD_CONFIG
 from tests.integration.labkit import REPO_ROOT, boot
 
@@ -87,9 +88,15 @@ def admin_reachable(lab, within: float) -> connect.Login:
     raise AssertionError(f"the admin cannot log in any more: {why}")
 
 
-def converges(lab) -> None:
+def converges(lab, edited: str) -> None:
+    """The next deploy converges, and stays converged once any revert the killed run armed has had
+    its time: nothing pending on the host, the hand edit gone, a further deploy changes nothing."""
     again = lab.deploy()
     assert again.ok, {n: (h.failed, h.error) for n, h in again.hosts.items()}
+    time.sleep(REVERT + 5)
+    name = lab.names[0]
+    assert lab.ssh(name, f"{GUARD_BIN} pending").stdout.strip() == ""
+    assert "edited by hand" not in lab.ssh(name, f"cat {edited}").stdout
     settled = lab.deploy()
     assert settled.ok and settled.changed_ops == 0, {n: h.changed for n, h in settled.hosts.items()}
 
@@ -105,7 +112,7 @@ def test_controller_killed_during_a_guarded_change(lab, marker, edited, delay):
     out = deploy_until(lab, marker, delay)
     assert marker in out
     admin_reachable(lab, within=REVERT + 60)
-    converges(lab)
+    converges(lab, edited)
 
 
 def test_link_dropped_during_the_firewall_change(lab):
@@ -122,4 +129,4 @@ def test_link_dropped_during_the_firewall_change(lab):
 
     deploy_until(lab, "nftables ruleset", 0.5, during=drop_link)
     admin_reachable(lab, within=REVERT + 60)
-    converges(lab)
+    converges(lab, NFT_CONF)
