@@ -21,7 +21,7 @@ import pytest
 from deploy import connect
 from roles.access_data import ADMIN_USER
 from roles.firewall import NFT_CONF
-from roles.guard import GUARD_BIN
+from roles.guard import FAULT_ENV, GUARD_BIN
 from roles.ssh import SSHD_CONFIG
 from tests.integration.labkit import REPO_ROOT, boot
 
@@ -41,12 +41,13 @@ def lab(tmp_path_factory):
     handle.down()
 
 
-def deploy_until(lab, marker: str, delay: float, during=None, wait: float = 300) -> str:
+def deploy_until(lab, marker: str, delay: float, during=None, wait: float = 300, env=None, until=None) -> str:
     """Start `hardkit deploy -v`; once pyinfra starts the operation named by `marker`, wait `delay`
-    seconds, run `during` (if given) else SIGKILL the whole controller; return what it printed."""
+    seconds (and then until `until()` is true, if given), run `during` (if given) else SIGKILL the
+    whole controller; return what it printed."""
     proc = subprocess.Popen([sys.executable, "-m", "deploy.cli", "deploy", str(lab.inventory_path), "-v"],
                             cwd=str(REPO_ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, env={**os.environ, **(env or {})})
     seen, hit = [], threading.Event()
 
     def read():
@@ -59,8 +60,14 @@ def deploy_until(lab, marker: str, delay: float, during=None, wait: float = 300)
     reader.start()
     assert hit.wait(600), "".join(seen[-40:])
     time.sleep(delay)
+    deadline = time.monotonic() + 60
+    while until is not None and not until() and time.monotonic() < deadline:
+        time.sleep(0.3)
     if during is None:
-        os.killpg(proc.pid, signal.SIGKILL)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # it ended by itself (the confirming login failed): the host is left the same way
     else:
         during()
     try:
@@ -113,6 +120,18 @@ def test_controller_killed_during_a_guarded_change(lab, marker, edited, delay):
     assert marker in out
     admin_reachable(lab, within=REVERT + 60)
     converges(lab, edited)
+
+
+def test_controller_killed_after_apply_before_confirm(lab):
+    """The narrowest window: the change is live on the host and waits for its confirming login
+    (made to fail, so the controller keeps retrying) when the controller dies. The next deploy
+    must confirm it, or the host's timer would later put the hand-edited file back."""
+    name = lab.names[0]
+    assert lab.ssh(name, f"echo '# edited by hand' >> {SSHD_CONFIG}").returncode == 0
+    pending = lambda: "ssh" in lab.ssh(name, f"{GUARD_BIN} pending").stdout.split()  # noqa: E731
+    deploy_until(lab, "sshd configuration", 0, env={FAULT_ENV: "confirm-fails:ssh"}, until=pending)
+    admin_reachable(lab, within=REVERT + 60)
+    converges(lab, SSHD_CONFIG)
 
 
 def test_link_dropped_during_the_firewall_change(lab):
