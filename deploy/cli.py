@@ -1,12 +1,14 @@
 """`hardkit`: the operator's command line.
 
     hardkit sandbox image | up | down | status | ssh      the local lab of disposable Debian 12 VPSs
-    hardkit deploy INVENTORY [--limit GROUP|HOST] [--dry] [--json] [--identity FILE]
+    hardkit deploy INVENTORY [--limit GROUP|HOST] [--dry] [--json] [--identity FILE] [--parallel N]
+                   [--batch N|P%] [--max-fail N] [-v]
     hardkit verify INVENTORY [--report-dir DIR] [--junit FILE]
     hardkit verify INVENTORY ... [--waivers FILE] [--compare PREVIOUS.json]   exit 0 pass, 1 fail, 2 usage, 3 unreachable
     hardkit audit INVENTORY ...                          verify plus ssh-audit and systemd-analyze security
     hardkit drift INVENTORY [--limit ...]               what a deploy would change + controls failing now
     hardkit controls [--format md|json]                  the control catalog (catalog/controls.toml)
+    hardkit status INVENTORY [--limit GROUP|HOST] [--json]   what is deployed where, and drift
     hardkit bot status|halt|flatten|reset|logs|rollback INVENTORY [--limit GROUP|HOST]
     hardkit bot dashboard INVENTORY --host HOST [--port P]
     hardkit secrets init | set | edit | show-recipients | add-recipient | rotate ENV   (deploy/secrets_cli.py)
@@ -93,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print the run's results as JSON on stdout")
     s.add_argument("--identity", default=None, help="age identity that decrypts the hosts' secrets_env "
                    "(default $HARDKIT_AGE_IDENTITY, else ~/.config/hardkit/age-identity.txt)")
+    s.add_argument("--parallel", type=int, default=None, help="deploy at most N hosts at once (default: all of a batch)")
+    s.add_argument("--batch", default=None, help="rolling: N hosts or P%% at a time, each batch verified before the next")
+    s.add_argument("--max-fail", type=int, default=0, help="with --batch: stop when more hosts of a batch fail (default 0)")
+    s.add_argument("-v", "--verbose", action="store_true", help="show pyinfra's own lines instead of per-host progress")
     s.set_defaults(func=cmd_deploy)
 
     verify_args = [
@@ -126,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("controls", help="print the control catalog: ids, titles, references, tiers")
     s.add_argument("--format", choices=["md", "json"], default="md")
     s.set_defaults(func=cmd_controls)
+
+    s = sub.add_parser("status", help="what is deployed where (commit, bot release, time, operator) and drift")
+    s.add_argument("inventory")
+    s.add_argument("--limit", help="only these groups or hosts (comma-separated)")
+    s.add_argument("--json", action="store_true", help="one JSON object, keyed by host")
+    s.set_defaults(func=cmd_status)
 
     bot = sub.add_parser("bot", help="operate the bots of an inventory over SSH").add_subparsers(metavar="VERB")
     verbs = {
@@ -230,42 +242,37 @@ def _inventory_label(path: Path) -> str:
 # --- deploy and verify ---------------------------------------------------------------------------
 
 def cmd_deploy(args) -> int:
-    from deploy import runner
-    from deploy.inventory import load
+    from deploy import fleet
+    from deploy.inventory import InventoryError, load
+    from deploy.progress import HostProgress
 
-    inv = load(args.inventory)
-    hosts = inv.limit(args.limit)
-    result = runner.deploy(inv, hosts, dry=args.dry, identity=args.identity)
+    problems = []
+    try:
+        inv = load(args.inventory)
+        hosts = inv.limit(args.limit)
+    except InventoryError as e:
+        inv, hosts, problems = None, [], list(e.problems)
+    problems += fleet.input_problems(args.batch, args.max_fail, args.parallel, len(hosts))
+    if problems:  # every problem of the inventory and of the options, before any host is touched
+        from deploy.inventory import InventoryError as _E
+
+        raise _E(Path(args.inventory), problems)
+    stream = sys.stderr if args.verbose else HostProgress(sys.stderr)
+    result = fleet.deploy(inv, hosts, batch=args.batch, max_fail=args.max_fail, dry=args.dry, parallel=args.parallel,
+                          identity=args.identity, stream=stream, progress=lambda m: print(m, file=sys.stderr))
     if args.json:
-        print(json.dumps({
-            "ok": result.ok,
-            "hosts": {n: {"login": h.login, "changed": h.changed, "unchanged": len(h.unchanged),
-                          "failed": h.failed, "refused": h.error,
-                          "credentials": h.credentials and {"sent": h.credentials.sent,
-                                                            "removed": h.credentials.removed},
-                          "totp_seeds": h.totp_seeds and {"sent": h.totp_seeds.sent, "removed": h.totp_seeds.removed}}
-                      for n, h in result.hosts.items()},
-            "pyinfra": result.raw,
-        }, indent=2))
-    _print_deploy_summary(result, dry=args.dry)
-    return EXIT_OK if result.ok else EXIT_FAILED
-
-
-def _print_deploy_summary(result, dry: bool) -> None:
-    out = sys.stderr
-    print("\nhardkit deploy" + (" (dry run: nothing changed)" if dry else "") + ":", file=out)
-    for name, h in sorted(result.hosts.items()):
-        if h.error:
-            print(f"  REFUSED {name}: {h.error}", file=out)
-        elif h.failed:
-            print(f"  FAILED  {name}: {len(h.failed)} operation(s) failed: {', '.join(h.failed)}", file=out)
-        else:
-            verb = "would change" if dry else "changed"
-            print(f"  OK      {name} as {h.login}: {len(h.changed)} {verb}, {len(h.unchanged)} unchanged", file=out)
+        print(json.dumps(fleet.as_json(result), indent=2))
+    print("\nhardkit deploy" + (" (dry run: nothing changed)" if args.dry else "") + ":", file=sys.stderr)
+    for line in fleet.summary(result, dry=args.dry):
+        print("  " + line, file=sys.stderr)
+    for run in result.runs:
+        for name, h in sorted(run.hosts.items()):
             for label, d in (("credentials", h.credentials), ("TOTP seeds", h.totp_seeds)):
                 if d and d.changed:
-                    print(f"          {label}: {'would send' if dry else 'sent'} {', '.join(d.sent) or '-'}"
-                          f"; {'would remove' if dry else 'removed'} {', '.join(d.removed) or '-'}", file=out)
+                    print(f"  {name} {label}: {'would send' if args.dry else 'sent'} {', '.join(d.sent) or '-'}"
+                          f"; {'would remove' if args.dry else 'removed'} {', '.join(d.removed) or '-'}",
+                          file=sys.stderr)
+    return EXIT_OK if result.ok else EXIT_FAILED
 
 
 def cmd_verify(args) -> int:
@@ -324,6 +331,14 @@ def cmd_controls(args) -> int:
         return EXIT_BAD_INPUT
     sys.stdout.write(catalog.to_json(controls) if args.format == "json" else catalog.to_markdown(controls))
     return EXIT_OK
+
+
+def cmd_status(args) -> int:
+    from deploy import status
+    from deploy.inventory import load
+
+    inv = load(args.inventory)
+    return status.run(inv.limit(args.limit), as_json=args.json)
 
 
 # --- bot ------------------------------------------------------------------------------------------

@@ -19,9 +19,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deploy import connect, credentials, totp_seeds
+from deploy import connect, credentials, provenance, totp_seeds
 from deploy.inventory import Host, Inventory
 from roles.access_data import CONNECTED_SSHD_PORT_KEY, FIXED_PORT_KEY, SSH_ALLOW_FROM
+from roles.record import RUN_KEY
 from roles.second_factor_data import automation_networks, enabled as second_factor_enabled
 from roles.secrets_data import CREDENTIALS_CHANGED_KEY
 
@@ -97,6 +98,7 @@ def preflight(hosts: list[Host]) -> tuple[dict[str, connect.Login], dict[str, st
 def write_resolved_inventory(inv: Inventory, hosts: list[Host], logins: dict[str, connect.Login], folder: Path,
                              changed_credentials: dict[str, list[str]] | None = None) -> Path:
     groups: dict[str, list] = {}
+    run = provenance.run_facts()
     for h in hosts:
         if h.name not in logins:
             continue
@@ -105,7 +107,7 @@ def write_resolved_inventory(inv: Inventory, hosts: list[Host], logins: dict[str
         data.update({"ssh_user": login.user, "_sudo": login.sudo,
                      "ssh_port": login.port, FIXED_PORT_KEY: login.sshd_port is None,
                      CONNECTED_SSHD_PORT_KEY: login.sshd_port,
-                     CREDENTIALS_CHANGED_KEY: (changed_credentials or {}).get(h.name, [])})
+                     CREDENTIALS_CHANGED_KEY: (changed_credentials or {}).get(h.name, []), RUN_KEY: run})
         for g in h.groups:
             groups.setdefault(g, []).append((h.name, data))
     lines = [f'"""Resolved copy of {inv.path} for one hardkit run."""']

@@ -5,8 +5,16 @@ first), or directly as `pyinfra INVENTORY deploy/site.py` from the repository ro
 """
 
 import importlib
+import os
 
+from deploy import fact_batch, op_order
 from roles import ROLE_MODULES
+
+#: HARDKIT_PLAIN_PYINFRA=1 runs pyinfra as it comes (one round-trip per fact): for the bench's
+#: before/after figure, or to rule the batch out when something looks wrong.
+if os.environ.get("HARDKIT_PLAIN_PYINFRA") != "1":
+    fact_batch.install()  # every fact of a host in one round-trip, asked live (see deploy/fact_batch.py)
+    op_order.install()  # pyinfra's operation order without reading every frame's source
 
 for _module in ROLE_MODULES:
     _role = importlib.import_module(_module)

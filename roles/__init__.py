@@ -28,4 +28,6 @@ ROLE_MODULES = [
     "roles.bot_user",
     "roles.bot_egress",
     "roles.bot",
+    # issue 11: what runs where, written last
+    "roles.record",
 ]

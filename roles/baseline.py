@@ -11,6 +11,7 @@ from pyinfra.facts.server import Command, Hostname
 from pyinfra.operations import apt, files
 
 from roles.data import DataKey
+from roles.ops import install_file
 
 #: The kit's version written to the host marker.
 HARDKIT_RELEASE = "0.1.0"
@@ -38,11 +39,6 @@ def baseline():
         files.line(name="The host's own name resolves (sudo and logging need it)", path="/etc/hosts",
                    line=r"^127\.0\.1\.1\s.*", replace=f"127.0.1.1 {host.get_fact(Hostname)}")
     files.directory(name="hardkit state folder", path="/etc/hardkit", user="root", group="root", mode="755")
-    files.put(name="hardkit release marker", src=_release_text(), dest=RELEASE_FILE,
-              user="root", group="root", mode="644")
-
-
-def _release_text():
-    from io import StringIO
-    return StringIO(f"HARDKIT_RELEASE={HARDKIT_RELEASE}\n")
+    install_file(name="hardkit release marker", content=f"HARDKIT_RELEASE={HARDKIT_RELEASE}\n", dest=RELEASE_FILE,
+                 mode="0644")
 apply = baseline

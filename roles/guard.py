@@ -31,6 +31,7 @@ from pyinfra.operations import files, systemd
 
 from roles.access_data import FIXED_PORT_KEY
 from roles.data import DataKey
+from roles.ops import Lines, note_managed
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates" / "guard"
 GUARD_BIN = "/usr/local/sbin/hardkit-guard"
@@ -82,9 +83,17 @@ def guarded_change(change_id: str, contents: dict[str, str], modes: dict[str, st
     from pyinfra import host
 
     stage = f"{STAGED_DIR}/{change_id}"
+    for path, text in contents.items():
+        note_managed(path, text.encode())
     changed = [path for path, text in contents.items()
                if host.get_fact(Sha256File, path=path) != hashlib.sha256(text.encode()).hexdigest()]
     if not changed:
+        # In force but never confirmed (the controller died between apply and confirm): the host
+        # would put the old configuration back when its timer fires. Confirm it with a fresh login now.
+        if change_id in host.get_fact(Lines, command=f"{GUARD_BIN} pending 2>/dev/null || true"):
+            yield FunctionCommand(confirm_with_fresh_login,
+                                  (change_id, confirm_user, confirm_sshd_port, revert_seconds), {})
+            return
         host.noop(f"{change_id}: configuration already in force")
         return
     yield StringCommand("mkdir", "-p", "-m", "700", stage)

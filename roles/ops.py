@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import posixpath
 import shlex
+from collections import defaultdict
 from functools import lru_cache
 from io import BytesIO
 from pathlib import Path
@@ -27,6 +28,14 @@ TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 #: Where staged copies wait for their validator (on the root file system, beside /etc, so the
 #: final rename is atomic for files under /etc).
 STAGING_DIR = "/etc/hardkit/staging"
+#: host name -> {path: SHA-256 of the content the roles install there}, filled as the installing
+#: operations run; roles/record.py writes it into the deploy record.
+MANAGED_FILES: dict[str, dict[str, str]] = defaultdict(dict)
+
+
+def note_managed(path: str, content: bytes) -> None:
+    """Record that this run installs `content` at `path` on the current host."""
+    MANAGED_FILES[host.name][path] = hashlib.sha256(content).hexdigest()
 
 
 @lru_cache(maxsize=1)
@@ -75,6 +84,7 @@ def install_commands(content: str, dest: str, mode: str, user: str = "root", gro
                      validate: str | None = None):
     """The commands of `install_file`, for operations that compute the content at run time."""
     data = content.encode()
+    note_managed(dest, data)
     remote = host.get_fact(File, path=dest)
     same_content = bool(remote) and host.get_fact(Sha1File, path=dest) == hashlib.sha1(data).hexdigest()
     same_meta = bool(remote) and (remote["user"], remote["group"], remote["mode"]) == (user, group, _mode_int(mode))

@@ -14,13 +14,16 @@ Usage: ``roles.updates.apply()``.
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import apt, server, systemd
 from pyinfra.operations.util import any_changed
 
+from roles import reboot_guard
 from roles.data import DataKey, is_bool
 from roles.ops import install_file, quiet_or_fail, render
 
@@ -107,6 +110,14 @@ INHIBIT_GROUP = "hardkit-inhibit"
 #: (a sticky folder would refuse, and the old file's dead pid would make it stale).
 INHIBIT_MODE = "2770"
 TMPFILES = "/etc/tmpfiles.d/hardkit-reboot-inhibitors.conf"
+#: The guard program, installed as GUARD: a module of its own (tested as one), configured by
+#: guard_config() in reboot_guard.CONFIG_FILE.
+GUARD_SOURCE = Path(reboot_guard.__file__)
+
+
+def guard_config() -> str:
+    """The guard's config file: the values it used to get substituted into its text."""
+    return json.dumps({"inhibit_dir": INHIBIT_DIR, "state_file": GUARD_STATE}, indent=2) + "\n"
 
 
 def origins(data) -> list[str]:
@@ -145,9 +156,10 @@ def updates():
     server.shell(name="Create the inhibitor folder now", _if=tmpfiles.did_change,
                  commands=[f"systemd-tmpfiles --create {TMPFILES}"])
 
-    install_file(name="The reboot guard", dest=GUARD, mode="0755",
-                 content=render("os/hardkit-reboot-guard.j2", inhibit_dir=INHIBIT_DIR, state_file=GUARD_STATE),
-                 validate="python3 -m py_compile {path} && python3 {path} status >/dev/null")
+    install_file(name="The reboot guard", dest=GUARD, mode="0755", content=GUARD_SOURCE.read_text(),
+                 validate="python3 -m py_compile {path}")
+    install_file(name="The reboot guard's config", dest=reboot_guard.CONFIG_FILE, mode="0644",
+                 content=guard_config(), validate=f"python3 {GUARD} check-config {{path}}")
     max_wait = REBOOT_RETRY.value(data) * 60
     service = install_file(name="Unit: the reboot guard", dest=f"/etc/systemd/system/{GUARD_UNIT}", mode="0644",
                            content=render("os/hardkit-reboot-guard.service.j2", guard=GUARD, max_wait=max_wait,

@@ -123,8 +123,7 @@ def unit_dir(tmp_path):
     """Rendered units, with the guard script at a path that exists on the controller."""
     need("systemd-analyze")
     guard = tmp_path / "hardkit-reboot-guard"
-    guard.write_text(render("os/hardkit-reboot-guard.j2", inhibit_dir=str(tmp_path / "inhibit"),
-                            state_file=str(tmp_path / "state.json")))
+    guard.write_text(updates.GUARD_SOURCE.read_text())
     guard.chmod(0o755)
     units = {
         updates.GUARD_UNIT: render("os/hardkit-reboot-guard.service.j2", guard=str(guard), max_wait=7200, poll=30,

@@ -1,4 +1,4 @@
-"""The reboot guard's decision, run from its rendered script with a scratch inhibitor folder.
+"""The reboot guard (roles/reboot_guard.py, installed as a file) as a module, with a scratch config.
 
 What needs a host (the reboot itself, logind locks, the systemd unit) is proven by
 tests/integration/test_os_baseline.py; here: required/held/stale/malformed logic and the JSON
@@ -7,7 +7,6 @@ status the compliance check reads.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -15,25 +14,31 @@ import sys
 
 import pytest
 
-from roles.ops import render
+from roles import reboot_guard, updates
 
 
 @pytest.fixture
-def guard(tmp_path, monkeypatch):
-    script = tmp_path / "hardkit_reboot_guard.py"
-    script.write_text(render("os/hardkit-reboot-guard.j2", inhibit_dir=str(tmp_path / "inhibit"),
-                             state_file=str(tmp_path / "state" / "guard.json")))
-    spec = importlib.util.spec_from_file_location("hardkit_reboot_guard", script)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+def config_file(tmp_path):
+    path = tmp_path / "reboot-guard.json"
+    path.write_text(json.dumps({"inhibit_dir": str(tmp_path / "inhibit"), "state_file": str(tmp_path / "state" / "guard.json")}))
+    return path
+
+
+@pytest.fixture
+def guard(tmp_path, monkeypatch, config_file):
+    mod = reboot_guard
+    monkeypatch.setattr(mod, "CONFIG_FILE", str(config_file))
+    for name in ("INHIBIT_DIR", "STATE_FILE"):
+        monkeypatch.setattr(mod, name, getattr(mod, name))  # restored after the test
+    mod.configure(str(config_file))
     required_file = tmp_path / "reboot-required"
     monkeypatch.setattr(mod, "REQUIRED_FILE", str(required_file))
     monkeypatch.setattr(mod, "REQUIRED_PKGS", str(tmp_path / "reboot-required.pkgs"))
     monkeypatch.setattr(mod, "kernel_pending", lambda: None)
     monkeypatch.setattr(mod, "logind_holders", lambda: [])
     (tmp_path / "inhibit").mkdir()
-    mod.required_file = required_file
-    mod.inhibit = tmp_path / "inhibit"
+    monkeypatch.setattr(mod, "required_file", required_file, raising=False)
+    monkeypatch.setattr(mod, "inhibit", tmp_path / "inhibit", raising=False)
     return mod
 
 
@@ -115,3 +120,31 @@ def test_run_dry_run_would_reboot(guard, capsys):
 def test_status_json(guard, capsys):
     guard.main(["status", "--json"])
     assert json.loads(capsys.readouterr().out)["decision"] == "none-required"
+
+
+def test_the_installed_file_runs_alone_with_the_config_the_role_writes(tmp_path):
+    """As on the host: the module file run by python3 in isolated mode (no hardkit on the path)."""
+    config = tmp_path / "reboot-guard.json"
+    config.write_text(updates.guard_config())
+    assert json.loads(config.read_text()) == {"inhibit_dir": updates.INHIBIT_DIR, "state_file": updates.GUARD_STATE}
+    tool = [sys.executable, "-I", str(updates.GUARD_SOURCE)]
+    assert subprocess.run([*tool, "check-config", str(config)], capture_output=True).returncode == 0
+    scratch = tmp_path / "scratch.json"
+    scratch.write_text(json.dumps({"inhibit_dir": str(tmp_path / "none"), "state_file": str(tmp_path / "s.json")}))
+    res = subprocess.run([*tool, "--config", str(scratch), "status", "--json"], capture_output=True, text=True)
+    assert res.returncode == 0 and json.loads(res.stdout)["holders"] == [], res.stderr
+
+
+@pytest.mark.parametrize("content,words", [
+    ("{not json", ["cannot read a JSON object"]),
+    ('["a"]', ["must be a JSON object"]),
+    ('{"inhibit_dir": "relative", "extra": 1}', ["inhibit_dir must be an absolute path", "state_file must be",
+                                                 "unknown key 'extra'"]),
+])
+def test_a_bad_config_is_one_line_exit_2_with_every_problem(tmp_path, content, words):
+    bad = tmp_path / "bad.json"
+    bad.write_text(content)
+    for args in (["check-config", str(bad)], ["--config", str(bad), "status"]):
+        res = subprocess.run([sys.executable, "-I", str(updates.GUARD_SOURCE), *args], capture_output=True, text=True)
+        assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+        assert all(w in res.stderr for w in words) and "Traceback" not in res.stderr

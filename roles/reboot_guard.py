@@ -3,15 +3,20 @@
 # unattended-upgrades installs, this guard decides when the reboot happens.
 """hardkit-reboot-guard: reboot for pending updates only inside the window and never while held.
 
-    hardkit-reboot-guard status [--json]      is a reboot required, since when, and what holds it
-    hardkit-reboot-guard run [--max-wait S] [--poll S] [--dry-run]
+Installed on the host by roles/updates.py as /usr/local/sbin/hardkit-reboot-guard; standard
+library only (the VPS has python3, not hardkit's dependencies). Its values come from a small
+JSON config the deploy writes (CONFIG_FILE): {"inhibit_dir": PATH, "state_file": PATH}.
+
+    hardkit-reboot-guard [--config PATH] status [--json]   is a reboot required, since when, what holds it
+    hardkit-reboot-guard [--config PATH] run [--max-wait S] [--poll S] [--dry-run]
                                               reboot now if required and nothing holds it; while
                                               held, re-check every --poll seconds for --max-wait
+    hardkit-reboot-guard check-config PATH    exit 2 with a one-line error if the config is invalid
 
 A reboot is required when /run/reboot-required exists (written by the kernel's and libc's
 postinst hooks) or, on a VM or metal, when needrestart reports a newer kernel than the running one.
 
-Holders: one JSON file per holder in {{ inhibit_dir }}/
+Holders: one JSON file per holder in the config's inhibit_dir/
     {"holder": "...", "reason": "...", "since": "ISO8601", "pid": N}
 A file whose pid is dead is stale: ignored and logged. A file that cannot be read or parsed
 holds the reboot (an unreadable inhibitor must not be mistaken for none). systemd-logind
@@ -26,10 +31,43 @@ import sys
 import time
 from datetime import datetime, timezone
 
-INHIBIT_DIR = "{{ inhibit_dir }}"
+#: Where the deploy writes this tool's config.
+CONFIG_FILE = "/etc/hardkit/reboot-guard.json"
+#: The config's keys, each an absolute path: the holders' folder and where the last decision is kept.
+CONFIG_KEYS = ("inhibit_dir", "state_file")
 REQUIRED_FILE = "/run/reboot-required"
 REQUIRED_PKGS = "/run/reboot-required.pkgs"
-STATE_FILE = "{{ state_file }}"
+#: Set from the config by configure() before any command runs.
+INHIBIT_DIR = ""
+STATE_FILE = ""
+
+
+class ConfigError(ValueError):
+    """The config is missing or malformed (said in one line, exit 2)."""
+
+
+def read_config(path):
+    """The config as a dict, every problem listed in one ConfigError."""
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path}: cannot read a JSON object: {e}") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: must be a JSON object")
+    problems = [f"{k} must be an absolute path, not {config.get(k)!r}" for k in CONFIG_KEYS
+                if not (isinstance(config.get(k), str) and config[k].startswith("/"))]
+    problems += [f"unknown key {k!r}" for k in sorted(set(config) - set(CONFIG_KEYS))]
+    if problems:
+        raise ConfigError(f"{path}: " + "; ".join(problems))
+    return config
+
+
+def configure(path=CONFIG_FILE):
+    """Load the config into the module's settings."""
+    global INHIBIT_DIR, STATE_FILE
+    config = read_config(path)
+    INHIBIT_DIR, STATE_FILE = config["inhibit_dir"], config["state_file"]
 
 
 def log(message):
@@ -204,7 +242,10 @@ def run(args):
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="hardkit-reboot-guard")
+    p.add_argument("--config", default=CONFIG_FILE, help=f"the guard's config (default {CONFIG_FILE})")
     sub = p.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("check-config")
+    c.add_argument("path")
     s = sub.add_parser("status")
     s.add_argument("--json", action="store_true")
     r = sub.add_parser("run")
@@ -212,6 +253,13 @@ def main(argv=None):
     r.add_argument("--poll", type=int, default=30)
     r.add_argument("--dry-run", action="store_true", help="decide and log, but do not reboot")
     args = p.parse_args(argv)
+    try:
+        configure(args.path if args.cmd == "check-config" else args.config)
+    except ConfigError as e:
+        print(f"hardkit-reboot-guard: {e}", file=sys.stderr)
+        return 2
+    if args.cmd == "check-config":
+        return 0
     if args.cmd == "status":
         state = evaluate()
         if args.json:

@@ -1,0 +1,128 @@
+"""Redeploying a fleet: an honest fast no-op, and a record of what runs where.
+
+- With every fact answered by the one-round-trip batch (deploy/fact_batch.py), drift made by
+  hand between deploys (a managed file edited, a package removed, a unit disabled) is still seen
+  and converged.
+- The deploy record (roles/record.py): two hosts deployed together from one commit and the same
+  data hold identical digests; `hardkit status` shows the record and a hand edit as drift.
+
+Two nspawn targets, one lab for the module, four deploys of both hosts at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from deploy import fact_batch
+from roles.baseline import RELEASE_FILE
+from roles.guard import BOOT_UNIT
+from roles.time_logs import JOURNALD_FILE
+from roles.record import RECORD_FILE
+from tests.integration.labkit import boot, hardkit
+
+pytestmark = pytest.mark.lab
+PREFIX = "flfleet"
+#: A package the updates role installs and nothing else needs (safe to remove by hand).
+REMOVED_PACKAGE = "needrestart"
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    handle = boot(PREFIX, count=2)
+    for name in handle.names:
+        fact_batch.cache_file(name).unlink(missing_ok=True)
+    stats = tmp_path_factory.mktemp("facts") / "stats.json"
+    os.environ["HARDKIT_FACT_STATS"] = str(stats)
+    handle.fact_stats = lambda: json.loads(stats.read_text())
+    first = handle.deploy()
+    assert first.ok, {n: (h.failed, h.error) for n, h in first.hosts.items()}
+    yield handle
+    os.environ.pop("HARDKIT_FACT_STATS", None)
+    handle.down()
+
+
+def test_a_noop_redeploy_answers_its_facts_from_one_batch_and_changes_nothing(lab):
+    again = lab.deploy()
+    assert again.ok and again.changed_ops == 0, {n: h.changed for n, h in again.hosts.items()}
+    for name in lab.names:  # (a few questions first asked by this run, after a fresh deploy, are asked live)
+        stats = lab.fact_stats()[name]
+        assert stats["batched"] > 100 and stats["from_batch"] > stats["live"], stats
+
+
+def test_the_record_is_root_only_and_identical_for_hosts_from_one_commit(lab):
+    records = {}
+    for name in lab.names:
+        res = lab.ssh(name, f"stat -c '%U %a' {RECORD_FILE} $(dirname {RECORD_FILE}); cat {RECORD_FILE}")
+        assert res.returncode == 0, res.stderr
+        modes, _, text = res.stdout.partition("\n" + "{")
+        assert modes.split() == ["root", "600", "root", "700"], modes
+        records[name] = json.loads("{" + text)
+    first, second = records.values()
+    assert first["files"] and first["files"] == second["files"]
+    assert len(first["commit"]) == 40 and isinstance(first["dirty"], bool) and first["bot_release"]
+    shown = hardkit("status", str(lab.inventory_path), "--json")
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    status = json.loads(shown.stdout)
+    assert all(status[n]["ok"] and status[n]["record"]["files"] == first["files"] for n in lab.names)
+
+
+def test_drift_by_hand_is_seen_and_converged(lab):
+    name, other = lab.names
+    before = lab.ssh(name, f"sha256sum {RELEASE_FILE} {JOURNALD_FILE}").stdout
+    drift = lab.ssh(name, f"echo 'edited by hand' | tee -a {RELEASE_FILE} >> {JOURNALD_FILE}; "
+                          f"DEBIAN_FRONTEND=noninteractive apt-get remove -y -q {REMOVED_PACKAGE} "
+                          f">/dev/null && systemctl disable --quiet {BOOT_UNIT} && echo drifted")
+    assert drift.stdout.strip() == "drifted", drift.stderr
+    shown = hardkit("status", str(lab.inventory_path))
+    assert shown.returncode == 1, shown.stdout + shown.stderr
+    row = next(line for line in shown.stdout.splitlines() if line.startswith(name + " "))
+    assert "drifted" in row and RELEASE_FILE in row and JOURNALD_FILE in row, shown.stdout
+    assert " ok " in next(line for line in shown.stdout.splitlines() if line.startswith(other + " "))
+
+    fixed = lab.deploy()
+    assert fixed.ok, fixed.hosts[name].failed
+    assert lab.fact_stats()[name]["from_batch"] > 0  # the drift was seen through the batch
+    changed = " / ".join(fixed.hosts[name].changed)
+    for what in ("release marker", "journald", "unattended-upgrades, needrestart", "boot-time revert"):
+        assert what in changed, f"{what!r} not reconverged; changed: {changed}"
+    state = lab.ssh(name, f"sha256sum {RELEASE_FILE} {JOURNALD_FILE}; dpkg -s {REMOVED_PACKAGE} | grep -c "
+                          f"'install ok installed'; systemctl is-enabled {BOOT_UNIT}")
+    assert state.stdout.startswith(before) and state.stdout.split()[-2:] == ["1", "enabled"], state.stdout
+
+    settled = lab.deploy()
+    assert settled.ok and settled.changed_ops == 0, settled.hosts[name].changed
+    assert all(lab.fact_stats()[n]["live"] == 0 for n in lab.names), lab.fact_stats()
+    assert hardkit("status", str(lab.inventory_path)).returncode == 0
+
+
+def test_rolling_batches_verify_and_stop_at_an_unreachable_host(lab, tmp_path):
+    """A fleet of the two lab hosts with an unreachable one between them (nothing listens on its port)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    first, second = lab.names
+    fleet = tmp_path / "fleet.py"
+    fleet.write_text(lab.inventory_path.read_text() + (
+        "\n_ghost = dict(sandbox[0][1], ssh_forwarded_ports={22: %d})\n"
+        "sandbox = [sandbox[0], ('ghost', _ghost), sandbox[1]]\n" % closed))
+
+    stop = hardkit("deploy", str(fleet), "--batch", "1", "--max-fail", "0", "--json")
+    assert stop.returncode == 1, stop.stderr[-3000:]
+    hosts = json.loads(stop.stdout)["hosts"]
+    assert hosts[first]["ok"] and hosts[first]["verify"] == "pass" and hosts[first]["changed"] == []
+    assert hosts["ghost"]["batch"] == 2 and "cannot" in hosts["ghost"]["error"]
+    assert hosts[second]["batch"] is None, "the rollout must stop before the third host"
+    assert "stopped after batch 2" in stop.stderr and f"left untouched: {second}" in stop.stderr
+    assert "ghost" in next(line for line in stop.stderr.splitlines() if "untouched" not in line and "ghost " in line)
+
+    goes_on = hardkit("deploy", str(fleet), "--batch", "2", "--max-fail", "1", "--json")
+    assert goes_on.returncode == 1, goes_on.stderr[-3000:]
+    hosts = json.loads(goes_on.stdout)["hosts"]
+    assert [hosts[n]["batch"] for n in (first, "ghost", second)] == [1, 1, 2]
+    assert hosts[first]["ok"] and hosts[second]["ok"] and hosts[second]["verify"] == "pass"
+    assert not hosts["ghost"]["ok"]
