@@ -248,3 +248,16 @@ def test_ccxt_maps_the_switch_to_cancel_all_orders_after_where_the_venue_has_it(
         assert [c["timeout"] for c in venue.switch_calls] == ["60", "0"]
     finally:
         venue.close()
+
+
+def test_ccxt_leaves_the_bots_decimal_arithmetic_alone(engine, sim):
+    """ccxt's precision helpers switch the thread's decimal context to half-up rounding and trap
+    Underflow; the bot's own arithmetic (risk, fees, PnL) must keep Python's default context."""
+    import decimal
+
+    buy(engine, 1)
+    engine.step()
+    assert posts(sim), "the order went through ccxt (its precision helpers ran)"
+    ctx = decimal.getcontext()
+    assert ctx.rounding == decimal.ROUND_HALF_EVEN and not ctx.traps[decimal.Underflow]
+    assert D("0.125").quantize(D("0.01")) == D("0.12")  # half-even, as in a replay

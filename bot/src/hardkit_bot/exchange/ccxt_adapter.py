@@ -18,6 +18,9 @@ Rules it keeps:
 - a protective stop (OrderType.STOP) is sent through ccxt's unified
   `stopLossPrice` param as a market-type order (Binance spot: STOP_LOSS), only
   where the venue says it has stop-loss orders (`supports_stops`);
+- ccxt runs in a copy of the thread's decimal context: its precision helpers set the
+  context's rounding (half-up) and trap Underflow as a side effect, which would otherwise
+  change every Decimal the bot computes after its first ccxt call (risk, fees, PnL);
 - the dead-man's switch maps to ccxt's `cancel_all_orders_after(ms)` only where the
   venue has it (`has['cancelAllOrdersAfter']`, e.g. okx, bybit, kraken; not Binance
   spot); elsewhere `supports_dead_man` is False and arming is a no-op.
@@ -25,7 +28,7 @@ Rules it keeps:
 from __future__ import annotations
 
 import threading
-from decimal import Decimal
+from decimal import Decimal, localcontext
 
 from ..model import AccountView, Balance, Bar, ExchangeOrder, Fill, OrderStatus, OrderType, Side
 from .base import (BadExchangeData, DuplicateClientOrderId, ExchangeError, ExchangeTimeout, OrderNotFound,
@@ -54,6 +57,10 @@ class CcxtExchange:
     def __init__(self, exchange_id: str, api_key: str | None, secret: str | None, *, sandbox: bool = True,
                  timeout_ms: int = 10000, ca_bundle: str | None = None, api_url: str | None = None,
                  timeframe: str = "1m", options: dict | None = None):
+        with localcontext():
+            self._connect(exchange_id, api_key, secret, sandbox, timeout_ms, ca_bundle, api_url, timeframe, options)
+
+    def _connect(self, exchange_id, api_key, secret, sandbox, timeout_ms, ca_bundle, api_url, timeframe, options):
         import ccxt
         self.ccxt = ccxt
         if not hasattr(ccxt, exchange_id):
@@ -96,7 +103,7 @@ class CcxtExchange:
 
     def _call(self, fn, *a, **kw):
         ccxt = self.ccxt
-        with self._lock:
+        with self._lock, localcontext():  # ccxt's changes to the decimal context stay in this copy
             try:
                 if not self._markets_loaded:
                     self.client.load_markets()
