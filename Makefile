@@ -6,9 +6,6 @@
 VENV := .venv
 HARDKIT := $(VENV)/bin/hardkit
 PYTEST := $(VENV)/bin/python -m pytest
-# Two workers: the vm tier's software CPU keeps one core busy while the other runs the rest
-# (tests/conftest.py groups tests by module, the vm tier as one group, run first).
-PARALLEL := -n 2 --dist loadgroup --no-loadscope-reorder
 DEMO := demo
 
 .PHONY: setup image demo demo-down test test-fast test-unit test-integration test-vm bench clean
@@ -32,16 +29,16 @@ demo-down: setup
 	@$(HARDKIT) sandbox down --name $(DEMO)
 
 test: image
-	@$(PYTEST) -q $(PARALLEL) tests/unit tests/integration
+	@$(PYTEST) -q tests/unit tests/integration
 
 test-fast: image
-	@$(PYTEST) -q $(PARALLEL) -m "not vm" tests/unit tests/integration
+	@$(PYTEST) -q -m "not vm" tests/unit tests/integration
 
 test-unit: setup
 	@$(PYTEST) -q tests/unit
 
 test-integration: image
-	@$(PYTEST) -q $(PARALLEL) -m "not vm" tests/integration
+	@$(PYTEST) -q -m "not vm" tests/integration
 
 test-vm: image
 	@$(PYTEST) -q -m vm tests/integration
