@@ -20,10 +20,9 @@ from pathlib import Path
 
 from deploy import runner
 from deploy.inventory import Host, Inventory
+from deploy.report_formats import FAILING
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-#: Control outcomes that do not fail a host.
-PASSING = ("PASS", "SKIP", "WAIVED")
 
 
 class BatchError(ValueError):
@@ -102,7 +101,7 @@ def verify_hosts(inv: Inventory, names: list[str]) -> dict[str, str]:
     seen = set()
     for row in controls:
         seen.add(row["host"])
-        if row["status"] not in PASSING and row["host"] in failing:
+        if row["status"] in FAILING and row["host"] in failing:
             failing[row["host"]] += 1
     return {n: ("FAIL no report" if n not in seen else "pass" if not failing[n] else f"FAIL {failing[n]}")
             for n in names}

@@ -27,6 +27,8 @@ SCHEMA = "hardkit-compliance-report"
 SCHEMA_VERSION = 1
 #: Worst first: a control with several checks reports its worst outcome.
 STATUSES = ("FAIL", "ERROR", "NOT VERIFIED", "SKIP", "WAIVED", "PASS")
+#: What fails a verify (exit 1): everything else passes, is waived, does not apply or could not be checked.
+FAILING = ("FAIL", "ERROR")
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates" / "report"
 
 

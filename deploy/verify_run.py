@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from deploy import report_formats
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_UNREACHABLE = 0, 1, 2, 3
 REPORT = "compliance.json"
@@ -84,7 +86,7 @@ def exit_code(doc: dict | None, pytest_rc: int) -> int:
         return EXIT_BAD_INPUT if pytest_rc in (2, 4) else EXIT_FAILED  # pytest refused (usage) or crashed
     if any(not h["reachable"] for h in doc["hosts"]):
         return EXIT_UNREACHABLE
-    if doc["summary"]["FAIL"] or doc["summary"]["ERROR"]:
+    if any(doc["summary"][status] for status in report_formats.FAILING):
         return EXIT_FAILED
     return EXIT_OK
 
