@@ -272,6 +272,8 @@ def cmd_deploy(args) -> int:
                     print(f"  {name} {label}: {'would send' if args.dry else 'sent'} {', '.join(d.sent) or '-'}"
                           f"; {'would remove' if args.dry else 'removed'} {', '.join(d.removed) or '-'}",
                           file=sys.stderr)
+            for failure in h.failed:  # the table shows the start of the first one; here each in full
+                print(f"  {name} failed: {failure}", file=sys.stderr)
     return EXIT_OK if result.ok else EXIT_FAILED
 
 

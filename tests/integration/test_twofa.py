@@ -167,7 +167,7 @@ def test_deploy_is_refused_from_a_controller_outside_automation_from(lab, tmp_pa
     before = root(lab, "sha256sum /etc/ssh/sshd_config /home/ops/.ssh/authorized_keys").stdout
     res = hardkit("deploy", str(inv), "--json")
     out = json.loads(res.stdout)
-    assert res.returncode != 0 and out["pyinfra"] is None, "pyinfra must not even start"
+    assert res.returncode != 0 and not any(out["pyinfra"]), "pyinfra must not even start"
     why = out["hosts"][lab["name"]]["refused"]
     assert "not in automation_from" in why and network.CONTROLLER_V4 in why, why
     assert root(lab, "sha256sum /etc/ssh/sshd_config /home/ops/.ssh/authorized_keys").stdout == before
