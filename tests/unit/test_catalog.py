@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from deploy import catalog
+from tests.unit.inventory_files import one_host_inventory
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -21,11 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def checked_ids(tmp_path_factory) -> dict[str, list[dict]]:
     d = tmp_path_factory.mktemp("catalog")
-    key = d / "id_ed25519"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    inv = d / "inv.py"
-    inv.write_text(f'hosts = [("one", {{"ssh_hostname": "127.0.0.1", "ssh_key": "{key}", "admin_user": "ops", '
-                   f'"admin_keys": ["{key}.pub"], "ssh_allow_from": ["10.0.2.2/32"]}})]\n')
+    inv = one_host_inventory(d)
     out = d / "index.json"
     res = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
                           "-p", "deploy.report", "-p", "tests.compliance.control_index", "tests/compliance",

@@ -11,6 +11,7 @@ import pytest
 
 from deploy import catalog
 from deploy.waivers import WaiverError, load_waivers, parse
+from tests.unit.inventory_files import one_host_inventory
 
 REPO = Path(__file__).resolve().parents[2]
 GOOD = '[waiver."sshd-09"]\nreason = "r"\nowner = "ops team"\nexpires = 2027-06-30\nhosts = ["a"]\n'
@@ -45,12 +46,8 @@ def test_the_shipped_waivers_are_valid_and_current():
 
 
 def test_verify_refuses_a_bad_waiver_file_before_contacting_any_host(tmp_path):
-    key = tmp_path / "k"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    inv = tmp_path / "inv.py"
     # 192.0.2.1 (TEST-NET) would time out: a contact attempt would show as a slow run and another exit code.
-    inv.write_text(f'hosts = [("one", {{"ssh_hostname": "192.0.2.1", "ssh_key": "{key}", "admin_user": "ops", '
-                   f'"admin_keys": ["{key}.pub"], "ssh_allow_from": ["10.0.2.2/32"]}})]\n')
+    inv = one_host_inventory(tmp_path, address="192.0.2.1")
     bad = tmp_path / "waivers.toml"
     bad.write_text('[waiver."hk-nope-01"]\nreason = "r"\nowner = "o"\nexpires = 2027-01-01\n'
                    '[waiver."sshd-09"]\nreason = "r"\n')
