@@ -7,6 +7,10 @@ VENV := .venv
 HARDKIT := $(VENV)/bin/hardkit
 PYTEST := $(VENV)/bin/python -m pytest
 DEMO := demo
+#: Parallel test workers: each test module runs whole on one worker (its lab stays its own); the
+#: slowest modules are handed out first (tests/conftest.py).
+TEST_JOBS ?= 3
+PARALLEL := -n $(TEST_JOBS) --dist loadfile --no-loadscope-reorder
 
 .PHONY: setup image demo demo-down test test-fast test-unit test-integration test-vm bench clean
 
@@ -29,16 +33,16 @@ demo-down: setup
 	@$(HARDKIT) sandbox down --name $(DEMO)
 
 test: image
-	@$(PYTEST) -q tests/unit tests/integration
+	@$(PYTEST) -q $(PARALLEL) tests/unit tests/integration
 
 test-fast: image
-	@$(PYTEST) -q -m "not vm" tests/unit tests/integration
+	@$(PYTEST) -q $(PARALLEL) -m "not vm" tests/unit tests/integration
 
 test-unit: setup
 	@$(PYTEST) -q tests/unit
 
 test-integration: image
-	@$(PYTEST) -q -m "not vm" tests/integration
+	@$(PYTEST) -q $(PARALLEL) -m "not vm" tests/integration
 
 test-vm: image
 	@$(PYTEST) -q -m vm tests/integration

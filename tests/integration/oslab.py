@@ -12,9 +12,10 @@ import struct
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
-from tests.integration.labkit import Lab
+from tests.integration.labkit import Lab, boot
 
 #: Why a control may be skipped on a lab host (words of the checks' skip reasons): shown on the other
 #: tier, needs a boot loader, applies only with the bot on (resp. off) while this host has it off (on),
@@ -132,3 +133,43 @@ def reboot(lab: Lab, name: str, timeout: float = 600) -> None:
     old = boot_id(lab, name)
     root(lab, name, "systemd-run --on-active=2 systemctl reboot")
     wait_for_new_boot(lab, name, old, timeout)
+
+
+#: The @deploy names of the OS-baseline roles (operation names start with them).
+OS_DEPLOYS = ("Automatic security updates and the reboot guard", "Kernel and sysctl", "Accounts and login",
+              "Filesystem and packages", "auditd", "Time and logs")
+
+
+def os_changes(result) -> dict[str, list[str]]:
+    """Operations of the OS roles that changed something (other roles are checked by their own tests)."""
+    others = {n: [op for op in h.changed if not op.startswith(OS_DEPLOYS)] for n, h in result.hosts.items()}
+    if any(others.values()):
+        warnings.warn(f"operations of other roles changed on a repeated deploy: {others}")
+    return {n: [op for op in h.changed if op.startswith(OS_DEPLOYS)] for n, h in result.hosts.items()
+            if any(op.startswith(OS_DEPLOYS) for op in h.changed)}
+
+
+def os_lab(prefix: str, tier: str, folder, **overrides):
+    """A booted one-target lab whose inventory points NTP at a responder inside the lab (plus `overrides`)."""
+    handle = boot(prefix, count=1, tier=tier)
+    try:
+        with LabNtp(handle) as ntp:
+            handle.ntp_address = ntp.address
+            handle.os_overrides = {"ntp_servers": [ntp.address], **overrides}
+            handle.os_inventory = derived_inventory(handle, folder, **handle.os_overrides)
+            handle.os_folder = folder
+            yield handle
+    finally:
+        handle.down()
+
+
+def deploy_ok(handle):
+    result = handle.deploy(inventory_path=handle.os_inventory)
+    assert result.ok, {n: (h.failed, h.error) for n, h in result.hosts.items()}
+    return result
+
+
+def verify(lab, *args: str):
+    from tests.integration.labkit import hardkit
+
+    return hardkit("verify", str(lab.os_inventory), *args)

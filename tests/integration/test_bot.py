@@ -19,6 +19,7 @@ from roles.bot_paths import INSTALL_ROOT, UNIT
 from tests.integration import oslab
 from tests.integration.labkit import REPO_ROOT, boot, hardkit
 
+pytestmark = pytest.mark.lab
 PREFIX = "botlab"
 
 

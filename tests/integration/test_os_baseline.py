@@ -5,22 +5,18 @@ and `sudo -n` through faillock, password aging and umask; unattended-upgrades' d
 security updates only; the reboot guard holds a reboot while a dummy inhibitor (and a logind
 block lock) is held and reboots once it is gone; every control holds after a reboot.
 
-vm (`-m vm`): the same on a real kernel — kernel.* sysctls, module blacklist, audit rules in the
-kernel, NTP sync — before and after a real reboot.
+The same on a real kernel (vm tier) is tests/integration/test_os_baseline_vm.py.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import time
-import warnings
 
 import pytest
 
-from tests.integration.labkit import boot
-from tests.integration.oslab import (EXPECTED_SKIPS, LabNtp, boot_id, derived_inventory, reboot, root, ssh,
-                                     wait_for_new_boot)
+from tests.integration.oslab import (EXPECTED_SKIPS, boot_id, deploy_ok, derived_inventory, os_changes, os_lab, reboot,
+                                     root, ssh, verify, wait_for_new_boot)
 
 pytestmark = pytest.mark.lab
 PREFIX = "osit"
@@ -31,58 +27,18 @@ SECURITY_UPDATE = ("unzip", "6.0-28")
 POINT_RELEASE_UPDATE = (("curl", "7.88.1-10+deb12u5"), ("libcurl4", "7.88.1-10+deb12u5"))
 
 
-#: The @deploy names of the OS-baseline roles (operation names start with them).
-OS_DEPLOYS = ("Automatic security updates and the reboot guard", "Kernel and sysctl", "Accounts and login",
-              "Filesystem and packages", "auditd", "Time and logs")
-
-
-def os_changes(result) -> dict[str, list[str]]:
-    """Operations of the OS roles that changed something (other roles are checked by their own tests)."""
-    others = {n: [op for op in h.changed if not op.startswith(OS_DEPLOYS)] for n, h in result.hosts.items()}
-    if any(others.values()):
-        warnings.warn(f"operations of other roles changed on a repeated deploy: {others}")
-    return {n: [op for op in h.changed if op.startswith(OS_DEPLOYS)] for n, h in result.hosts.items()
-            if any(op.startswith(OS_DEPLOYS) for op in h.changed)}
-
-
-def _os_lab(prefix: str, tier: str, folder, **overrides):
-    """A booted one-target lab whose inventory points NTP at a responder inside the lab (plus `overrides`)."""
-    handle = boot(prefix, count=1, tier=tier)
-    try:
-        with LabNtp(handle) as ntp:
-            handle.ntp_address = ntp.address
-            handle.os_overrides = {"ntp_servers": [ntp.address], **overrides}
-            handle.os_inventory = derived_inventory(handle, folder, **handle.os_overrides)
-            handle.os_folder = folder
-            yield handle
-    finally:
-        handle.down()
-
-
-def _deploy_ok(handle):
-    result = handle.deploy(inventory_path=handle.os_inventory)
-    assert result.ok, {n: (h.failed, h.error) for n, h in result.hosts.items()}
-    return result
-
-
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    yield from _os_lab(PREFIX, "nspawn", tmp_path_factory.mktemp("os"))
+    yield from os_lab(PREFIX, "nspawn", tmp_path_factory.mktemp("os"))
 
 
 @pytest.fixture(scope="module")
 def deployed(lab):
-    return _deploy_ok(lab)
+    return deploy_ok(lab)
 
 
 def name(lab) -> str:
     return lab.names[0]
-
-
-def verify(lab, *args: str):
-    from tests.integration.labkit import hardkit
-
-    return hardkit("verify", str(lab.os_inventory), *args)
 
 
 def test_deploy_verify_then_nothing_changes(lab, deployed, tmp_path):
@@ -276,77 +232,3 @@ def test_every_control_holds_after_reboot(lab, deployed, tmp_path):
 
 
 # --- the vm tier: a real kernel --------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def vmlab(tmp_path_factory):
-    # The bot is proven on the nspawn tier (tests/integration/test_bot.py); installing it under a
-    # software CPU would add minutes to every vm deploy and show nothing a real kernel adds.
-    yield from _os_lab("osvmit", "vm", tmp_path_factory.mktemp("osvm"), bot_enabled=False)
-
-
-@pytest.fixture(scope="module")
-def vm_deployed(vmlab):
-    first = _deploy_ok(vmlab)
-    time.sleep(20)  # let timesyncd reach the lab's NTP responder
-    return first
-
-
-@pytest.mark.vm
-def test_vm_kernel_controls_hold_before_and_after_reboot(vmlab, vm_deployed, tmp_path):
-    n = vmlab.names[0]
-    for phase in ("deployed", "rebooted"):
-        report = tmp_path / phase
-        res = verify(vmlab, "--report-dir", str(report))
-        rows = json.loads((report / "compliance.json").read_text())["controls"]
-        assert res.returncode == 0, [r for r in rows if r["status"] not in ("PASS", "WAIVED")]
-        statuses = {r["control"]: r["status"] for r in rows}
-        for control in ("sysctl-30", "sysctl-34", "sysctl-35", "os-10", "os-12", "hk-os-aud-01", "hk-os-aud-02",
-                        "hk-os-time-01", "package-08", "hk-os-kern-01", "os-14"):
-            assert statuses[control] == "PASS", (phase, control, statuses[control])
-        skipped = [r for r in rows if r["status"] == "SKIP"]
-        assert all(any(why in " ".join(r["details"]) for why in EXPECTED_SKIPS if why != "vm tier")
-                   for r in skipped), skipped
-        if phase == "deployed":
-            reboot(vmlab, n, timeout=900)
-    second = vmlab.deploy(inventory_path=vmlab.os_inventory)
-    assert second.ok and not os_changes(second), os_changes(second)
-
-
-@pytest.mark.vm
-def test_vm_guard_unit_runs_in_its_sandbox(vmlab, vm_deployed):
-    """On a real kernel the sandboxed unit can still ask needrestart, logind and systemd."""
-    from roles.updates import GUARD, GUARD_UNIT
-
-    n = vmlab.names[0]
-    state = json.loads(root(vmlab, n, f"{GUARD} status --json").stdout)
-    assert state["decision"] == "none-required", state  # so starting the unit cannot reboot the VM
-    res = root(vmlab, n, f"systemctl start {GUARD_UNIT}; systemctl show -p Result --value {GUARD_UNIT}; "
-                         f"journalctl -u {GUARD_UNIT} -o cat --no-pager | grep -c 'no reboot required'", timeout=600)
-    result, logged = res.stdout.split()[:2]
-    assert result == "success" and int(logged) >= 1, res.stdout + res.stderr
-
-
-@pytest.mark.vm
-def test_vm_auditing_survives_a_journald_restart(vmlab, vm_deployed):
-    """A systemd update restarts journald; auditing must stay on (Debian's journald default would turn it off)."""
-    res = root(vmlab, vmlab.names[0], "systemctl restart systemd-journald && sleep 2 && auditctl -s | head -1")
-    assert res.stdout.strip() == "enabled 1", res.stdout + res.stderr
-
-
-@pytest.mark.vm
-def test_vm_immutable_audit_rules_wait_for_a_reboot(vmlab, vm_deployed, tmp_path):
-    """-e 2 locks the rules; a later rule change is left for the next boot and marks a reboot as required."""
-    from roles.audit import BOT_CONFIG_PATHS
-
-    n = vmlab.names[0]
-    locked = derived_inventory(vmlab, tmp_path, **vmlab.os_overrides, audit_immutable=True)
-    assert vmlab.deploy(inventory_path=locked).ok
-    status = root(vmlab, n, "auditctl -s | head -1; auditctl -w /etc/hostname -k probe 2>&1; true").stdout
-    assert "enabled 2" in status and "immutable" in status, status
-    (tmp_path / "more").mkdir()
-    more = derived_inventory(vmlab, tmp_path / "more", **vmlab.os_overrides, audit_immutable=True,
-                             audit_bot_config_paths=BOT_CONFIG_PATHS.default + ["/etc/hardkit-extra/"])
-    assert vmlab.deploy(inventory_path=more).ok
-    pending = root(vmlab, n, "cat /run/reboot-required.pkgs; /usr/local/sbin/hardkit-reboot-guard status --json")
-    assert "auditd-rules" in pending.stdout and json.loads(pending.stdout.splitlines()[-1])["required"], pending.stdout
-    root(vmlab, n, "rm -f /run/reboot-required /run/reboot-required.pkgs")
