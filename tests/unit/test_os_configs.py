@@ -335,3 +335,33 @@ def test_open_homes_are_found():
     lines = ["ops:/home/ops:/bin/bash:755", "bot:/var/lib/bot:/usr/sbin/nologin:777", "ann:/home/ann:/bin/sh:750",
              "bob:/home/bob:/bin/sh:770"]
     assert accounts.open_homes(lines) == ["/home/ops", "/home/bob"]
+
+
+# --- login banner, shell session, compilers -----------------------------------------------------------
+
+def test_session_profile_sets_a_readonly_idle_timeout_and_no_core_dumps(tmp_path):
+    """The rendered profile.d script, sourced by a real sh: TMOUT set and readonly, core size 0."""
+    need("sh")
+    path = write(tmp_path, "session.sh", render("os/profile-session.sh.j2", timeout=600))
+    res = subprocess.run(["sh", "-c", f". {shlex.quote(str(path))}; echo $TMOUT; ulimit -c; TMOUT=0; echo lifted"],
+                         capture_output=True, text=True)
+    assert res.stdout.split()[:2] == ["600", "0"] and "lifted" not in res.stdout, res.stdout + res.stderr
+
+
+@pytest.mark.parametrize("bad", ["", "   ", "Debian \\n \\l", 3, "x" * 2001])
+def test_login_banner_refuses_what_getty_would_expand_or_nothing(bad):
+    assert accounts.LOGIN_BANNER.check(bad)
+
+
+def test_default_login_banner_warns_without_naming_the_os():
+    text = accounts.LOGIN_BANNER.default.lower()
+    assert accounts.LOGIN_BANNER.check(accounts.LOGIN_BANNER.default) is None
+    assert all(word in text for word in ("authorized", "monitored", "prohibited")) and "debian" not in text
+
+
+def test_compilers_command_finds_the_assembler_behind_its_link():
+    """Run on this Debian controller (binutils is installed here too): `as` resolves to the real binary."""
+    need("as")
+    found = subprocess.run(["sh", "-c", filesystem.COMPILERS_COMMAND], capture_output=True, text=True).stdout.split()
+    real = str(Path(shutil.which("as")).resolve())
+    assert real in found and all(Path(p).is_absolute() and not Path(p).is_symlink() for p in found), found
