@@ -171,7 +171,8 @@ def test_a_broken_audit_threshold_fails_with_its_id_and_evidence(lab, tmp_path):
     strict = lab.variant(tmp_path / "strict.py", audit_unit_max_exposure=0.1)
     res = hardkit("audit", str(strict), "--report-dir", str(tmp_path), "-k", "within_its_exposure_limit")
     assert res.returncode == 1, res.stdout[-3000:]
-    _failed_in_every_format(tmp_path, "ext-units-01", "hardkit-guard-boot.service", "issue 10")
+    _failed_in_every_format(tmp_path, "ext-units-01", "hardkit-guard-boot.service",
+                           "issue 10: compliance you can hand to an auditor")
     row = next(r for r in json.loads((tmp_path / "compliance.json").read_text())["controls"]
                if r["control"] == "ext-units-01")
     assert "/ 0.1" in row["evidence"] and "hardkit-bot.service" not in row["evidence"], row  # the bot's own limit
