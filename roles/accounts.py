@@ -22,7 +22,7 @@ import shlex
 
 from pyinfra import host
 from pyinfra.api import deploy, operation
-from pyinfra.operations import files, server
+from pyinfra.operations import apt, files, server
 
 from roles.data import DataKey, is_username
 from roles.ops import Lines, install_file, render
@@ -58,7 +58,34 @@ FAILLOCK_UNLOCK_SECONDS = DataKey(
 FAILLOCK_INTERVAL_SECONDS = DataKey(
     "faillock_interval_seconds", 900, "The window in which failures count.", _is_int_between(60, 86400))
 
-KEYS = [SU_USERS, FAILLOCK_DENY, FAILLOCK_UNLOCK_SECONDS, FAILLOCK_INTERVAL_SECONDS]
+def _is_banner(v):
+    ok = isinstance(v, str) and v.strip() and "\\" not in v and len(v) <= 2000
+    return None if ok else "must be non-empty text of at most 2000 characters without backslashes (getty escapes)"
+
+
+LOGIN_BANNER = DataKey(
+    "login_banner",
+    "Authorized access only. This system is private and restricted to its owner's authorized users. "
+    "All activity is monitored and recorded in audit logs; by continuing you consent to this policy. "
+    "Unauthorized use is prohibited and may be subject to criminal and civil penalties under applicable law.",
+    "The warning in /etc/issue and /etc/issue.net, shown before a console or network login: it "
+    "says who owns the host and that use is monitored, which prosecuting an intrusion needs. "
+    "It never names the OS or its version.",
+    _is_banner)
+SHELL_IDLE_SECONDS = DataKey(
+    "shell_idle_timeout_seconds", 900,
+    "An interactive shell idle this long exits (readonly TMOUT), so a forgotten root shell does not stay "
+    "open (CIS 5.4.3.2). Scripts and automation (non-interactive) are not affected.",
+    _is_int_between(60, 86400))
+
+KEYS = [SU_USERS, FAILLOCK_DENY, FAILLOCK_UNLOCK_SECONDS, FAILLOCK_INTERVAL_SECONDS, LOGIN_BANNER, SHELL_IDLE_SECONDS]
+
+BANNER_FILES = ["/etc/issue", "/etc/issue.net"]
+SHELL_PROFILE = "/etc/profile.d/hardkit-session.sh"
+#: Password quality for any password set (pam-auth-update enables its profile): a password is never
+#: how an admin logs in over SSH, but it is for sudo with a password and the console.
+PWQUALITY_PACKAGE = "libpam-pwquality"
+PWQUALITY_FRAGMENT = "pam_pwquality.so"
 
 LOGIN_DEFS_FILE = "/etc/login.defs"
 #: login.defs values: linux-baseline os-05 (and os-05b's system ranges, with Debian's values),
@@ -106,6 +133,8 @@ PAM_EXPECTED = {
     "common-account": ["pam_faillock.so"],
     "common-session": ["pam_umask.so"],
 }
+#: What installing PWQUALITY_PACKAGE must have put in force.
+PWQUALITY_EXPECTED = {"common-password": [PWQUALITY_FRAGMENT]}
 CRON_ALLOW = "/etc/cron.allow"
 AT_ALLOW = "/etc/at.allow"
 #: (file, group) - crontab and at run SGID and must read their allow file.
@@ -223,6 +252,13 @@ def accounts():
 
     password_policy_fits_keys(name="No empty passwords; key-only accounts never expire")
     private_homes(name="Home folders 0750 at most")
+
+    banner = LOGIN_BANNER.value(data).strip() + "\n"
+    for path in BANNER_FILES:
+        install_file(name=f"{path}: the legal warning", dest=path, mode="0644", content=banner)
+    install_file(name="Idle interactive shells exit; no core dumps from login shells", dest=SHELL_PROFILE,
+                 mode="0644", content=render("os/profile-session.sh.j2", timeout=SHELL_IDLE_SECONDS.value(data)))
+    apt.packages(name="Password quality for any password set (pam_pwquality)", packages=[PWQUALITY_PACKAGE])
 
 
 apply = accounts

@@ -99,6 +99,13 @@ SUID_STRIP = {
     "/usr/bin/newgrp": ("root", "root", "0755"),
     "/usr/bin/gpasswd": ("root", "root", "0755"),
 }
+#: Compilers and assemblers (names looked up on PATH, links resolved): only root may run them (Lynis
+#: HRDN-7222), so a compromised service account cannot build exploit code on the host. binutils' `as`
+#: stays installed: python3.11 and needrestart depend on it.
+COMPILER_NAMES = ["as", "cc", "gcc", "g++", "c++", "clang", "tcc"]
+COMPILER_MODE = ("root", "root", "0750")
+COMPILERS_COMMAND = ("for c in " + " ".join(COMPILER_NAMES) + "; do p=$(command -v \"$c\") && readlink -f \"$p\"; "
+                     "done | sort -u")
 #: linux-baseline os-06's blacklist (none of these may carry a SUID/SGID bit).
 SUID_BLACKLIST = [
     "/usr/bin/rcp", "/usr/bin/rlogin", "/usr/bin/rsh", "/usr/libexec/openssh/ssh-keysign",
@@ -250,6 +257,8 @@ def filesystem():
     ensure_modes(name="Owner and mode of identity, cron, ssh and log paths", specs=PERMISSIONS)
     files.file(name="No hosts.equiv (linux-baseline os-01)", path="/etc/hosts.equiv", present=False)
     statoverrides(name="Remove SUID/SGID bits a server does not need", specs=SUID_STRIP)
+    compilers = host.get_fact(Lines, command=COMPILERS_COMMAND)
+    statoverrides(name="Compilers and assemblers: root only", specs={c: COMPILER_MODE for c in compilers})
     no_world_writable(name="No world-writable files, sticky world-writable directories")
 
 

@@ -94,7 +94,7 @@ def settings(data, ports: list[int] | None = None) -> list[tuple[str, str]]:
         ("PrintLastLog", "no"),
         ("TCPKeepAlive", "no"),
         ("ClientAliveInterval", "300"),
-        ("ClientAliveCountMax", "3"),
+        ("ClientAliveCountMax", "2"),  # a dead client is dropped after 10 minutes
         ("Compression", "no"),
         ("UseDNS", "no"),
         ("Banner", "none"),

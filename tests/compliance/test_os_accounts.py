@@ -180,3 +180,29 @@ def test_private_homes(target):
     """Home folders of login accounts are 0750 or stricter"""
     homes = role.open_homes(target.check_output(role.HOMES_COMMAND).splitlines())
     assert not homes, f"too open: {', '.join(homes)}"
+
+
+@pytest.mark.control("hk-os-acct-08")
+def test_login_banner(target):
+    """/etc/issue and /etc/issue.net show the inventory's legal warning (and nothing about the OS)"""
+    want = role.LOGIN_BANNER.value(target.data).strip()
+    texts = os_state.texts(target, role.BANNER_FILES)
+    wrong = [p for p in role.BANNER_FILES if (texts[p] or "").strip() != want]
+    assert not wrong, "not the inventory's banner: " + ", ".join(f"{p} = {(texts[p] or '')[:80]!r}" for p in wrong)
+
+
+@pytest.mark.control("hk-os-acct-09")
+def test_idle_shells_exit_and_dump_no_core(target):
+    """A login shell gets a readonly idle timeout (TMOUT) and no core dumps"""
+    got = target.check_output("sh -lc 'echo \"$TMOUT\"; ulimit -c; readonly -p | grep -c TMOUT; true'").split()
+    assert got == [str(role.SHELL_IDLE_SECONDS.value(target.data)), "0", "1"], \
+        f"TMOUT, core size limit, TMOUT readonly: {got}"
+
+
+@pytest.mark.control("hk-os-acct-10")
+def test_password_quality_in_force(target):
+    """PAM: every password set is checked for quality (pam_pwquality)"""
+    for stack, fragments in role.PWQUALITY_EXPECTED.items():
+        text = os_state.text(target, f"/etc/pam.d/{stack}") or ""
+        active = [ln for ln in text.splitlines() if not ln.lstrip().startswith("#")]
+        assert all(any(f in ln for ln in active) for f in fragments), f"{stack} lacks {fragments}"

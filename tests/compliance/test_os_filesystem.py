@@ -145,3 +145,13 @@ def test_package_08_auditd_running(target):
     target.require_kernel("auditd", "a container has no audit netlink socket")
     unit = os_state.units(target, ["auditd.service"])["auditd.service"]
     assert unit.get("ActiveState") == "active", unit
+
+
+@pytest.mark.control("hk-os-fs-05")
+def test_compilers_root_only(target):
+    """Compilers and assemblers on the host: only root may run them"""
+    found = target.check_output(role.COMPILERS_COMMAND).split()
+    st = os_state.stats(target, found)
+    user, group, mode = role.COMPILER_MODE
+    wrong = [f"{p} {st.get(p)}" for p in found if st.get(p) != (user, group, int(mode, 8))]
+    assert not wrong, f"not {user}:{group} {mode}: " + ", ".join(wrong)

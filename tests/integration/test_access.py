@@ -136,25 +136,78 @@ def _failed_in_every_format(folder, control, evidence, reference):
         assert evidence in text and reference in text, text
 
 
-def test_audit_folds_the_external_auditors_into_the_report(lab, tmp_path):
-    """`hardkit audit` adds ssh-audit and systemd-analyze security as controls of the same report; verify does not."""
+#: What `hardkit audit` reports on a deployed host with the default thresholds: the waived controls are
+#: the two tests/compliance/waivers.toml explains (post-quantum KEX, the host-namespace mount unit).
+AUDIT_STATUS = {"ext-ssh-audit-01": "PASS", "ext-ssh-audit-02": "PASS", "ext-ssh-audit-03": "WAIVED",
+                "ext-units-01": "PASS", "ext-units-02": "WAIVED", "ext-lynis-01": "PASS"}
+
+
+def test_audit_passes_with_its_thresholds_in_force(lab, tmp_path):
+    """`hardkit audit` folds ssh-audit, systemd-analyze security and Lynis into the report and exits 0; verify does not."""
     from tests.integration.labkit import hardkit
 
     res = hardkit("audit", str(lab.inventory_path), "--report-dir", str(tmp_path), "-k", "external_audit")
     rows = {r["control"]: r for r in json.loads((tmp_path / "compliance.json").read_text())["controls"]}
-    assert set(rows) == {"ext-ssh-audit-01", "ext-ssh-audit-02", "ext-units-01", "ext-lynis-01"}, rows
-    assert rows["ext-ssh-audit-01"]["status"] == "PASS", rows["ext-ssh-audit-01"]
-    for row in rows.values():
-        assert row["status"] in ("PASS", "FAIL") and "issue 10: compliance you can hand to an auditor" in row["references"]
-        assert row["status"] == "PASS" or row["evidence"], row
-    assert res.returncode == (1 if any(r["status"] == "FAIL" for r in rows.values()) else 0), res.stdout[-3000:]
-    assert "Lynis hardening index" in " ".join(rows["ext-lynis-01"]["details"]) or rows["ext-lynis-01"]["status"] == "PASS"
+    lynis = rows.get("ext-lynis-01", {})
+    shortfall = lynis.get("status") == "FAIL" and "Lynis hardening index" in lynis.get("evidence", "")
+    found = {c: r["status"] for c, r in rows.items()} | ({"ext-lynis-01": "PASS"} if shortfall else {})
+    assert found == AUDIT_STATUS, {c: (r["status"], r["details"]) for c, r in rows.items()}
+    assert all("issue 10: compliance you can hand to an auditor" in r["references"] for r in rows.values())
+    assert res.returncode == (1 if shortfall else 0), res.stdout[-3000:]
     gone = lab.ssh(lab.names[0], "dpkg-query -W -f='${Status}' lynis 2>/dev/null; ls /var/log/lynis-report.dat")
     assert "install ok" not in gone.stdout and "lynis-report.dat" not in gone.stdout, "Lynis must be removed (no --keep)"
     plain = lab.verify("--report-dir", str(tmp_path / "plain"), "-k", "external_audit")
     assert not (tmp_path / "plain" / "compliance.json").exists() or not [
         r for r in json.loads((tmp_path / "plain" / "compliance.json").read_text())["controls"]
         if r["control"].startswith("ext-")], plain.stdout[-2000:]
+    if shortfall:  # the one threshold not reached yet on a container (issue 10): said, not hidden
+        pytest.xfail(lynis["evidence"])
+
+
+def test_a_broken_audit_threshold_fails_with_its_id_and_evidence(lab, tmp_path):
+    """An exposure limit no unit can meet (0.1): ext-units-01 fails, naming each unit with found / allowed, exit 1."""
+    from tests.integration.labkit import hardkit
+
+    strict = lab.variant(tmp_path / "strict.py", audit_unit_max_exposure=0.1)
+    res = hardkit("audit", str(strict), "--report-dir", str(tmp_path), "-k", "within_its_exposure_limit")
+    assert res.returncode == 1, res.stdout[-3000:]
+    _failed_in_every_format(tmp_path, "ext-units-01", "hardkit-guard-boot.service",
+                           "issue 10: compliance you can hand to an auditor")
+    row = next(r for r in json.loads((tmp_path / "compliance.json").read_text())["controls"]
+               if r["control"] == "ext-units-01")
+    assert "/ 0.1" in row["evidence"] and "hardkit-bot.service" not in row["evidence"], row  # the bot's own limit
+
+
+def test_mount_options_unit_reapplies_the_flags_from_its_sandbox(lab, name):
+    """The sandboxed unit still remounts in the host's mount namespace: a loosened /tmp is tightened again."""
+    from roles.filesystem import MOUNT_UNIT
+
+    try:
+        loose = lab.ssh(name, "mount -o remount,suid,dev,exec /tmp && findmnt -no OPTIONS /tmp").stdout
+        assert "nosuid" not in loose and "noexec" not in loose, loose
+        res = lab.ssh(name, f"systemctl restart {MOUNT_UNIT}; systemctl show -p Result --value {MOUNT_UNIT}; "
+                            "findmnt -no OPTIONS /tmp")
+        result, options = res.stdout.split()
+        assert result == "success" and {"nosuid", "nodev", "noexec"} <= set(options.split(",")), res.stdout
+    finally:
+        lab.ssh(name, "mount -o remount /tmp")
+
+
+def test_guard_boot_unit_reverts_an_unconfirmed_change_from_its_sandbox(lab, name):
+    """At boot, a change never confirmed goes back: the old file with its mode restored, a new file removed."""
+    from roles.guard import BOOT_UNIT
+
+    state, old, new = "/var/lib/hardkit/guard/itest", "/etc/hardkit-itest.conf", "/etc/hardkit-itest-new.conf"
+    setup = (f"mkdir -p {state}/files/etc && printf old > {state}/files{old} && chmod 640 {state}/files{old} && "
+             f"printf '%s\\n' {old} {new} > {state}/managed && echo true > {state}/reload && "
+             f"printf changed > {old} && chmod 644 {old} && touch {new}")
+    try:
+        assert lab.ssh(name, setup).returncode == 0
+        res = lab.ssh(name, f"systemctl restart {BOOT_UNIT}; systemctl show -p Result --value {BOOT_UNIT}; "
+                            f"cat {old}; echo; stat -c %a {old}; ls {new} {state} 2>&1 | wc -l")
+        assert res.stdout.split() == ["success", "old", "640", "2"], res.stdout  # two "No such file" lines
+    finally:
+        lab.ssh(name, f"rm -rf {state} {old} {new}")
 
 
 @pytest.mark.parametrize("expires, code, status, says", [
