@@ -1,8 +1,8 @@
 """When each host ran each operation: the evidence that `--parallel N` deploys hosts at once and
 never more than N of them.
 
-pyinfra runs one operation at a time across the hosts of a run, at most `--parallel` hosts at
-once (its pool); the facts of each host are gathered before, host after host. Inside the pyinfra
+pyinfra plans every host at once (its facts) and then runs one operation at a time across the
+hosts, both on at most `--parallel` hosts at once (one pool of greenlets). Inside the pyinfra
 process, `install()` (called by deploy/site.py) records each host's operation intervals through
 pyinfra's own callbacks and writes them, when pyinfra exits, to the file the runner names in
 $HARDKIT_HOST_TIMES: `{host: [[start, end], ...]}` in seconds since the epoch. The runner reads

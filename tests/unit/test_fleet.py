@@ -137,3 +137,27 @@ def test_host_times_read_tolerates_a_run_that_wrote_nothing(tmp_path):
     assert host_times.read(tmp_path / "missing.json") == {}
     (tmp_path / "half.json").write_text('{"a": [[1')
     assert host_times.read(tmp_path / "half.json") == {}
+
+
+def test_a_host_that_does_not_speak_ssh_is_reported_in_one_line(tmp_path, key):
+    """A port that accepts and says nothing (a wrong port, a middlebox): the host is listed as
+    unreachable in the summary, exit 1, and no traceback reaches the operator."""
+    import socket
+    import time
+
+    with socket.socket() as mute:
+        mute.bind(("127.0.0.1", 0))
+        mute.listen(8)
+        path = tmp_path / "fleet.py"
+        path.write_text(f'prod = [("mute", {{"ssh_key": "{key}", "admin_user": "ops", "admin_keys": ["{key}.pub"], '
+                        f'"ssh_allow_from": ["10.0.2.2/32"], "ssh_hostname": "127.0.0.1", '
+                        f'"ssh_port": {mute.getsockname()[1]}}})]\n')
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        start = time.monotonic()
+        res = subprocess.run([sys.executable, "-m", "deploy.cli", "deploy", str(path)], capture_output=True, text=True,
+                             cwd=str(REPO), env=env, timeout=300)
+    assert res.returncode == 1, res.stderr
+    assert "Traceback" not in res.stderr and "Exception" not in res.stderr, res.stderr
+    row = next(line for line in res.stderr.splitlines() if line.strip().startswith("mute "))
+    assert "cannot log in" in row, res.stderr
+    print(f"unreachable host reported in {time.monotonic() - start:.0f} s")
