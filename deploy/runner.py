@@ -51,7 +51,7 @@ class RunResult:
     hosts: dict[str, HostResult]
     raw: dict | None
     returncode: int
-    host_times: dict[str, list[list[float]]] = field(default_factory=dict)  # deploy/host_times.py
+    host_times: dict[str, list[list[float]]] = field(default_factory=dict, repr=False)  # deploy/host_times.py
 
     @property
     def ok(self) -> bool:

@@ -173,7 +173,8 @@ def test_rolling_batches_verify_and_stop_at_an_unreachable_host(lab, tmp_path):
     stop = hardkit("deploy", str(fleet), "--batch", "1", "--max-fail", "0", "--json")
     assert stop.returncode == 1, stop.stderr[-3000:]
     hosts = json.loads(stop.stdout)["hosts"]
-    assert hosts[first]["ok"] and hosts[first]["verify"] == "pass" and hosts[first]["changed"] == []
+    shown = {k: hosts[first][k] for k in ("ok", "verify", "changed", "failed", "error")}
+    assert hosts[first]["ok"] and hosts[first]["verify"] == "pass" and hosts[first]["changed"] == [], shown
     assert hosts["ghost"]["batch"] == 2 and "cannot" in hosts["ghost"]["error"]
     assert hosts[second]["batch"] is None, "the rollout must stop before the third host"
     assert "stopped after batch 2" in stop.stderr and f"left untouched: {second}" in stop.stderr
