@@ -21,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sandbox import lab  # noqa: E402
+from sandbox.errors import LabError  # noqa: E402
 
 #: The lab this bench boots (HARDKIT_BENCH_PREFIX overrides it, e.g. to keep to a prefix on a shared machine).
 PREFIX = os.environ.get("HARDKIT_BENCH_PREFIX", "bfleet")
@@ -73,24 +74,37 @@ def one_size(n: int) -> dict:
         lab.down(PREFIX, log=lambda m: None)
 
 
+def table(rows: list[dict]) -> list[str]:
+    one = rows[0] if "noop" in rows[0] else None
+    lines = [f"fleet on the nspawn tier (all hosts of a size at once; {os.cpu_count()} CPUs, load at start shown)",
+             "  hosts  load   fresh s   no-op s  x of 1 host   verify s  x of 1 host   peak MB"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"  {r['hosts']:5d} {r['load_at_start']:5.1f}  not measured: {r['error']}")
+            continue
+        ratio = (lambda k: f"{r[k] / one[k]:11.2f}") if one else (lambda k: f"{'-':>11}")
+        lines.append(f"  {r['hosts']:5d} {r['load_at_start']:5.1f} {r['fresh']:9.1f} {r['noop']:9.2f} "
+                     f"{ratio('noop')} {r['verify']:10.2f} {ratio('verify')} {r['peak_mb']:9.0f}"
+                     + ("" if r["noop_changed"] == 0 else f"  (no-op changed {r['noop_changed']}!)")
+                     + ("" if r["verify_ok"] else "  (verify failed)"))
+    lines.append("  peak MB: the largest process of the hardkit command (controller or pyinfra), over the size's runs")
+    return lines
+
+
 def main() -> None:
     if os.geteuid() != 0:
         raise SystemExit("bench/fleet_noop.py needs root (it boots lab targets)")
     OUT_DIR.mkdir(parents=True, exist_ok=True)
-    rows = [one_size(n) for n in SIZES]
-    one = rows[0]
-    lines = [f"fleet on the nspawn tier (all hosts of a size at once; {os.cpu_count()} CPUs, load at start shown)",
-             "  hosts  load   fresh s   no-op s  x of 1 host   verify s  x of 1 host   peak MB"]
-    for r in rows:
-        lines.append(f"  {r['hosts']:5d} {r['load_at_start']:5.1f} {r['fresh']:9.1f} {r['noop']:9.2f} "
-                     f"{r['noop'] / one['noop']:11.2f} {r['verify']:10.2f} {r['verify'] / one['verify']:11.2f} "
-                     f"{r['peak_mb']:9.0f}"
-                     + ("" if r["noop_changed"] == 0 else f"  (no-op changed {r['noop_changed']}!)")
-                     + ("" if r["verify_ok"] else "  (verify failed)"))
-    lines.append("  peak MB: the largest process of the hardkit command (controller or pyinfra), over the size's runs")
-    print("\n".join(lines))
-    (OUT_DIR / "fleet_noop.json").write_text(json.dumps({"rows": rows}, indent=2))
-    (OUT_DIR / "fleet_noop.md").write_text("```\n" + "\n".join(lines) + "\n```\n")
+    rows = []
+    for n in SIZES:  # written after each size: a long run that stops keeps what it measured
+        try:
+            rows.append(one_size(n))
+        except LabError as e:  # a lab that does not boot (a loaded machine): said, and the next size tried
+            rows.append({"hosts": n, "load_at_start": round(os.getloadavg()[0], 2),
+                         "error": f"the lab did not boot: {str(e).splitlines()[0]}"})
+        (OUT_DIR / "fleet_noop.json").write_text(json.dumps({"rows": rows}, indent=2))
+        (OUT_DIR / "fleet_noop.md").write_text("```\n" + "\n".join(table(rows)) + "\n```\n")
+    print("\n".join(table(rows)))
 
 
 if __name__ == "__main__":
