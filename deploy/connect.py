@@ -11,6 +11,7 @@ sees the controller connecting from, which the lockout pre-flight checks against
 from __future__ import annotations
 
 import ipaddress
+import logging
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,11 @@ from deploy.inventory import Host
 from roles.access_data import ADMIN_USER, BOOTSTRAP_USER, FIXED_PORT_KEY, SSHD_PORT
 
 CONNECT_TIMEOUT = 15.0
+
+# paramiko's transport thread logs a failed handshake (a port that does not speak SSH) with its
+# traceback, through logging's last resort to stderr; the reason reaches the operator in the
+# login error instead.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
 @dataclass

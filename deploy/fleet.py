@@ -18,7 +18,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deploy import runner
+from deploy import host_times, runner
 from deploy.inventory import Host, Inventory
 from deploy.report_formats import FAILING
 
@@ -166,7 +166,9 @@ def as_json(result: FleetResult) -> dict:
     detail = {}
     for run in result.runs:
         for name, h in run.hosts.items():
-            detail[name] = {"changed": h.changed, "failed": h.failed, "refused": h.error,
+            ran = host_times.span(run.host_times.get(name, []))
+            detail[name] = {"operations_from": ran and round(ran[0], 3), "operations_to": ran and round(ran[1], 3),
+                            "changed": h.changed, "failed": h.failed, "refused": h.error,
                             "credentials": h.credentials and {"sent": h.credentials.sent,
                                                               "removed": h.credentials.removed},
                             "totp_seeds": h.totp_seeds and {"sent": h.totp_seeds.sent, "removed": h.totp_seeds.removed}}
@@ -174,7 +176,10 @@ def as_json(result: FleetResult) -> dict:
             "hosts": {r.name: {"batch": r.batch, "login": r.login, "changed_count": r.changed,
                                "unchanged": r.unchanged, "failed_count": r.failed, "verify": r.verify,
                                "error": r.error, "ok": r.ok,
-                               **detail.get(r.name, {"changed": [], "failed": [], "refused": "", "credentials": None,
+                               **detail.get(r.name, {"operations_from": None, "operations_to": None, "changed": [],
+                                                     "failed": [], "refused": "", "credentials": None,
                                                      "totp_seeds": None})}
                       for r in result.rows.values()},
+            "runs": [{"hosts": sorted(run.hosts), "peak_hosts_at_once": host_times.peak_at_once(run.host_times)}
+                     for run in result.runs],
             "pyinfra": [run.raw for run in result.runs]}

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deploy import connect, credentials, provenance, totp_seeds
+from deploy import connect, credentials, host_times, provenance, totp_seeds
 from deploy.inventory import Host, Inventory
 from roles.access_data import CONNECTED_SSHD_PORT_KEY, FIXED_PORT_KEY, SSH_ALLOW_FROM
 from roles.record import RUN_KEY
@@ -51,6 +51,7 @@ class RunResult:
     hosts: dict[str, HostResult]
     raw: dict | None
     returncode: int
+    host_times: dict[str, list[list[float]]] = field(default_factory=dict, repr=False)  # deploy/host_times.py
 
     @property
     def ok(self) -> bool:
@@ -151,8 +152,11 @@ def deploy(inv: Inventory, hosts: list[Host], *, dry: bool = False, extra_args: 
         # -y skips pyinfra's change detection: a dry run without it plans what would change (raw["plan"]).
         cmd.append("--dry" if dry else "-y")
         cmd += extra_args or []
-        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        times = Path(tmp) / "host-times.json"
+        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                   **{host_times.ENV: str(times)})
         returncode, stdout, tail = _run_teeing_stderr(cmd, env, stream)
+        intervals = host_times.read(times)
     raw = _parse_json(stdout)
     if raw and raw.get("results"):
         for op in raw["results"]["operations"]:
@@ -169,7 +173,7 @@ def deploy(inv: Inventory, hosts: list[Host], *, dry: bool = False, extra_args: 
             said = [line.split("] ", 1)[1] for line in tail if line.strip().startswith(f"[{name}]")]
             results[name].failed.append("pyinfra stopped: " + (" / ".join(said[-6:]) or "see its output"))
     rc = returncode if not refusals else (returncode or 1)
-    return RunResult(results, raw, rc)
+    return RunResult(results, raw, rc, intervals)
 
 
 def _run_teeing_stderr(cmd: list[str], env: dict, stream) -> tuple[int, str, list[str]]:

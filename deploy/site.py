@@ -7,7 +7,7 @@ first), or directly as `pyinfra INVENTORY deploy/site.py` from the repository ro
 import importlib
 import os
 
-from deploy import fact_batch, op_order
+from deploy import fact_batch, host_times, op_order
 from roles import ROLE_MODULES
 
 #: HARDKIT_PLAIN_PYINFRA=1 runs pyinfra as it comes (one round-trip per fact): for the bench's
@@ -15,6 +15,8 @@ from roles import ROLE_MODULES
 if os.environ.get("HARDKIT_PLAIN_PYINFRA") != "1":
     fact_batch.install()  # every fact of a host in one round-trip, asked live (see deploy/fact_batch.py)
     op_order.install()  # pyinfra's operation order without reading every frame's source
+
+host_times.install()  # when each host ran each operation, for `hardkit deploy --json`
 
 for _module in ROLE_MODULES:
     _role = importlib.import_module(_module)

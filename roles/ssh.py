@@ -155,6 +155,10 @@ class SshAlgorithms(FactBase):
 class RsaHostKeyBits(FactBase):
     """Size of the RSA host key in bits (0 if there is none)."""
 
+    @staticmethod
+    def default():
+        return 0  # pyinfra skips process() when the command prints nothing: no key
+
     def command(self):
         return "ssh-keygen -lf /etc/ssh/ssh_host_rsa_key.pub 2>/dev/null | cut -d' ' -f1 || true"
 
@@ -182,9 +186,13 @@ def strong_rsa_host_key():
     if bits >= RSA_HOST_KEY_BITS:
         host.noop(f"RSA host key has {bits} bits")
         return
-    key = "/etc/ssh/ssh_host_rsa_key"
-    yield StringCommand("rm", "-f", key, key + ".pub")
-    yield StringCommand("ssh-keygen", "-q", "-t", "rsa", "-b", str(RSA_HOST_KEY_BITS), "-N", "''", "-f", key)
+    # Made aside, then moved over the old pair, the public half (which the fact reads) last: a
+    # deploy killed midway leaves a key in place, and a weak-looking one if the pair is not done.
+    key, new = "/etc/ssh/ssh_host_rsa_key", "/etc/ssh/ssh_host_rsa_key.hardkit-new"
+    yield StringCommand("rm", "-f", new, new + ".pub")
+    yield StringCommand("ssh-keygen", "-q", "-t", "rsa", "-b", str(RSA_HOST_KEY_BITS), "-N", "''", "-f", new)
+    yield StringCommand("mv", "-f", new, key)
+    yield StringCommand("mv", "-f", new + ".pub", key + ".pub")
 
 
 @operation()

@@ -5,8 +5,11 @@
   and converged.
 - The deploy record (roles/record.py): two hosts deployed together from one commit and the same
   data hold identical digests; `hardkit status` shows the record and a hand edit as drift.
+- `--parallel N`: hosts run their operations at the same time, never more than N of them.
+- Bad hosts in a fleet: an unreachable host and a host refused by its own allow-list are reported
+  and the others go on; the refused host is left as it was; rolling mode counts them as failed.
 
-Two nspawn targets, one lab for the module, four deploys of both hosts at once.
+Two nspawn targets, one lab for the module; the fresh deploy is the only long one.
 """
 
 from __future__ import annotations
@@ -21,12 +24,15 @@ from roles.baseline import RELEASE_FILE
 from roles.guard import BOOT_UNIT
 from roles.time_logs import JOURNALD_FILE
 from roles.record import RECORD_FILE
+from roles.ssh import RSA_HOST_KEY_BITS
 from tests.integration.labkit import boot, hardkit
 
 pytestmark = pytest.mark.lab
 PREFIX = "flfleet"
 #: A package the updates role installs and nothing else needs (safe to remove by hand).
 REMOVED_PACKAGE = "needrestart"
+#: The RSA host key, removed by hand (what a deploy killed while replacing it once left behind).
+RSA_KEY = "/etc/ssh/ssh_host_rsa_key"
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +78,7 @@ def test_the_record_is_root_only_and_identical_for_hosts_from_one_commit(lab):
 def test_drift_by_hand_is_seen_and_converged(lab):
     name, other = lab.names
     before = lab.ssh(name, f"sha256sum {RELEASE_FILE} {JOURNALD_FILE}").stdout
-    drift = lab.ssh(name, f"echo 'edited by hand' | tee -a {RELEASE_FILE} >> {JOURNALD_FILE}; "
+    drift = lab.ssh(name, f"echo 'edited by hand' | tee -a {RELEASE_FILE} >> {JOURNALD_FILE}; rm {RSA_KEY}*; "
                           f"DEBIAN_FRONTEND=noninteractive apt-get remove -y -q {REMOVED_PACKAGE} "
                           f">/dev/null && systemctl disable --quiet {BOOT_UNIT} && echo drifted")
     assert drift.stdout.strip() == "drifted", drift.stderr
@@ -86,11 +92,12 @@ def test_drift_by_hand_is_seen_and_converged(lab):
     assert fixed.ok, fixed.hosts[name].failed
     assert lab.fact_stats()[name]["from_batch"] > 0  # the drift was seen through the batch
     changed = " / ".join(fixed.hosts[name].changed)
-    for what in ("release marker", "journald", "unattended-upgrades, needrestart", "boot-time revert"):
+    for what in ("release marker", "journald", "unattended-upgrades, needrestart", "boot-time revert", "RSA host key"):
         assert what in changed, f"{what!r} not reconverged; changed: {changed}"
     state = lab.ssh(name, f"sha256sum {RELEASE_FILE} {JOURNALD_FILE}; dpkg -s {REMOVED_PACKAGE} | grep -c "
                           f"'install ok installed'; systemctl is-enabled {BOOT_UNIT}")
     assert state.stdout.startswith(before) and state.stdout.split()[-2:] == ["1", "enabled"], state.stdout
+    assert lab.ssh(name, f"ssh-keygen -lf {RSA_KEY}.pub").stdout.startswith(f"{RSA_HOST_KEY_BITS} ")
 
     settled = lab.deploy()
     assert settled.ok and settled.changed_ops == 0, settled.hosts[name].changed
@@ -98,23 +105,76 @@ def test_drift_by_hand_is_seen_and_converged(lab):
     assert hardkit("status", str(lab.inventory_path)).returncode == 0
 
 
-def test_rolling_batches_verify_and_stop_at_an_unreachable_host(lab, tmp_path):
-    """A fleet of the two lab hosts with an unreachable one between them (nothing listens on its port)."""
+def drift_release_marker(lab, names) -> None:
+    """A hand edit of one managed file on each of `names`: the next deploy has a real change there."""
+    for name in names:
+        assert lab.ssh(name, f"echo 'edited by hand' >> {RELEASE_FILE}").returncode == 0
+
+
+def test_parallel_runs_hosts_at_once_and_never_more_than_asked(lab):
+    """Both hosts drifted before each run, so each has operations with real round-trips; the JSON
+    carries when each host ran each operation (deploy/host_times.py)."""
+    for flags, expected in ((["--parallel", "1"], 1), ([], 2)):
+        drift_release_marker(lab, lab.names)
+        res = hardkit("deploy", str(lab.inventory_path), "--json", *flags)
+        assert res.returncode == 0, res.stderr[-3000:]
+        out = json.loads(res.stdout)
+        for name in lab.names:
+            host = out["hosts"][name]
+            assert any("release marker" in op for op in host["changed"]), host["changed"]
+            assert host["operations_from"] < host["operations_to"]
+        assert out["runs"][0]["peak_hosts_at_once"] == expected, (flags, out["runs"])
+
+
+def ghost_port() -> int:
+    """A loopback port nothing listens on (an unreachable host)."""
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        closed = s.getsockname()[1]
+        return s.getsockname()[1]
+
+
+def test_an_unreachable_and_a_refused_host_do_not_stop_the_others(lab, tmp_path):
+    """One plain deploy: the first host drifted by hand; the second drifted too but refused, its
+    allow-list leaving out the address this controller comes from; a ghost nothing answers for.
+    The first converges; the ghost and the refused host are reported; the refused one is untouched."""
     first, second = lab.names
     fleet = tmp_path / "fleet.py"
     fleet.write_text(lab.inventory_path.read_text() + (
         "\n_ghost = dict(sandbox[0][1], ssh_forwarded_ports={22: %d})\n"
-        "sandbox = [sandbox[0], ('ghost', _ghost), sandbox[1]]\n" % closed))
+        "sandbox[1][1]['ssh_allow_from'] = ['198.51.100.10/32']\n"
+        "sandbox = [sandbox[0], ('ghost', _ghost), sandbox[1]]\n" % ghost_port()))
+    drift_release_marker(lab, lab.names)
+    kept = f"sha256sum {RELEASE_FILE} {RECORD_FILE}"
+    before = lab.ssh(second, kept).stdout
+
+    res = hardkit("deploy", str(fleet), "--json")
+    assert res.returncode == 1, res.stderr[-3000:]
+    hosts = json.loads(res.stdout)["hosts"]
+    assert hosts[first]["ok"] and any("release marker" in op for op in hosts[first]["changed"])
+    assert "cannot" in hosts["ghost"]["error"] and not hosts["ghost"]["changed"]
+    assert "refusing to deploy" in hosts[second]["error"] and "ssh_allow_from" in hosts[second]["error"]
+    assert hosts[second]["changed"] == [] and hosts[second]["operations_from"] is None
+    assert lab.ssh(second, kept).stdout == before, "the refused host was changed"
+    table = {line.split()[0]: line for line in res.stderr.splitlines() if line.startswith("  ") and line.split()}
+    assert "cannot" in table["ghost"] and "refusing to deploy" in table[second], res.stderr[-3000:]
+
+
+def test_rolling_batches_verify_and_stop_at_an_unreachable_host(lab, tmp_path):
+    """A fleet of the two lab hosts with an unreachable one between them (nothing listens on its port).
+    The second host still holds the hand edit of the test before: the rollout that reaches it converges it."""
+    first, second = lab.names
+    fleet = tmp_path / "fleet.py"
+    fleet.write_text(lab.inventory_path.read_text() + (
+        "\n_ghost = dict(sandbox[0][1], ssh_forwarded_ports={22: %d})\n"
+        "sandbox = [sandbox[0], ('ghost', _ghost), sandbox[1]]\n" % ghost_port()))
 
     stop = hardkit("deploy", str(fleet), "--batch", "1", "--max-fail", "0", "--json")
     assert stop.returncode == 1, stop.stderr[-3000:]
     hosts = json.loads(stop.stdout)["hosts"]
-    assert hosts[first]["ok"] and hosts[first]["verify"] == "pass" and hosts[first]["changed"] == []
+    shown = {k: hosts[first][k] for k in ("ok", "verify", "changed", "failed", "error")}
+    assert hosts[first]["ok"] and hosts[first]["verify"] == "pass" and hosts[first]["changed"] == [], shown
     assert hosts["ghost"]["batch"] == 2 and "cannot" in hosts["ghost"]["error"]
     assert hosts[second]["batch"] is None, "the rollout must stop before the third host"
     assert "stopped after batch 2" in stop.stderr and f"left untouched: {second}" in stop.stderr
