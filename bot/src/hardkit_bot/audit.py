@@ -61,9 +61,11 @@ def record_hash(prev: str, seq: int, ts: float, kind: str, payload: str, key: by
 
 
 def append(conn: sqlite3.Connection, ts: float, kind: str, payload: dict[str, Any],
-           key: bytes | None = None) -> tuple[int, str]:
-    """Append inside the caller's transaction (the caller holds the write lock)."""
-    seq, prev = head(conn)
+           key: bytes | None = None, last: tuple[int, str] | None = None) -> tuple[int, str]:
+    """Append inside the caller's transaction (the caller holds the write lock); returns the new head.
+    `last`: the head as the caller knows it, only from a writer that is the chain's one writer
+    (a replay's ledger); otherwise it is read from the table, where another process may have appended."""
+    seq, prev = head(conn) if last is None else last
     seq += 1
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
     h = record_hash(prev, seq, ts, kind, text, key)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
+from . import audit
 from .config import Config
 from .engine import Engine
 from .exchange.paper import PaperExchange
@@ -28,7 +29,7 @@ class ReplayLedger(Store):
     A live ledger commits (and fsyncs) each change before the bot acts on it; a replay
     has nothing to survive: its ledger is in memory (or a scratch file) and a failure
     aborts the replay. The same SQL, audit records and hash chain are written, only
-    without a BEGIN/COMMIT pair per change. `commit()` ends the batch (and starts the
+    without a BEGIN/COMMIT pair per change, and with the chain's head kept in memory. `commit()` ends the batch (and starts the
     next one); never use this class for a live bot.
     """
 
@@ -36,6 +37,7 @@ class ReplayLedger(Store):
         super().__init__(path, clock)
         self.conn.execute("PRAGMA synchronous=OFF")
         self.conn.execute("BEGIN IMMEDIATE")
+        self._head: tuple[int, str] | None = None   # the audit chain's head, once read (audit())
         self._batching = True
 
     @contextmanager
@@ -46,6 +48,15 @@ class ReplayLedger(Store):
             return
         with self._lock:
             yield self.conn
+
+    def audit(self, kind: str, payload: dict) -> None:
+        """The chain's head is kept in memory, not read back per record: nothing else writes
+        this ledger while it batches (the live Store reads it, as another process may append)."""
+        if not getattr(self, "_batching", False):
+            return super().audit(kind, payload)
+        if self._head is None:
+            self._head = audit.head(self.conn)
+        self._head = audit.append(self.conn, self.clock(), kind, payload, self._key, self._head)
 
     def commit(self) -> None:
         with self._lock:

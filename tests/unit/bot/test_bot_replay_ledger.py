@@ -46,3 +46,25 @@ def test_a_batch_becomes_visible_at_commit_with_an_intact_audit_chain(tmp_path, 
     assert store.positions()["BTC/USDT"].qty == D("1")
     v = audit.verify(store.conn)
     assert v.ok and v.records >= 3
+
+
+def test_the_batched_ledger_keeps_the_chain_head_in_memory_and_the_chain_verifies(tmp_path, clock):
+    """The replay's ledger reads the chain's head once (it is the chain's only writer) instead of
+    once per record: it must continue a chain another writer started, across its commits."""
+    path = tmp_path / "scratch.sqlite"
+    first = Store(path, clock)
+    first.record_decision(Intent("before", "BTC/USDT", Side.BUY, D("1"), D("100")), None)
+    first.close()
+    led = ReplayLedger(path, clock)
+    statements = []
+    led.conn.set_trace_callback(statements.append)
+    for k in range(30):
+        led.record_decision(Intent(f"k{k}", "BTC/USDT", Side.BUY, D("1"), D("100")), None)
+        if k % 10 == 9:
+            led.commit()
+    led.conn.set_trace_callback(None)
+    led.close()
+    assert sum("FROM audit ORDER BY seq DESC" in s for s in statements) == 1   # read once, not per record
+    v = audit.verify(Store(path, clock).conn)
+    assert v.ok, v.problem
+    assert v.records == 1 + 30     # the first writer's record, then the batch's
