@@ -90,7 +90,7 @@ def integrity():
                  mode="0644", content=render("integrity/rkhunter.defaults.j2", values=d.RKHUNTER_DEFAULT_VALUES,
                                               scan_timer=d.RKHUNTER_SCAN_TIMER),
                  validate="sh -n {path}")
-    install_file(name="rkhunter: offline, dpkg digests, Debian 12 exceptions", dest=d.RKHUNTER_LOCAL_CONF,
+    install_file(name="rkhunter: offline, Debian 12 exceptions with reasons", dest=d.RKHUNTER_LOCAL_CONF,
                  mode="0640", content=render("integrity/rkhunter.conf.local.j2"), validate=RKHUNTER_CONF_CHECK)
 
     when = {"calendar": calendar(data), "delay": d.CHECK_DELAY_MINUTES}

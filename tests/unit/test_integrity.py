@@ -54,7 +54,7 @@ def test_aide_conf_watches_the_system_the_bot_and_peoples_keys_not_its_ledger():
     for path in ("/usr/bin", "/usr/sbin", "/etc", "/opt/hardkit-bot", "/etc/hardkit-bot", "/home/ops/.ssh"):
         assert d.aide_path_regex(path) in selections, path
     assert not any(s.startswith("/var") for s in selections), selections
-    assert "=/etc/resolv.conf$ HardkitPerms" in text  # DHCP rewrites it: owner and mode only
+    assert "=/etc/resolv\\.conf$ HardkitPerms" in text  # DHCP rewrites it: owner and mode only
     assert f"database_in=file:{d.AIDE_DB}" in text
 
 
