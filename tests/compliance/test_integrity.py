@@ -2,8 +2,8 @@
 the root-only baseline, the timers in force, and the verdict of each tool's own unit.
 
 The verdicts come from the units the timers run (so a failure here is also a failed
-`hardkit-*.service`, which alerts): the AIDE check is run now, it is quick; rkhunter's scan is
-read from its last run, and run now when it never ran on this host.
+`hardkit-*.service`, which alerts): the AIDE check is run now; rkhunter's scan (minutes long) is
+read from its last run, and skipped, saying so, until one has finished.
 """
 
 from __future__ import annotations
@@ -12,6 +12,9 @@ import pytest
 
 from roles import integrity_data as d
 from tests.compliance import os_state
+
+#: The skip reason of hk-int-07 on a host where no scan has finished yet.
+NO_SCAN_YET = "no rkhunter scan has finished on this host yet"
 
 
 def journal_tail(target, unit: str, lines: int = 15) -> str:
@@ -76,12 +79,10 @@ def test_rkhunter_timer(target):
 
 @pytest.mark.control("hk-int-07")
 def test_rkhunter_scan_clean(target):
-    """rkhunter's last scan found nothing (run now if it never ran on this host)"""
+    """rkhunter's last scan found nothing"""
     unit = os_state.units(target, [d.RKHUNTER_SCAN_UNIT])[d.RKHUNTER_SCAN_UNIT]
-    never = not target.run(f"systemctl show -p ExecMainStartTimestampMonotonic --value {d.RKHUNTER_SCAN_UNIT}"
-                           ).stdout.strip().strip("0")
-    if never:
-        res = target.run(f"systemctl start {d.RKHUNTER_SCAN_UNIT}")
-        assert res.rc == 0, journal_tail(target, d.RKHUNTER_SCAN_UNIT)
-        return
+    ran = target.run(f"systemctl show -p ExecMainExitTimestampMonotonic --value {d.RKHUNTER_SCAN_UNIT}"
+                     ).stdout.strip().strip("0")
+    if not ran:  # a scan takes minutes: verify reads the timer's verdict rather than running one
+        pytest.skip(f"{NO_SCAN_YET} (its daily timer runs the first)")
     assert unit.get("Result") == "success", journal_tail(target, d.RKHUNTER_SCAN_UNIT)
