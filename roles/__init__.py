@@ -28,6 +28,8 @@ ROLE_MODULES = [
     "roles.bot_user",
     "roles.bot_egress",
     "roles.bot",
+    # issue 12: integrity baselines, after every role that changes the host (they take its changes in)
+    "roles.integrity",
     # issue 11: what runs where, written last
     "roles.record",
 ]

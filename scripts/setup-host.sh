@@ -7,12 +7,14 @@ cd "$(dirname "$0")/.."
 
 # Tools of the controller: the lab (mmdebstrap, nspawn, slirp4netns, qemu), the real validators
 # rendered configs are checked with (sshd -t, nft -c, fail2ban-client -t, visudo -cf), ssh-keygen,
-# and the headless browser the bot's dashboard is tested in (chromium + chromedriver).
+# the integrity tools whose rendered configs the unit tests check (aide --config-check, rkhunter
+# --config-check), and the headless browser the bot's dashboard is tested in (chromium + chromedriver).
 DEB_PACKAGES=(
   mmdebstrap systemd-container slirp4netns iproute2 util-linux e2fsprogs
   qemu-system-x86 qemu-utils zstd
   openssh-client openssh-server nftables fail2ban python3-systemd sudo netbase age
   kmod make python3-venv
+  aide rkhunter
   chromium chromium-driver
 )
 

@@ -1,0 +1,101 @@
+"""AIDE and rkhunter on a real lab target, one deploy (without the bot: the integrity roles do not
+depend on it, and it would add a minute).
+
+A fresh deployed host checks clean; a file changed outside a deploy makes the next check's unit
+fail, naming exactly that file first; a redeploy that changes the host (here: a new check time)
+takes its own changes in, so the check passes again; a redeploy that changes nothing leaves the
+baseline alone; rkhunter scans the deployed host clean.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from roles import integrity_data as d
+from tests.integration.labkit import boot
+from tests.integration.oslab import derived_inventory, root
+
+pytestmark = pytest.mark.lab
+PREFIX = "aid"
+#: A file the deploy installs (roles/updates.py), so the redeploy puts it back and changes the host.
+WATCHED = "/etc/hardkit/reboot-guard.json"
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    handle = boot(PREFIX, count=1)
+    try:
+        handle.inv = derived_inventory(handle, tmp_path_factory.mktemp("integrity"), bot_enabled=False)
+        handle.inv_later = derived_inventory(handle, tmp_path_factory.mktemp("integrity-later"),
+                                             bot_enabled=False, integrity_check_time="06:45")
+        yield handle
+    finally:
+        handle.down()
+
+
+def name(lab) -> str:
+    return lab.names[0]
+
+
+@pytest.fixture(scope="module")
+def deployed(lab):
+    started = time.monotonic()
+    result = lab.deploy(inventory_path=lab.inv)
+    print(f"\nfresh deploy without the bot, with the integrity role: {time.monotonic() - started:.1f} s")
+    assert result.ok, {n: (h.failed, h.error) for n, h in result.hosts.items()}
+    return result
+
+
+def start(lab, unit: str, timeout: float = 1800) -> tuple[int, list[str]]:
+    """Run a unit now; its exit and the journal lines of this run."""
+    since = root(lab, name(lab), "date '+%Y-%m-%d %H:%M:%S'").stdout.strip()
+    res = root(lab, name(lab), f"systemctl start {unit}", timeout=timeout)
+    log = root(lab, name(lab), f"journalctl -u {unit} --since '{since}' -o cat --no-pager").stdout
+    return res.returncode, [line for line in log.splitlines() if not line.startswith(("Starting ", "Finished ", unit))]
+
+
+def test_fresh_host_checks_clean(lab, deployed):
+    st = root(lab, name(lab), f"stat -c '%U %a' {d.AIDE_DIR} {d.AIDE_DB}").stdout.split("\n")
+    assert st[:2] == ["root 700", "root 600"], st
+    started = time.monotonic()
+    rc, log = start(lab, d.AIDE_CHECK_UNIT)
+    print(f"\nAIDE check of a fresh host: {time.monotonic() - started:.1f} s")
+    assert rc == 0 and "AIDE: no change since the baseline" in log, log
+
+
+def test_change_outside_a_deploy_is_named_and_fails_the_unit(lab, deployed):
+    assert root(lab, name(lab), f"echo ' ' >> {WATCHED}").returncode == 0
+    rc, log = start(lab, d.AIDE_CHECK_UNIT)
+    assert rc != 0
+    assert log[0].startswith("AIDE: 1 file(s) differ from the baseline"), log[:5]
+    assert log[1] == f"changed: {WATCHED}", log[:5]
+    state = root(lab, name(lab), f"systemctl show -p ActiveState --value {d.AIDE_CHECK_UNIT}").stdout.strip()
+    assert state == "failed"
+
+
+def test_redeploy_takes_its_changes_in(lab, deployed):
+    started = time.monotonic()
+    result = lab.deploy(inventory_path=lab.inv_later)
+    print(f"\nredeploy that changes the host (and refreshes the baselines): {time.monotonic() - started:.1f} s")
+    assert result.ok, result.hosts[name(lab)].error
+    assert any(op.startswith("File integrity") and "Baselines" in op for op in result.hosts[name(lab)].changed)
+    rc, log = start(lab, d.AIDE_CHECK_UNIT)
+    assert rc == 0 and "AIDE: no change since the baseline" in log, log
+
+
+def test_noop_redeploy_leaves_the_baseline_alone(lab, deployed):
+    before = root(lab, name(lab), f"stat -c %Y {d.AIDE_DB}").stdout.strip()
+    started = time.monotonic()
+    result = lab.deploy(inventory_path=lab.inv_later)
+    print(f"\nno-op redeploy: {time.monotonic() - started:.1f} s")
+    assert result.ok and not result.hosts[name(lab)].changed, result.hosts[name(lab)].changed
+    assert root(lab, name(lab), f"stat -c %Y {d.AIDE_DB}").stdout.strip() == before
+
+
+def test_rkhunter_scans_the_deployed_host_clean(lab, deployed):
+    started = time.monotonic()
+    rc, log = start(lab, d.RKHUNTER_SCAN_UNIT)
+    print(f"\nrkhunter scan: {time.monotonic() - started:.1f} s")
+    assert rc == 0, log[:30]
