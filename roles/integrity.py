@@ -28,6 +28,7 @@ from roles import aide_tool
 from roles import integrity_data as d
 from roles.access_data import ADMIN_USER
 from roles.ops import install_file, quiet_or_fail, render
+from roles.platform_data import CONTAINER
 from roles.record import _changed_this_run as changed_this_run
 from roles.second_factor_data import people
 
@@ -91,7 +92,8 @@ def integrity():
                                               scan_timer=d.RKHUNTER_SCAN_TIMER),
                  validate="sh -n {path}")
     install_file(name="rkhunter: offline, Debian 12 exceptions with reasons", dest=d.RKHUNTER_LOCAL_CONF,
-                 mode="0640", content=render("integrity/rkhunter.conf.local.j2"), validate=RKHUNTER_CONF_CHECK)
+                 mode="0640", content=render("integrity/rkhunter.conf.local.j2", container=CONTAINER.value(data)),
+                 validate=RKHUNTER_CONF_CHECK)
 
     when = {"calendar": calendar(data), "delay": d.CHECK_DELAY_MINUTES}
     units = [
