@@ -23,7 +23,7 @@ PREFIX = "mol"
 VENV_BIN = Path(sys.executable).parent
 MOLECULE = VENV_BIN / "molecule"
 #: What converge.yml prints for each host: the number of operations pyinfra changed.
-CHANGED = re.compile(r"(\S+): (\d+) operation\(s\) changed by pyinfra")
+CHANGED = re.compile(r"([\w.-]+): (\d+) operation\(s\) changed by pyinfra")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -44,7 +44,8 @@ def molecule_run():
 
 def test_molecule_test_passes_every_step(molecule_run):
     res, out, _ = molecule_run
-    assert res.returncode == 0, out[-6000:]
+    why = [line[:3000] for line in out.splitlines() if re.search(r"fatal:|FAILED|Executed", line)]
+    assert res.returncode == 0, "\n".join(why)
     for step in ("create", "converge", "idempotence", "verify", "destroy"):
         assert re.search(rf"{step}: Executed: Successful", out), f"step {step} did not run:\n{out[-4000:]}"
 
