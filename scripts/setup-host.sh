@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 # Tools of the controller: the lab (mmdebstrap, nspawn, slirp4netns, qemu), the real validators
 # rendered configs are checked with (sshd -t, nft -c, fail2ban-client -t, visudo -cf), ssh-keygen,
 # the integrity tools whose rendered configs the unit tests check (aide --config-check, rkhunter
-# --config-check), and the headless browser the bot's dashboard is tested in (chromium + chromedriver).
+# --config-check), the headless browser the bot's dashboard is tested in (chromium + chromedriver), and
+# the C toolchain the 2FA tests build their software FIDO2 key with (gcc, libc6-dev, libssl-dev).
 DEB_PACKAGES=(
   mmdebstrap systemd-container slirp4netns iproute2 util-linux e2fsprogs
   qemu-system-x86 qemu-utils zstd
@@ -16,6 +17,7 @@ DEB_PACKAGES=(
   kmod make python3-venv
   aide rkhunter
   chromium chromium-driver
+  gcc libc6-dev libssl-dev
 )
 
 missing=()
@@ -44,13 +46,28 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv" >&2
   "$PY" -m venv .venv
 fi
-if [ ! -e .venv/.locked ] || [ requirements/controller.lock -nt .venv/.locked ] || [ pyproject.toml -nt .venv/.locked ]; then
+# Optional extras, each locked in requirements/<extra>.lock on top of the controller's lock:
+# HARDKIT_EXTRAS=molecule also installs the molecule scenario's tools (CI sets it: .ci/run).
+# .venv/.locked lists the extras installed; a lock newer than it, or a new extra, installs again.
+read -r -a extras <<< "${HARDKIT_EXTRAS:-}"
+stale=0
+[ -e .venv/.locked ] && [ ! requirements/controller.lock -nt .venv/.locked ] && [ ! pyproject.toml -nt .venv/.locked ] || stale=1
+for extra in "${extras[@]}"; do
+  [ -f "requirements/$extra.lock" ] || { echo "setup: HARDKIT_EXTRAS: no lock requirements/$extra.lock" >&2; exit 2; }
+  [ "requirements/$extra.lock" -nt .venv/.locked ] && stale=1
+  grep -qx "$extra" .venv/.locked 2>/dev/null || stale=1
+done
+if [ "$stale" = 1 ]; then
   echo "setup: installing locked Python dependencies" >&2
   pip_quiet .venv/bin/pip install -q --disable-pip-version-check --require-hashes --no-deps -r requirements/controller.lock
   pip_quiet .venv/bin/pip install -q --disable-pip-version-check --no-deps -e .
   if [ -f bot/pyproject.toml ]; then
     pip_quiet .venv/bin/pip install -q --disable-pip-version-check --no-deps -e bot
   fi
-  touch .venv/.locked
+  for extra in "${extras[@]}"; do
+    echo "setup: installing the locked '$extra' extra" >&2
+    pip_quiet .venv/bin/pip install -q --disable-pip-version-check --require-hashes --no-deps -r "requirements/$extra.lock"
+  done
+  printf '%s\n' "${extras[@]}" > .venv/.locked
 fi
 echo "setup: ready (.venv/bin/hardkit)" >&2

@@ -48,13 +48,14 @@ class Lab:
         return path
 
     def client_ssh(self, role: str, user: str, address: str, *options: str, key: str | None = None,
-                   command: str = "true", timeout: int = 10) -> subprocess.CompletedProcess:
+                   command: str = "true", timeout: int = 10,
+                   env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         """An ssh login attempt from the allowed or attacker client (never reads ~/.ssh)."""
         cmd = ["ssh", "-F", "/dev/null", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
                "-o", "UserKnownHostsFile=/dev/null", "-o", f"ConnectTimeout={timeout}", "-o", "LogLevel=ERROR",
                *options]
         cmd += ["-i", key, "-o", "IdentitiesOnly=yes"] if key else ["-o", "PubkeyAuthentication=no"]
-        return self.from_client(role, [*cmd, f"{user}@{address}", command], timeout=timeout + 20)
+        return self.from_client(role, [*cmd, f"{user}@{address}", command], timeout=timeout + 20, env=env)
 
     def verify(self, *extra: str) -> subprocess.CompletedProcess:
         return hardkit("verify", str(self.inventory_path), *extra)
@@ -82,12 +83,13 @@ class Lab:
             self._logins[name] = connect.resolve(next(h for h in self.inventory.hosts if h.name == name))
         return self._logins[name]
 
-    def from_client(self, role: str, command: list[str], timeout: float = 30) -> subprocess.CompletedProcess:
-        """Run a command inside the allowed or attacker client's network namespace."""
+    def from_client(self, role: str, command: list[str], timeout: float = 30,
+                    env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        """Run a command inside the allowed or attacker client's network namespace (`env`: its whole environment)."""
         ns = self.host_data(self.names[0])["lab"]["clients"][role]["netns"]
         try:
             return subprocess.run(["ip", "netns", "exec", ns, *command], capture_output=True, text=True,
-                                  timeout=timeout)
+                                  timeout=timeout, env=env)
         except subprocess.TimeoutExpired as e:  # e.g. a connection cut by a ban mid-handshake
             return subprocess.CompletedProcess(e.cmd, 124, e.stdout or "", e.stderr or "timed out")
 

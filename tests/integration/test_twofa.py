@@ -2,8 +2,10 @@
 
 One lab, two deploys: the first (as root, on a fresh target) turns 2FA on for a TOTP admin and a
 FIDO2 admin; the second re-enrols the TOTP admin (a lost phone) while the automation account is
-locked by faillock, and must still run unattended. Logins are driven with paramiko from the lab's
-allowed and attacker client namespaces; codes are computed here with cryptography's TOTP.
+locked by faillock, and must still run unattended. TOTP logins are driven with paramiko from the
+lab's allowed and attacker client namespaces; codes are computed here with cryptography's TOTP.
+The FIDO2 admin logs in with the real ssh client and a software security key (tests/fido): OpenSSH
+does the whole protocol, only the authenticator is software.
 """
 
 from __future__ import annotations
@@ -25,13 +27,15 @@ from deploy.inventory import load
 from roles.second_factor import USERS_FILE
 from roles.second_factor_data import TOTP_DIGITS, TOTP_STEP_SECONDS
 from sandbox import keys, network
+from tests.fido import soft_key
 from tests.integration.labkit import REPO_ROOT, boot, hardkit
-from tests.unit.test_second_factor import sk_public_key
 
 pytestmark = pytest.mark.lab
-PREFIX = "tfa"
+PREFIX = "fido"
 ENV = "tf2fa"
 PERSON, FIDO_PERSON = "alice", "bob"
+#: The PIN of bob's software security key.
+FIDO_PIN = "2468"
 
 
 def code_at(seed: str, when: float) -> str:
@@ -58,6 +62,8 @@ def lab(tmp_path_factory):
         person_key = tmp / "alice_ed25519"
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(person_key)], check=True)
         seed = enrol()
+        sk_lib = soft_key.build(tmp)
+        sk_pub = soft_key.enrol(sk_lib, tmp / "bob_ed25519_sk", FIDO_PIN, comment="bob@soft-fido2")
         handle = boot(PREFIX, count=1)
         data = handle.host_data(handle.names[0])
         attacker = data["lab"]["clients"]["attacker"]
@@ -67,11 +73,11 @@ def lab(tmp_path_factory):
             ssh_allow_from=data["ssh_allow_from"] + [f"{attacker['v4']}/32", f"{attacker['v6']}/128"],
             automation_from=data["ssh_allow_from"],
             second_factor_admins={PERSON: {"second_factor": "totp", "keys": [str(person_key) + ".pub"]},
-                                  FIDO_PERSON: {"second_factor": "fido2", "keys": [sk_public_key()]}})
+                                  FIDO_PERSON: {"second_factor": "fido2", "keys": [str(sk_pub)]}})
         first = hardkit("deploy", str(inv), "--json")
         assert first.returncode == 0, first.stderr[-4000:]
         yield {"lab": handle, "name": handle.names[0], "inv": inv, "seed": seed, "key": str(person_key),
-               "first": first, "tmp": tmp}
+               "first": first, "tmp": tmp, "sk_lib": sk_lib, "sk_key": str(tmp / "bob_ed25519_sk")}
     finally:
         if handle:
             handle.down()
@@ -148,6 +154,29 @@ def test_password_or_code_without_a_key_never_works(lab):
         assert not got["authenticated"] and "['publickey']" in got["refused"], got
     got = login(lab, "allowed", PERSON, interactive_first=True, code=code_at(lab["seed"], time.time()))
     assert not got["authenticated"] and "['publickey']" in got["refused"], got
+
+
+def fido_login(lab, device_pin: str | None) -> subprocess.CompletedProcess:
+    """bob logs in with the real ssh client and his security key; he types the right PIN when asked."""
+    h = lab["lab"]
+    return h.client_ssh("allowed", FIDO_PERSON, h.lab_address(lab["name"]), *soft_key.ssh_options(lab["sk_lib"]),
+                        key=lab["sk_key"], command="id -un", timeout=30,
+                        env=soft_key.env(lab["sk_lib"], device_pin, typed_pin=FIDO_PIN))
+
+
+def test_fido2_key_that_verified_the_user_logs_in(lab):
+    got = fido_login(lab, device_pin=FIDO_PIN)
+    assert got.returncode == 0 and got.stdout.split() == [FIDO_PERSON], got.stderr
+    journal = root(lab, "journalctl -u ssh --no-pager -n 300 -g 'Accepted publickey for bob'").stdout
+    assert "ED25519-SK" in journal, journal
+
+
+def test_fido2_key_that_did_not_verify_the_user_is_refused(lab):
+    """The same key on a device that only saw a touch (no PIN): sshd itself refuses the signature."""
+    got = fido_login(lab, device_pin=None)
+    assert got.returncode == 255 and "Permission denied" in got.stderr, (got.stdout, got.stderr)
+    journal = root(lab, "journalctl -u ssh --no-pager -n 300 -g 'signature for bob'").stdout
+    assert "ED25519-SK" in journal and "user verification requirement not met" in journal, journal
 
 
 def test_automation_key_is_refused_from_the_attacker_even_with_the_right_key(lab):
