@@ -6,8 +6,16 @@ import os
 import shutil
 import subprocess
 from collections.abc import Sequence
+from pathlib import Path
 
 from sandbox.errors import LabError
+
+#: Inotify instances root may hold (Debian's default is 128). Containers share root's per-user limit
+#: on the controller: each booted target's systemd, journald, logind and udev take some, so a dozen
+#: labs side by side (a parallel test run, a fleet bench) exhaust 128 and the next target's PID 1
+#: fails with "Too many open files". The lab raises the limit to this, never lowers it.
+INOTIFY_MIN_INSTANCES = 1024
+INOTIFY_INSTANCES = Path("/proc/sys/fs/inotify/max_user_instances")
 
 #: Debian packages that provide each host tool the lab needs, for the error message.
 TOOL_PACKAGES = {
@@ -46,3 +54,12 @@ def run(cmd: Sequence[str], *, check: bool = True, input: bytes | None = None, *
         err = proc.stderr.decode(errors="replace").strip() if isinstance(proc.stderr, bytes) else proc.stderr
         raise LabError(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{err}")
     return proc
+
+
+def raise_inotify_limit(path: Path = INOTIFY_INSTANCES, minimum: int = INOTIFY_MIN_INSTANCES) -> int:
+    """Make room for many booted containers (see INOTIFY_MIN_INSTANCES); the limit now in force."""
+    current = int(path.read_text())
+    if current < minimum:
+        path.write_text(f"{minimum}\n")
+        current = int(path.read_text())
+    return current

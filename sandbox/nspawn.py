@@ -17,7 +17,7 @@ from pathlib import Path
 
 from sandbox import image, keys, network
 from sandbox.errors import LabError
-from sandbox.host import require_root, require_tools, run
+from sandbox.host import raise_inotify_limit, require_root, require_tools, run
 from sandbox.ports import free_port
 from sandbox.readiness import wait_for_ssh
 from sandbox.target import ALT_SSH_PORTS, Target, pid_alive, stop_pid
@@ -34,6 +34,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 def check_host() -> None:
     require_root("the nspawn tier")
     require_tools(TOOLS, "the nspawn tier")
+    raise_inotify_limit()
 
 
 def create(prefix: str, name: str, index: int, net: network.LabNet, authorized_key: str) -> Target:

@@ -63,3 +63,14 @@ def test_unknown_target_for_ssh(capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("HARDKIT_LAB_DIR", str(tmp_path / "lab"))
     code, err = run_cli(capsys, "sandbox", "ssh", "nosuch-1")
     assert code == 1 and "no lab target named 'nosuch-1'" in err
+
+
+def test_inotify_limit_is_raised_never_lowered(tmp_path):
+    """A dozen booted containers exhaust Debian's 128 inotify instances: the lab raises the limit, never lowers it."""
+    from sandbox.host import raise_inotify_limit
+
+    low, high = tmp_path / "low", tmp_path / "high"
+    low.write_text("128\n")
+    high.write_text("8192\n")
+    assert raise_inotify_limit(low, minimum=1024) == 1024 and low.read_text() == "1024\n"
+    assert raise_inotify_limit(high, minimum=1024) == 8192 and high.read_text() == "8192\n"
