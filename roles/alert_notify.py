@@ -266,7 +266,15 @@ class Spool:
         return path
 
     def put_event(self, event: dict) -> str:
-        return self._write(self.inbox, f"{time.time_ns()}-{uuid.uuid4().hex[:8]}.json", event)
+        """One event file, readable by the notifier whoever writes it (fail2ban runs as root)."""
+        path = self._write(self.inbox, f"{time.time_ns()}-{uuid.uuid4().hex[:8]}.json", event)
+        os.chmod(path, 0o644)
+        return path
+
+    def create(self) -> None:
+        """The folders, made by the notifier's own user before any producer (root) could make them."""
+        for folder in (self.inbox, self.outbox):
+            os.makedirs(folder, exist_ok=True)
 
     def take_events(self) -> list[dict]:
         """Every event waiting in the inbox, oldest first, removed as read (a broken one is logged)."""
@@ -380,6 +388,7 @@ class Notifier:
     def __init__(self, config: dict, key: bytes | None, sendmail: str | None, now: float):
         self.config, self.key, self.sendmail = config, key, sendmail
         self.spool = Spool(config["state_dir"])
+        self.spool.create()
         self.state = self.spool.load_state()
         self.bucket = Bucket(config["rate_per_hour"], now=now)
         self.channels = (["webhook"] if config["webhook_url"] else []) + \
@@ -487,16 +496,23 @@ def run(config: dict, poll: float = 1.0) -> int:
 
 # --- producers --------------------------------------------------------------------------------------
 
-def unit_tail(unit: str, lines: int = TAIL_LINES) -> tuple[str, list[str]]:
-    """(result, last journal lines of the unit's last run)."""
-    show = subprocess.run(["systemctl", "show", "--property=Result,InvocationID", "--value", unit],
-                          capture_output=True, text=True, timeout=30).stdout.split("\n")
-    result, invocation = (show + ["", ""])[:2]
+def unit_tail(unit: str, lines: int = TAIL_LINES, tries: int = 3) -> tuple[str, list[str]]:
+    """(result, last journal lines of the unit's last run). journald may not have stored the unit's
+    last output yet when the hook starts: an empty tail is read again (tries, a second apart)."""
+    out = subprocess.run(["systemctl", "show", "--property=Result", "--property=InvocationID", unit],
+                         capture_output=True, text=True, timeout=30).stdout
+    show = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    invocation = show.get("InvocationID", "")
     match = [f"_SYSTEMD_INVOCATION_ID={invocation}"] if re.fullmatch(r"[0-9a-f]{32}", invocation) else \
         [f"_SYSTEMD_UNIT={unit}"]
-    out = subprocess.run(["journalctl", "--no-pager", "--output=cat", f"--lines={lines}", *match],
-                         capture_output=True, text=True, timeout=30).stdout
-    return result.strip(), out.splitlines()[-lines:]
+    tail: list[str] = []
+    for attempt in range(tries):
+        tail = subprocess.run(["journalctl", "--no-pager", "--output=cat", f"--lines={lines}", *match],
+                              capture_output=True, text=True, timeout=30).stdout.splitlines()[-lines:]
+        if tail or attempt == tries - 1:
+            break
+        time.sleep(1)
+    return show.get("Result", ""), tail
 
 
 def main(argv: list[str] | None = None) -> int:
