@@ -37,10 +37,11 @@ KEYS: list = []  # the keys live in roles/alerts_data.py
 
 TOOL_SOURCE = Path(alert_notify.__file__)
 KEY_FILE = f"{CREDSTORE}/{d.CRED_PREFIX}{alert_notify.KEY_CREDENTIAL}"
-#: The daemon: the bot's sandbox (shared, not copied).
-SANDBOX = BOT_SANDBOX
+#: The daemon: the bot's sandbox (shared, not copied) but for ProcSubset=pid, which hides
+#: /proc/sys/kernel/random/boot_id: journalctl cannot follow the journal without it.
+SANDBOX = [(k, v) for k, v in BOT_SANDBOX if k != "ProcSubset"]
 #: The hook: the same, with no network at all (it only reads the journal and writes a file).
-HOOK_SANDBOX = [(k, v) for k, v in BOT_SANDBOX if k != "RestrictAddressFamilies"] + [
+HOOK_SANDBOX = [(k, v) for k, v in SANDBOX if k != "RestrictAddressFamilies"] + [
     ("RestrictAddressFamilies", "AF_UNIX"), ("PrivateNetwork", "yes"), ("IPAddressDeny", "any")]
 
 

@@ -23,13 +23,14 @@ HOOK_TEMPLATE = "hardkit-alert-failed@.service"
 EGRESS_UNIT = "hardkit-alert-egress.service"
 EGRESS_REFRESH_UNIT = "hardkit-alert-egress-refresh.service"
 EGRESS_REFRESH_TIMER = "hardkit-alert-egress-refresh.timer"
-#: The prefix drop-in every hardkit-*.service gets, and the drop-ins that clear it again on the
-#: notifier's own units (a failing hook must not start another hook).
+#: The prefix drop-in every hardkit-*.service gets, and on the notifier's own units (a failing hook
+#: must not start another hook) a drop-in of the same name, which replaces it: an empty OnFailure=
+#: cannot, systemd does not reset a dependency list.
 UNIT_DIR = "/etc/systemd/system"
 ONFAILURE_DROPIN = f"{UNIT_DIR}/hardkit-.service.d/50-hardkit-alert.conf"
 ONFAILURE = "hardkit-alert-failed@%n.service"
 NO_ONFAILURE_UNITS = (UNIT, HOOK_TEMPLATE)
-NO_ONFAILURE_DROPIN = "60-no-alert-loop.conf"
+NO_ONFAILURE_DROPIN = "50-hardkit-alert.conf"
 #: The program (roles/alert_notify.py) and where its state lives (StateDirectory=).
 TOOL = "/usr/local/sbin/hardkit-alert"
 STATE_NAME = "hardkit-alert"
