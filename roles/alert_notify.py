@@ -6,8 +6,8 @@ Installed by roles/alerts.py as /usr/local/sbin/hardkit-alert; standard library 
 python3, not hardkit's dependencies). Its settings come from a JSON config the deploy writes
 (CONFIG_FILE, keys in CONFIG_KEYS).
 
-    hardkit-alert run                     the daemon (hardkit-alert.service): follows the bot's journal
-                                          with a cursor, takes events from its inbox, checks a pending
+    hardkit-alert run                     the daemon (hardkit-alert.service): reads the bot's journal
+                                          after a saved cursor, takes events from its inbox, checks a pending
                                           reboot, delivers alerts from its spool
     hardkit-alert unit-failed UNIT        the OnFailure= hook of every hardkit-*.service: an event with
                                           the unit, its kind and the tail of its journal, into the inbox
@@ -37,7 +37,6 @@ import hmac
 import json
 import os
 import re
-import select
 import shutil
 import ssl
 import subprocess
@@ -439,10 +438,29 @@ class Notifier:
             send_email(self.sendmail, self.config["email_to"], host, alert)
 
 
-def journal_command(unit: str, cursor: str | None) -> list[str]:
-    """Follow the bot unit's journal from after the saved cursor (first start: from now on)."""
-    start = [f"--after-cursor={cursor}"] if cursor else ["--lines=0"]
-    return ["journalctl", "--follow", "--output=json", "--no-pager", *start, f"_SYSTEMD_UNIT={unit}"]
+def journal_command(unit: str, cursor: str | None, since: float) -> list[str]:
+    """The bot unit's journal after the saved cursor (first start: since the notifier started).
+
+    Polled, not `--follow`: following needs an inotify instance, and a host short of them (many
+    containers on one kernel) makes journalctl give up following without an error."""
+    start = [f"--after-cursor={cursor}"] if cursor else [f"--since=@{int(since)}"]
+    return ["journalctl", "--output=json", "--no-pager", *start, f"_SYSTEMD_UNIT={unit}"]
+
+
+def read_journal(unit: str, cursor: str | None, since: float) -> tuple[list[dict], str | None]:
+    """(events, new cursor) from the bot's journal entries since the last call."""
+    res = subprocess.run(journal_command(unit, cursor, since), capture_output=True, timeout=60)
+    events = []
+    for line in res.stdout.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        event = bot_state_event(entry)
+        if event:
+            events.append(event)
+        cursor = entry.get("__CURSOR", cursor)
+    return events, cursor
 
 
 def read_key() -> bytes | None:
@@ -456,31 +474,18 @@ def read_key() -> bytes | None:
         return None
 
 
-def run(config: dict, poll: float = 1.0) -> int:
-    notifier = Notifier(config, read_key(), shutil.which("sendmail"), time.time())
-    journal = subprocess.Popen(journal_command(config["bot_unit"], notifier.state["cursor"]),
-                               stdout=subprocess.PIPE, stderr=sys.stderr)
-    buffer, next_reboot_check = b"", 0.0
+def run(config: dict, poll: float = 2.0) -> int:
+    started = time.time()
+    notifier = Notifier(config, read_key(), shutil.which("sendmail"), started)
+    next_reboot_check = 0.0
     log(f"hardkit-alert: running; channels: journal{''.join(', ' + c for c in notifier.channels)}")
     while True:
-        events = []
-        ready, _, _ = select.select([journal.stdout], [], [], poll)
-        if ready:
-            chunk = os.read(journal.stdout.fileno(), 65536)
-            if not chunk:
-                log("journalctl stopped: exiting so systemd restarts the notifier")
-                return 1
-            buffer += chunk
-            *lines, buffer = buffer.split(b"\n")
-            for line in lines:
-                try:
-                    entry = json.loads(line)
-                except ValueError:
-                    continue
-                event = bot_state_event(entry)
-                if event:
-                    events.append(event)
-                notifier.state["cursor"] = entry.get("__CURSOR", notifier.state["cursor"])
+        cursor = notifier.state["cursor"]
+        try:
+            events, notifier.state["cursor"] = read_journal(config["bot_unit"], cursor, started)
+        except (OSError, subprocess.SubprocessError) as e:
+            log(f"journal: cannot read the bot's journal ({e}); trying again")
+            events = []
         now = time.time()
         events += notifier.spool.take_events()
         if now >= next_reboot_check:
@@ -489,9 +494,10 @@ def run(config: dict, poll: float = 1.0) -> int:
             if event:
                 events.append(event)
         notifier.handle(events, now)
-        if ready:
-            notifier.spool.save_state(notifier.state)  # the cursor
+        if notifier.state["cursor"] != cursor:
+            notifier.spool.save_state(notifier.state)
         notifier.deliver(now)
+        time.sleep(poll)
 
 
 # --- producers --------------------------------------------------------------------------------------

@@ -277,6 +277,6 @@ def test_unit_failed_refuses_a_unit_outside_hardkit(tmp_path):
     assert res.returncode == 2 and "not a hardkit-*.service" in res.stderr
 
 
-def test_journal_follow_resumes_after_the_saved_cursor():
-    assert "--after-cursor=s=abc" in an.journal_command("hardkit-bot.service", "s=abc")
-    assert "--lines=0" in an.journal_command("hardkit-bot.service", None)
+def test_journal_reading_resumes_after_the_saved_cursor():
+    assert "--after-cursor=s=abc" in an.journal_command("hardkit-bot.service", "s=abc", 5.0)
+    assert "--since=@1700000000" in an.journal_command("hardkit-bot.service", None, 1700000000.7)
