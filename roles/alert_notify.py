@@ -502,22 +502,25 @@ def run(config: dict, poll: float = 2.0) -> int:
 
 # --- producers --------------------------------------------------------------------------------------
 
-def unit_tail(unit: str, lines: int = TAIL_LINES, tries: int = 3) -> tuple[str, list[str]]:
+def unit_tail(unit: str, lines: int = TAIL_LINES, tries: int = 5) -> tuple[str, list[str]]:
     """(result, last journal lines of the unit's last run). journald may not have stored the unit's
-    last output yet when the hook starts: an empty tail is read again (tries, a second apart)."""
+    last output yet when the hook starts, and a process that is gone before journald looks it up
+    has no invocation id: an empty tail is read again (tries, a second apart), then the unit's last
+    lines whatever their run (`journalctl -u`)."""
     out = subprocess.run(["systemctl", "show", "--property=Result", "--property=InvocationID", unit],
                          capture_output=True, text=True, timeout=30).stdout
     show = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
     invocation = show.get("InvocationID", "")
-    match = [f"_SYSTEMD_INVOCATION_ID={invocation}"] if re.fullmatch(r"[0-9a-f]{32}", invocation) else \
-        [f"_SYSTEMD_UNIT={unit}"]
+    matches = ([[f"_SYSTEMD_INVOCATION_ID={invocation}"]] * tries if re.fullmatch(r"[0-9a-f]{32}", invocation)
+               else []) + [["--unit", unit]]
     tail: list[str] = []
-    for attempt in range(tries):
+    for i, match in enumerate(matches):
         tail = subprocess.run(["journalctl", "--no-pager", "--output=cat", f"--lines={lines}", *match],
                               capture_output=True, text=True, timeout=30).stdout.splitlines()[-lines:]
-        if tail or attempt == tries - 1:
+        if tail:
             break
-        time.sleep(1)
+        if i < len(matches) - 1:
+            time.sleep(1)
     return show.get("Result", ""), tail
 
 
