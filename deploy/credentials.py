@@ -111,20 +111,25 @@ class Store:
     remove: Callable[[str], str]
 
 
-def _encrypt_command(name: str) -> str:
-    out = f"{CREDSTORE}/{CRED_PREFIX}{name}"
+def _encrypt_command(name: str, prefix: str = CRED_PREFIX) -> str:
+    out = f"{CREDSTORE}/{prefix}{name}"
     return (f"umask 077; mkdir -p -m 700 {CREDSTORE}; k=host; [ -c /dev/tpmrm0 ] && k=host+tpm2; "
             f"systemd-creds encrypt --with-key=$k --name={name} - {out}.tmp && mv -f {out}.tmp {out} "
             f"|| {{ rm -f {out}.tmp; exit 1; }}")
 
 
+def credstore(digests_file: str, prefix: str) -> Store:
+    """systemd-creds ciphertexts in the credential store, one file per credential: <prefix><name>."""
+    return Store(
+        digests_file=digests_file,
+        held=(f"for f in {CREDSTORE}/{prefix}*; do [ -f \"$f\" ] && echo \"${{f#{CREDSTORE}/{prefix}}}\"; "
+              "done; true"),
+        write=lambda name: _encrypt_command(name, prefix),
+        remove=lambda name: f"rm -f {CREDSTORE}/{prefix}{name}")
+
+
 #: The bot's credentials: systemd-creds ciphertexts in the credential store.
-BOT_STORE = Store(
-    digests_file=DIGESTS_FILE,
-    held=(f"for f in {CREDSTORE}/{CRED_PREFIX}*; do [ -f \"$f\" ] && echo \"${{f#{CREDSTORE}/{CRED_PREFIX}}}\"; "
-          "done; true"),
-    write=_encrypt_command,
-    remove=lambda name: f"rm -f {CREDSTORE}/{CRED_PREFIX}{name}")
+BOT_STORE = credstore(DIGESTS_FILE, CRED_PREFIX)
 
 
 def _read_state(create_salt: bool, store: Store = BOT_STORE) -> str:

@@ -19,9 +19,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deploy import connect, credentials, host_times, provenance, totp_seeds
+from deploy import alert_key, connect, credentials, host_times, provenance, totp_seeds
 from deploy.inventory import Host, Inventory
 from roles.access_data import CONNECTED_SSHD_PORT_KEY, FIXED_PORT_KEY, SSH_ALLOW_FROM
+from roles.alerts_data import KEY_CHANGED_KEY
 from roles.record import RUN_KEY
 from roles.second_factor_data import automation_networks, enabled as second_factor_enabled
 from roles.secrets_data import CREDENTIALS_CHANGED_KEY
@@ -97,7 +98,8 @@ def preflight(hosts: list[Host]) -> tuple[dict[str, connect.Login], dict[str, st
 
 
 def write_resolved_inventory(inv: Inventory, hosts: list[Host], logins: dict[str, connect.Login], folder: Path,
-                             changed_credentials: dict[str, list[str]] | None = None) -> Path:
+                             changed_credentials: dict[str, list[str]] | None = None,
+                             changed_alert_key: dict[str, list[str]] | None = None) -> Path:
     groups: dict[str, list] = {}
     run = provenance.run_facts()
     for h in hosts:
@@ -108,7 +110,8 @@ def write_resolved_inventory(inv: Inventory, hosts: list[Host], logins: dict[str
         data.update({"ssh_user": login.user, "_sudo": login.sudo,
                      "ssh_port": login.port, FIXED_PORT_KEY: login.sshd_port is None,
                      CONNECTED_SSHD_PORT_KEY: login.sshd_port,
-                     CREDENTIALS_CHANGED_KEY: (changed_credentials or {}).get(h.name, []), RUN_KEY: run})
+                     CREDENTIALS_CHANGED_KEY: (changed_credentials or {}).get(h.name, []), RUN_KEY: run,
+                     KEY_CHANGED_KEY: (changed_alert_key or {}).get(h.name, [])})
         for g in h.groups:
             groups.setdefault(g, []).append((h.name, data))
     lines = [f'"""Resolved copy of {inv.path} for one hardkit run."""']
@@ -125,14 +128,18 @@ def deploy(inv: Inventory, hosts: list[Host], *, dry: bool = False, extra_args: 
     logins, deliver the credentials, then run pyinfra on the hosts that passed."""
     values = credentials.wanted_values(hosts, identity)
     wanted, seeds = credentials.bot_credentials(values), totp_seeds.wanted_seeds(hosts, values)
+    alert_keys = alert_key.wanted_keys(hosts, values)
     del values
     logins, refusals = preflight(hosts)
     deliveries, failures = credentials.sync_all(hosts, logins, wanted, dry=dry)
     seed_deliveries, seed_failures = credentials.sync_all(hosts, {n: lg for n, lg in logins.items()
                                                                   if n not in failures}, seeds, dry=dry,
                                                           store=totp_seeds.STORE)
-    del wanted, seeds  # the plaintext is not needed any more
-    for name, why in {**seed_failures, **failures}.items():
+    key_deliveries, key_failures = credentials.sync_all(hosts, {n: lg for n, lg in logins.items()
+                                                                if n not in failures and n not in seed_failures},
+                                                        alert_keys, dry=dry, store=alert_key.STORE)
+    del wanted, seeds, alert_keys  # the plaintext is not needed any more
+    for name, why in {**key_failures, **seed_failures, **failures}.items():
         refusals[name] = why
         del logins[name]
     results = {h.name: HostResult(h.name) for h in hosts}
@@ -147,7 +154,8 @@ def deploy(inv: Inventory, hosts: list[Host], *, dry: bool = False, extra_args: 
     with tempfile.TemporaryDirectory(prefix="hardkit-run-") as tmp:
         os.chmod(tmp, 0o700)
         resolved = write_resolved_inventory(inv, hosts, logins, Path(tmp),
-                                            {n: d.changed for n, d in deliveries.items()})
+                                            {n: d.changed for n, d in deliveries.items()},
+                                            {n: d.changed for n, d in key_deliveries.items()})
         cmd = [sys.executable, "-m", "pyinfra", str(resolved), str(site), "--json"]
         # -y skips pyinfra's change detection: a dry run without it plans what would change (raw["plan"]).
         cmd.append("--dry" if dry else "-y")

@@ -28,6 +28,9 @@ ROLE_MODULES = [
     "roles.bot_user",
     "roles.bot_egress",
     "roles.bot",
+    # issue 12: the notifier (after fail2ban, the bot's egress tool and the reboot guard it builds on)
+    "roles.alerts_data",
+    "roles.alerts",
     # issue 12: integrity baselines, after every role that changes the host (they take its changes in)
     "roles.integrity",
     # issue 11: what runs where, written last

@@ -82,11 +82,14 @@ LOG_PREFIX = "hardkit-bot-egress-drop: "
 UNIT_DIR = "/etc/systemd/system"
 
 
-def render_ruleset(user: str = BOT_USER) -> str:
-    """The table file (`user` is the uid's name; nft resolves it when the file is loaded)."""
-    return render("bot/bot-egress.nft.j2", family=tool.FAMILY, table=tool.TABLE, user=user, chain=CHAIN,
-                  counter=COUNTER, log_prefix=LOG_PREFIX, loader=TOOL,
-                  sets={n: n for n in tool.ALL_SETS})
+def render_ruleset(user: str = BOT_USER, table: str = tool.TABLE, chain: str = CHAIN, counter: str = COUNTER,
+                   log_prefix: str = LOG_PREFIX, boot_unit: str = BOOT_UNIT, role: str = "roles/bot_egress.py",
+                   purpose: str = "The bot's egress allow-list", endpoints_key: str = "bot_egress_endpoints") -> str:
+    """The table file (`user` is the uid's name; nft resolves it when the file is loaded). The defaults
+    are the bot's; the notifier's allow-list (roles/alerts.py) is the same table for its own user."""
+    return render("bot/bot-egress.nft.j2", family=tool.FAMILY, table=table, user=user, chain=chain,
+                  counter=counter, log_prefix=log_prefix, loader=TOOL, boot_unit=boot_unit, role=role,
+                  purpose=purpose, endpoints_key=endpoints_key, sets={n: n for n in tool.ALL_SETS})
 
 
 def render_config(data) -> str:
@@ -97,7 +100,8 @@ def render_config(data) -> str:
 
 def render_units(data, tool_path: str = TOOL) -> dict[str, str]:
     """Unit name -> text: the boot loader, the refresher and its timer."""
-    common = dict(tool=tool_path, state_dir=STATE_DIR, bot_unit=BOT_UNIT, boot_unit=BOOT_UNIT)
+    common = dict(tool=tool_path, state_dir=STATE_DIR, bot_unit=BOT_UNIT, boot_unit=BOOT_UNIT, args="",
+                  role="roles/bot_egress.py")
     return {
         BOOT_UNIT: render("bot/hardkit-bot-egress.service.j2", boot=True, action="load",
                           description="hardkit: the bot's egress allow-list (nftables table inet hardkit_bot)",

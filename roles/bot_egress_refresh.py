@@ -9,7 +9,9 @@ library only (the VPS has python3, not hardkit's dependencies).
                                   (the whole table if it is missing)
     hardkit-bot-egress check-config PATH    exit 2 with a one-line error if the config is invalid
 
-The config (JSON, written by the deploy): {"ruleset": PATH, "endpoints": ["host:port", ...]}.
+The config (JSON, written by the deploy): {"ruleset": PATH, "endpoints": ["host:port", ...]}, and
+optionally "table": the table's name when not the bot's (the notifier's allow-list, roles/alerts.py,
+is the same kind of table for another user).
 Endpoints are "name:port", "IPv4:port" or "[IPv6]:port". Names are resolved here, on the host,
 with the host's own resolver; a name that does not resolve keeps its last good addresses (kept
 in the state file), so a DNS outage never cuts the bot off its exchange. The resolvers the bot
@@ -100,6 +102,12 @@ def _is_hostname(name: str) -> bool:
 
 def load_config(path: str) -> tuple[str, list[Endpoint]]:
     """(ruleset path, endpoints) of a config file."""
+    ruleset, endpoints, _ = load_config_table(path)
+    return ruleset, endpoints
+
+
+def load_config_table(path: str) -> tuple[str, list[Endpoint], str]:
+    """(ruleset path, endpoints, table name) of a config file."""
     try:
         with open(path) as f:
             data = json.load(f)
@@ -108,7 +116,10 @@ def load_config(path: str) -> tuple[str, list[Endpoint]]:
     if not isinstance(data, dict) or not isinstance(data.get("ruleset"), str) or \
             not isinstance(data.get("endpoints"), list):
         raise ConfigError(f"{path}: expected {{'ruleset': PATH, 'endpoints': [...]}}")
-    return data["ruleset"], [parse_endpoint(e) for e in data["endpoints"]]
+    table = data.get("table", TABLE)
+    if not isinstance(table, str) or not table.replace("_", "").isalnum():
+        raise ConfigError(f"{path}: table must be a plain nftables table name, not {table!r}")
+    return data["ruleset"], [parse_endpoint(e) for e in data["endpoints"]], table
 
 
 # --- what the sets should hold --------------------------------------------------------------------
@@ -168,14 +179,14 @@ def wanted_elements(endpoints: list[Endpoint], resolved: dict[str, list[str]],
 
 # --- nftables ---------------------------------------------------------------------------------------
 
-def transaction(elements: dict[str, set[str]], ruleset: str | None = None) -> str:
+def transaction(elements: dict[str, set[str]], ruleset: str | None = None, table: str = TABLE) -> str:
     """nft script replacing every set's elements (and the whole table first, with `ruleset`)."""
     lines = [ruleset.rstrip("\n")] if ruleset is not None else []
     for name in ALL_SETS:
         if ruleset is None:
-            lines.append(f"flush set {FAMILY} {TABLE} {name}")
+            lines.append(f"flush set {FAMILY} {table} {name}")
         if elements.get(name):
-            lines.append(f"add element {FAMILY} {TABLE} {name} {{ {', '.join(sorted(elements[name]))} }}")
+            lines.append(f"add element {FAMILY} {table} {name} {{ {', '.join(sorted(elements[name]))} }}")
     return "\n".join(lines) + "\n"
 
 
@@ -195,8 +206,8 @@ def loaded_elements(nft_json: dict) -> dict[str, set[str]] | None:
     return sets if set(ALL_SETS) <= set(sets) else None
 
 
-def current_elements(nft: str = NFT) -> dict[str, set[str]] | None:
-    res = subprocess.run([nft, "-j", "list", "table", FAMILY, TABLE], capture_output=True, text=True)
+def current_elements(nft: str = NFT, table: str = TABLE) -> dict[str, set[str]] | None:
+    res = subprocess.run([nft, "-j", "list", "table", FAMILY, table], capture_output=True, text=True)
     if res.returncode != 0:
         return None
     return loaded_elements(json.loads(res.stdout))
@@ -248,7 +259,7 @@ def write_state(path: str, resolved: dict[str, list[str]]) -> None:
 
 def run(action: str, config: str, state: str, resolv_conf: str = RESOLV_CONF, nft: str = NFT,
         resolve=system_resolve, log=print) -> int:
-    ruleset_path, endpoints = load_config(config)
+    ruleset_path, endpoints, table = load_config_table(config)
     last_good = read_state(state)
     resolved = resolve_endpoints(endpoints, last_good, resolve=resolve, log=log)
     try:
@@ -258,18 +269,18 @@ def run(action: str, config: str, state: str, resolv_conf: str = RESOLV_CONF, nf
         log(f"{resolv_conf}: unreadable ({e}); no DNS resolver is allowed")
         nameservers = {4: set(), 6: set()}
     wanted = wanted_elements(endpoints, resolved, nameservers)
-    before = current_elements(nft)
+    before = current_elements(nft, table)
     if action == "refresh" and before is None:
         # e.g. `systemctl restart nftables` flushed every table: until reloaded, the bot would be
         # judged by the host firewall alone, so the refresh puts the whole table back.
-        log(f"table {FAMILY} {TABLE} was not loaded: loading it")
+        log(f"table {FAMILY} {table} was not loaded: loading it")
         action = "load"
     if action == "load":
         with open(ruleset_path) as f:
-            apply(transaction(wanted, ruleset=f.read()), nft)
-        log(f"table {FAMILY} {TABLE} loaded from {ruleset_path}")
+            apply(transaction(wanted, ruleset=f.read(), table=table), nft)
+        log(f"table {FAMILY} {table} loaded from {ruleset_path}")
     elif before != wanted:
-        apply(transaction(wanted), nft)
+        apply(transaction(wanted, table=table), nft)
     for line in changes(before, wanted) or ["sets unchanged"]:
         log(line)
     for name in sorted({e.host for e in endpoints if e.address is None} - set(resolved)):

@@ -84,6 +84,8 @@ class StateMachine:
                 return False
             now = self.clock()
             self.store.set_state(state, reason, now, self._latched)
+            # The notifier (hardkit-alert, roles/alert_notify.py BOT_STATE_RE) follows this line in the journal.
+            log.warning("trading state %s -> %s: %s", self._latched.value, state.value, reason)
             self._latched, self._reason, self._since = state, reason, now
             return True
 
