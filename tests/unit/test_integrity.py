@@ -74,24 +74,34 @@ def rkhunter_check(tmp_path, local: str) -> subprocess.CompletedProcess:
     return run(["rkhunter", "--config-check", "--nolog", "--configfile", str(tmp_path / "rkhunter.conf")])
 
 
-def test_rkhunter_local_conf_passes_rkhunters_own_check(tmp_path):
-    res = rkhunter_check(tmp_path, render("integrity/rkhunter.conf.local.j2"))
+@pytest.mark.parametrize("container", [False, True])
+def test_rkhunter_local_conf_passes_rkhunters_own_check(tmp_path, container):
+    res = rkhunter_check(tmp_path, render("integrity/rkhunter.conf.local.j2", container=container))
     assert res.returncode == 0, res.stdout + res.stderr
 
 
 def test_rkhunter_check_catches_a_bad_local_conf(tmp_path):
-    res = rkhunter_check(tmp_path, render("integrity/rkhunter.conf.local.j2") + "SCRIPTWHITELIST=/no/such/file\n")
+    res = rkhunter_check(tmp_path, render("integrity/rkhunter.conf.local.j2", container=False) +
+                         "SCRIPTWHITELIST=/no/such/file\n")
     assert res.returncode != 0 and "/no/such/file" in res.stdout + res.stderr
 
 
 def test_rkhunter_exceptions_each_carry_a_reason_and_no_test_is_switched_off():
-    lines = render("integrity/rkhunter.conf.local.j2").splitlines()
+    lines = render("integrity/rkhunter.conf.local.j2", container=False).splitlines()
     assert not any(line.startswith(("DISABLE_TESTS", "ENABLE_TESTS")) for line in lines)
     for i, line in enumerate(lines):
         if line.startswith(("SCRIPTWHITELIST", "ALLOWHIDDEN", "ALLOWDEV", "ALLOWPROC", "RTKT_")):
             assert lines[i - 1].startswith("#") or lines[i - 1].startswith(line.split("=")[0]), \
                 f"exception without a reason above it: {line}"
     assert 'WEB_CMD=/bin/false' in lines and "UPDATE_MIRRORS=0" in lines and 'MAIL-ON-WARNING=""' in lines
+
+
+def test_on_a_declared_container_only_the_loaded_modules_test_is_off():
+    """A container has no /proc/modules (the kernel is the provider's): that one test, with its reason, nothing else."""
+    lines = render("integrity/rkhunter.conf.local.j2", container=True).splitlines()
+    switched = [line for line in lines if line.startswith(("DISABLE_TESTS", "ENABLE_TESTS"))]
+    assert switched == ["DISABLE_TESTS=loaded_modules"]
+    assert "/proc/modules" in lines[lines.index(switched[0]) - 2], "the exception must say why"
 
 
 def test_rkhunter_defaults_keep_its_cron_jobs_off_and_its_apt_hook_on(tmp_path):
