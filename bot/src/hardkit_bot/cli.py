@@ -284,6 +284,29 @@ def cmd_audit(args) -> int:
     return 1
 
 
+def cmd_backup(args) -> int:
+    """The ledger through the store's online backup, plus its state file, into an empty folder."""
+    ledger = _ledger(args)
+    if ledger is None:
+        raise Unreachable("no ledger found ($STATE_DIRECTORY or --state-dir)")
+    dest = Path(args.to)
+    if not dest.is_dir():
+        raise UsageError(f"--to {dest}: not an existing folder")
+    if any(dest.iterdir()):
+        raise UsageError(f"--to {dest}: not empty (a backup goes into an empty folder)")
+    store = _open_store(ledger, readonly=True)
+    try:
+        latch = store.backup_to(dest / ledger.name)
+    except (ValueError, sqlite3.DatabaseError) as e:
+        print(f"hardkit-bot: backup of {ledger} failed: {e}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    print(json.dumps({"ledger": str(dest / ledger.name), "state": latch.state, "reason": latch.reason,
+                      "since": latch.since}))
+    return 0
+
+
 def cmd_dashboard_proxy(args) -> int:
     from .dashboard_proxy import main as proxy
     rt = os.environ.get("RUNTIME_DIRECTORY")
@@ -396,6 +419,9 @@ def main(argv: list[str] | None = None) -> int:
     a = common(sub.add_parser("audit", help="audit log tools"))
     a.add_argument("action", choices=["verify"])
     a.set_defaults(fn=cmd_audit)
+    k = common(sub.add_parser("backup", help="copy the ledger (online backup API) and its state file into a folder"))
+    k.add_argument("--to", required=True, help="an existing, empty folder")
+    k.set_defaults(fn=cmd_backup)
     x = sub.add_parser("dashboard-proxy", help="bridge stdin/stdout to the dashboard socket (run over SSH by the controller)")
     x.add_argument("--runtime-dir", help="directory of dashboard.sock (default $RUNTIME_DIRECTORY, else /run/hardkit-bot)")
     x.set_defaults(fn=cmd_dashboard_proxy)
