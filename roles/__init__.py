@@ -14,6 +14,8 @@ ROLE_MODULES = [
     "roles.admin",
     "roles.second_factor_data",  # issue 13: people's accounts and PAM before sshd asks for a second factor
     "roles.second_factor",
+    "roles.backup_data",  # issue 12: backups; the backup server's account exists before sshd admits it
+    "roles.backup_server",
     "roles.ssh",
     "roles.firewall",
     "roles.fail2ban",
@@ -28,6 +30,7 @@ ROLE_MODULES = [
     "roles.bot_user",
     "roles.bot_egress",
     "roles.bot",
+    "roles.backup",  # issue 12: after the bot (its units load the bot's audit key)
     # issue 11: what runs where, written last
     "roles.record",
 ]
