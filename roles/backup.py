@@ -18,6 +18,7 @@ Usage: ``roles.backup.apply()`` (after roles.bot: the unit loads the bot's audit
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 from pyinfra import host
@@ -75,6 +76,15 @@ def render_units(data, program: str = PROGRAM) -> dict[str, str]:
         BACKUP_TIMER: render("backup/hardkit-backup.timer.j2", minutes=BACKUP_INTERVAL.value(data)),
         CHECK_TIMER: render("backup/hardkit-backup-check.timer.j2", minutes=BACKUP_CHECK_INTERVAL.value(data)),
     }
+
+
+def credentialed_command(data, *args: str) -> str:
+    """A root shell line running the program with the units' credentials and cache, in a transient unit
+    (`snapshots`, `restore` from an operator's or `hardkit restore`'s session): the secrets stay credentials."""
+    props = [f"LoadCredentialEncrypted={n}:{p}" for n, p in credentials(data)]
+    props += [f"CacheDirectory={CACHE_DIR.rsplit('/', 1)[1]}", "CacheDirectoryMode=0700"]
+    return ("systemd-run --quiet --wait --pipe --collect " + " ".join(f"-p {shlex.quote(p)}" for p in props)
+            + f" {PROGRAM} " + " ".join(shlex.quote(a) for a in args))
 
 
 @deploy("Encrypted backups (restic over SFTP)")

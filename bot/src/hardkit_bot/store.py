@@ -81,6 +81,25 @@ _EPOCH_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 _EPOCH_LEN = 8
 
 
+def copy_database(src: str | Path, dest: str | Path) -> None:
+    """A consistent single-file copy of another SQLite file of the bot's (the paper exchange's book)
+    through the online backup API: what Store.backup_to does for the ledger."""
+    dest = Path(dest)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    source = sqlite3.connect(f"file:{src}?mode=ro", uri=True, timeout=10)
+    copy = sqlite3.connect(tmp)
+    try:
+        source.backup(copy)
+        copy.execute("PRAGMA journal_mode=DELETE")
+        if copy.execute("PRAGMA integrity_check").fetchall() != [("ok",)]:
+            raise sqlite3.DatabaseError(f"the copy of {src} fails SQLite's integrity check")
+    finally:
+        copy.close()
+        source.close()
+    os.replace(tmp, dest)
+
+
 def _d(v: str | None) -> Decimal | None:
     return None if v is None else Decimal(v)
 

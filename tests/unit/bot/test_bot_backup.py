@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
+from pathlib import Path
 
 from bot_helpers import BotProcess, Clock  # noqa: F401  (puts the bot's sources on sys.path)
 from hardkit_bot import statefile
@@ -80,7 +81,8 @@ def test_cli_backup_of_a_running_bot(bot, tmp_path):
     assert res.returncode == 0, res.stderr
     doc = json.loads(res.stdout)
     assert doc["state"] == "ACTIVE" and doc["ledger"] == str(out / "ledger.sqlite")
-    assert sorted(p.name for p in out.iterdir()) == ["ledger.sqlite", "ledger.sqlite.state"]
+    # The paper exchange lives on the host too: its book is copied (online backup API) as "the exchange".
+    assert sorted(p.name for p in out.iterdir()) == ["ledger.sqlite", "ledger.sqlite.state", "paper-exchange.sqlite"]
 
 
 def test_cli_backup_bad_target_is_a_usage_error(bot, tmp_path):
@@ -93,3 +95,53 @@ def test_cli_backup_bad_target_is_a_usage_error(bot, tmp_path):
     (full / "x").write_text("x")
     res = bot.cli("backup", "--to", str(full))
     assert res.returncode == 2 and "not empty" in res.stderr
+
+
+def _keyed_backup(tmp_path, key: bytes):
+    """A keyed ledger with a latched HALTED state, backed up by the CLI into tmp_path/snap."""
+    live = tmp_path / "live"
+    live.mkdir()
+    store = Store(live / "ledger.sqlite", Clock(), key)
+    store.set_meta("loss_streak", 3, audit_kind="streak")
+    store.set_state(TradingState.HALTED, "loss streak 3", 1_800_000_000.0, TradingState.ACTIVE)
+    store.close()
+    (tmp_path / "key").write_bytes(key)
+    (tmp_path / "snap").mkdir()
+    b = BotProcess(tmp_path)
+    res = b.cli("backup", "--to", str(tmp_path / "snap"), "--state-dir", str(live), state=False)
+    assert res.returncode == 0, res.stderr
+    return tmp_path / "snap"
+
+
+def test_restore_replaces_the_ledger_after_checking_it(bot, tmp_path):
+    key = b"r" * 32
+    snap = _keyed_backup(tmp_path, key)
+    bot.state.mkdir(parents=True)
+    Store(bot.state / "ledger.sqlite", Clock(), key).close()   # what a fresh deploy's bot left behind
+    res = bot.cli("restore", "--from", str(snap), "--audit-key-file", str(tmp_path / "key"))
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["state"] == "HALTED" and doc["audit_records"] >= 2 and doc["replaced"]
+    assert (Path(doc["replaced"]) / "ledger.sqlite").exists()   # the replaced ledger is kept aside
+    res = bot.cli("audit", "verify", "--audit-key-file", str(tmp_path / "key"))
+    assert res.returncode == 0 and "audit log OK" in res.stdout, res.stderr
+    store = Store(bot.state / "ledger.sqlite", Clock(), key)
+    try:
+        assert store.latch_doubt is None and store.get_state()[0] is TradingState.HALTED
+        assert store.get_meta("loss_streak") == 3
+    finally:
+        store.close()
+
+
+def test_restore_refuses_a_foreign_key_and_a_running_bot(bot, tmp_path):
+    snap = _keyed_backup(tmp_path, b"r" * 32)
+    (tmp_path / "other").write_bytes(b"o" * 32)
+    res = bot.cli("restore", "--from", str(snap), "--audit-key-file", str(tmp_path / "other"))
+    assert res.returncode == 2 and "keyed with another key" in res.stderr and "not restored" in res.stderr
+    assert not (bot.state / "ledger.sqlite").exists()
+    from bot_helpers import config_text
+    bot.write_config(config_text())
+    bot.start()
+    bot.wait_for(lambda: (bot.state / "ledger.sqlite").exists(), what="the ledger")
+    res = bot.cli("restore", "--from", str(snap), "--audit-key-file", str(tmp_path / "key"))
+    assert res.returncode == 3 and "IS running" in res.stderr, res.stderr

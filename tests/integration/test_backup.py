@@ -1,0 +1,149 @@
+"""Encrypted backups on real lab targets: a VPS with the bot backs up to a backup server deployed by the kit.
+
+One lab (prefix bkp), deployed once with both hosts in parallel: bkp-1 the VPS (bot, paper exchange),
+bkp-2 the backup server (no bot). Its secrets (repository password, backup SSH key) live in a secrets
+environment of this module's own and reach the VPS as encrypted credentials.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from roles import backup as role
+from roles import backup_data
+from sandbox.lab_inventory import known_hosts_path
+from tests.integration.labkit import REPO_ROOT, boot, hardkit
+
+pytestmark = pytest.mark.lab
+PREFIX = "bkp"
+ENV = "bkp"
+
+
+def _set_secret(name: str, value: bytes) -> None:
+    res = subprocess.run([sys.executable, "-m", "deploy.cli", "secrets", "set", ENV, name], cwd=REPO_ROOT,
+                         input=value, capture_output=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+
+
+def _server_host_keys(lab, server: str) -> list[str]:
+    port = lab.host_data(server)["ssh_forwarded_ports"][22]
+    lines = known_hosts_path(lab.prefix).read_text().splitlines()
+    return [" ".join(line.split()[1:3]) for line in lines if line.startswith(f"[127.0.0.1]:{port} ")]
+
+
+def backup_inventory(lab, path: Path, key_pub: str) -> Path:
+    """The lab's inventory with bkp-1 backed up to bkp-2 over the lab's network."""
+    vps, server = lab.names[0], lab.names[1]
+    vps_v4, server_v4 = lab.lab_address(vps), lab.lab_address(server)
+    allow = lab.host_data(server)["ssh_allow_from"] + [f"{vps_v4}/32"]
+    path.write_text(lab.inventory_path.read_text() + f"""
+for _name, _d in sandbox:
+    if _name == {vps!r}:
+        _d.update(secrets_env={ENV!r}, backup_interval_minutes=5,
+                  backup_to={{"address": {server_v4!r}, "host_keys": {_server_host_keys(lab, server)!r}}})
+    elif _name == {server!r}:
+        _d.update(bot_enabled=False, backup_server=True, ssh_allow_from={allow!r},
+                  backup_server_clients=[{vps_v4 + '/32'!r}], backup_server_keys=[{key_pub!r}])
+""")
+    return path
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("backup")
+    saved = {k: os.environ.get(k) for k in ("HARDKIT_SECRETS_DIR", "HARDKIT_AGE_IDENTITY")}
+    os.environ.update(HARDKIT_SECRETS_DIR=str(tmp / "secrets"), HARDKIT_AGE_IDENTITY=str(tmp / "id.txt"))
+    lab = boot(PREFIX, count=3)
+    try:
+        assert hardkit("secrets", "init", ENV).returncode == 0
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "bkp", "-f", str(tmp / "bk")], check=True)
+        _set_secret(backup_data.RESTIC_PASSWORD, os.urandom(24).hex().encode())
+        _set_secret(backup_data.BACKUP_SSH_KEY, (tmp / "bk").read_bytes())
+        lab.inventory_path = backup_inventory(lab, tmp / "inventory.py", (tmp / "bk.pub").read_text().strip())
+        first = lab.deploy(limit=",".join(lab.names[:2]))
+        assert first.ok, {n: (h.failed, h.error) for n, h in first.hosts.items()}
+        yield lab
+    finally:
+        lab.down()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def vps_root(lab, command: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return lab.ssh(lab.names[0], command, timeout=timeout)
+
+
+def unit_result(lab, unit: str) -> dict:
+    out = vps_root(lab, f"systemctl show -p Result -p ExecMainStatus -p ActiveState {unit}").stdout
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def snapshots(lab) -> list[dict]:
+    res = vps_root(lab, role.credentialed_command(lab.host_data(lab.names[0]), "snapshots"))
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)
+
+
+def test_scheduled_backup_lands_in_the_repository_and_checks_clean(lab):
+    timer = vps_root(lab, f"systemctl show -p Unit -p ActiveState -p NextElapseUSecMonotonic {backup_data.BACKUP_TIMER}")
+    assert f"Unit={backup_data.BACKUP_UNIT}" in timer.stdout and "ActiveState=active" in timer.stdout, timer.stdout
+    # What the timer starts, started now (its first run is 5 min after boot).
+    res = vps_root(lab, f"systemctl start {backup_data.BACKUP_UNIT}", timeout=600)
+    assert res.returncode == 0, vps_root(lab, f"journalctl -u {backup_data.BACKUP_UNIT} -n 30 --no-pager").stdout
+    assert unit_result(lab, backup_data.BACKUP_UNIT)["Result"] == "success"
+    snaps = snapshots(lab)
+    assert len(snaps) == 1 and "hardkit" in snaps[0]["tags"], snaps
+    assert {"/etc/hardkit-bot", "/var/lib/hardkit"} <= set(snaps[0]["paths"]), snaps[0]["paths"]
+    res = vps_root(lab, f"systemctl start {backup_data.CHECK_UNIT}", timeout=600)
+    assert res.returncode == 0 and unit_result(lab, backup_data.CHECK_UNIT)["Result"] == "success"
+    # The server holds ciphertext only: no SQLite header, no bot config in clear in the repository.
+    server = lab.names[1]
+    grep = lab.ssh(server, f"grep -rlF -e 'SQLite format 3' -e 'instance_id' {backup_data.CHROOT}{backup_data.REPOS} "
+                           "| head -3; echo end")
+    assert grep.stdout.strip() == "end", grep.stdout
+
+
+def test_verify_proves_the_backup_controls(lab, tmp_path):
+    res = lab.verify("--report-dir", str(tmp_path), "-k", "backup", "--limit", ",".join(lab.names[:2]))
+    report = json.loads((tmp_path / "compliance.json").read_text())
+    passed = {r["control"] for r in report["controls"] if r["status"] == "PASS"}
+    assert {"hk-bak-01", "hk-bak-02", "hk-bak-03", "hk-bak-04"} <= passed, res.stdout[-3000:] + res.stderr[-800:]
+
+
+def test_backup_account_is_sftp_only_and_only_from_the_vps(lab):
+    server_v4 = lab.lab_address(lab.names[1])
+    # The VPS's key from the allowed client (a listed ssh_allow_from address, not a backup client): refused.
+    key = str(Path(os.environ["HARDKIT_SECRETS_DIR"]).parent / "bk")
+    res = lab.client_ssh("allowed", backup_data.ACCOUNT, server_v4, key=key, command="id")
+    assert res.returncode != 0 and "uid=" not in res.stdout, res.stdout + res.stderr
+    # From the VPS itself: sftp works, a shell command does not run.
+    res = vps_root(lab, f"{role.credentialed_command(lab.host_data(lab.names[0]), 'snapshots')} >/dev/null && "
+                        f"echo sftp-ok")
+    assert "sftp-ok" in res.stdout
+
+
+def test_a_failed_backup_fails_its_unit_and_says_why(lab):
+    server_v4 = lab.lab_address(lab.names[1])
+    block = f"nft add table inet bkptest; nft add chain inet bkptest out '{{ type filter hook output priority -10; }}'; " \
+            f"nft add rule inet bkptest out ip daddr {server_v4} drop"
+    assert vps_root(lab, block).returncode == 0
+    try:
+        res = vps_root(lab, f"systemctl start {backup_data.BACKUP_UNIT}", timeout=600)
+        assert res.returncode != 0
+        result = unit_result(lab, backup_data.BACKUP_UNIT)
+        assert result["Result"] == "exit-code" and result["ExecMainStatus"] == "1", result
+        journal = vps_root(lab, f"journalctl -u {backup_data.BACKUP_UNIT} -n 20 --no-pager -o cat").stdout
+        assert "hardkit-backup: repository check failed" in journal, journal
+    finally:
+        vps_root(lab, "nft delete table inet bkptest")
+    assert vps_root(lab, f"systemctl start {backup_data.BACKUP_UNIT}", timeout=600).returncode == 0
+    assert len(snapshots(lab)) == 2
