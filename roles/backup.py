@@ -82,7 +82,8 @@ def credentialed_command(data, *args: str) -> str:
     """A root shell line running the program with the units' credentials and cache, in a transient unit
     (`snapshots`, `restore` from an operator's or `hardkit restore`'s session): the secrets stay credentials."""
     props = [f"LoadCredentialEncrypted={n}:{p}" for n, p in credentials(data)]
-    props += [f"CacheDirectory={CACHE_DIR.rsplit('/', 1)[1]}", "CacheDirectoryMode=0700"]
+    props += [f"CacheDirectory={CACHE_DIR.rsplit('/', 1)[1]}", "CacheDirectoryMode=0700",
+              f"RuntimeDirectory={STAGE_DIR.rsplit('/', 1)[1]}-cli", "RuntimeDirectoryMode=0700"]
     return ("systemd-run --quiet --wait --pipe --collect " + " ".join(f"-p {shlex.quote(p)}" for p in props)
             + f" {PROGRAM} " + " ".join(shlex.quote(a) for a in args))
 

@@ -26,6 +26,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 
 CONFIG_FILE = "/etc/hardkit/backup.json"
 #: The config's keys: where the repository is and how to reach it, what to back up, what to keep.
@@ -86,12 +87,52 @@ def credential(name):
     return os.path.join(folder, name)
 
 
+def agent_socket(config):
+    """The run's agent socket: in the unit's own runtime folder ($RUNTIME_DIRECTORY), else the staging folder."""
+    return os.path.join(os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0] or config["stage_dir"], "agent.sock")
+
+
+class Agent:
+    """A private ssh-agent for one run, holding the backup key: ssh gets the key from it, never a key file
+    (the credential holds the key as the secrets store keeps it, without a final newline, which OpenSSH's
+    key file reader refuses; ssh-add reads it from stdin)."""
+
+    def __init__(self, config):
+        self.socket = agent_socket(config)
+        self.proc = None
+
+    def __enter__(self):
+        if os.path.exists(self.socket):
+            os.unlink(self.socket)
+        self.proc = subprocess.Popen(["ssh-agent", "-D", "-a", self.socket], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE)
+        for _ in range(100):
+            if os.path.exists(self.socket):
+                break
+            time.sleep(0.05)
+        with open(credential(SSH_KEY_CRED), "rb") as f:
+            key = f.read()
+        res = subprocess.run(["ssh-add", "-q", "-"], input=key if key.endswith(b"\n") else key + b"\n",
+                             env={"SSH_AUTH_SOCK": self.socket, "PATH": os.environ.get("PATH", "")},
+                             capture_output=True, timeout=30)
+        if res.returncode != 0:
+            self.__exit__()
+            raise Failed(f"the backup SSH key ({SSH_KEY_CRED}) cannot be loaded: "
+                         f"{res.stderr.decode(errors='replace').strip()[-200:]}")
+        return self
+
+    def __exit__(self, *exc):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
 def restic_base(config):
     """restic's command prefix: the repository, its password file, the cache, and ssh as the sftp command."""
     rest = config["repository"][len("sftp:"):]
     user_host = rest[:rest.index("]:") + 1] if "]:" in rest else rest.partition(":")[0]
-    ssh = ["ssh", "-F", "/dev/null", "-i", credential(SSH_KEY_CRED), "-p", str(config["port"]),
-           "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+    ssh = ["ssh", "-F", "/dev/null", "-p", str(config["port"]),
+           "-o", f"IdentityAgent={agent_socket(config)}", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
            "-o", f"UserKnownHostsFile={config['known_hosts']}", "-o", "GlobalKnownHostsFile=/dev/null",
            "-o", "ConnectTimeout=20", "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4",
            user_host.replace("[", "").replace("]", ""), "-s", "sftp"]
@@ -214,16 +255,17 @@ def main(argv=None):
     except ConfigError as e:
         print(f"hardkit-backup: {e}", file=sys.stderr)
         return 2
+    if args.cmd == "check-config":
+        return 0
     try:
-        if args.cmd == "check-config":
-            return 0
-        if args.cmd == "run":
-            return cmd_run(config)
-        if args.cmd == "check":
-            return cmd_check(config)
-        if args.cmd == "snapshots":
-            return cmd_snapshots(config)
-        return cmd_restore(config, args.snapshot, args.target)
+        with Agent(config):
+            if args.cmd == "run":
+                return cmd_run(config)
+            if args.cmd == "check":
+                return cmd_check(config)
+            if args.cmd == "snapshots":
+                return cmd_snapshots(config)
+            return cmd_restore(config, args.snapshot, args.target)
     except Failed as e:
         print(f"hardkit-backup: {e}", file=sys.stderr, flush=True)
         return 1

@@ -66,8 +66,8 @@ def lab(tmp_path_factory):
         _set_secret(backup_data.RESTIC_PASSWORD, os.urandom(24).hex().encode())
         _set_secret(backup_data.BACKUP_SSH_KEY, (tmp / "bk").read_bytes())
         lab.inventory_path = backup_inventory(lab, tmp / "inventory.py", (tmp / "bk.pub").read_text().strip())
-        first = lab.deploy(limit=",".join(lab.names[:2]))
-        assert first.ok, {n: (h.failed, h.error) for n, h in first.hosts.items()}
+        first = hardkit("deploy", str(lab.inventory_path), "--limit", ",".join(lab.names[:2]), timeout=1800)
+        assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
         yield lab
     finally:
         lab.down()

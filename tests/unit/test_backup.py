@@ -89,7 +89,8 @@ def _client(tmp_path, server, port=None, with_ledger=True):
     c = tmp_path / "client"
     (c / "creds").mkdir(parents=True)
     (c / "creds" / "restic-password").write_text("correct horse battery staple")
-    shutil.copy(server["client_key"], c / "creds" / "backup-ssh-key")
+    # As the secrets store keeps it (`hardkit secrets set` drops one final newline).
+    (c / "creds" / "backup-ssh-key").write_bytes(server["client_key"].read_bytes().rstrip(b"\n"))
     (c / "creds" / "audit-key").write_bytes(b"k" * 32)
     for f in (c / "creds").iterdir():
         f.chmod(0o400)
