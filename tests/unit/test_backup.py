@@ -267,3 +267,17 @@ def test_inventory_lists_every_backup_problem_at_once(tmp_path):
     res = subprocess.run([str(Path(sys.executable).parent / "hardkit"), "deploy", str(inv), "--dry"], capture_output=True,
                          text=True, cwd=Path(__file__).resolve().parents[2])
     assert res.returncode == 2 and "Traceback" not in res.stderr
+
+
+def test_restore_lists_every_problem_of_the_request_before_touching_a_host(tmp_path):
+    inv = one_host_inventory(tmp_path, address="127.0.0.9")   # nothing listens there: no host is touched
+    text = inv.read_text().replace('"ssh_allow_from": ["10.0.2.2/32"]}', '"ssh_allow_from": ["10.0.2.2/32"], '
+                                   '"bot_enabled": False}')
+    inv.write_text(text)
+    res = subprocess.run([str(Path(sys.executable).parent / "hardkit"), "restore", str(inv), "--host", "one",
+                          "--from", "ghost"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    for expected in ("--host one: has no backup_to", "--host one: bot_enabled is false",
+                     "--from 'ghost' is not in the inventory"):
+        assert expected in res.stderr, res.stderr
+    assert "deployed" not in res.stderr
