@@ -129,7 +129,7 @@ def restore(inv: Inventory, new: str, snapshot: str = "latest", say=print) -> Ou
         ledger = f"{snap_dir}/{backup_job.LEDGER_SUBDIR}"
         out = session.run(
             f"chmod 0711 {WORK} {WORK}/run {WORK}/run/hardkit-backup {snap_dir} && "
-            f"chown -R {BOT_USER}: {ledger} {key} && "
+            f"chown -R {BOT_USER}: {ledger} {snap_dir}/{backup_job.KEYS_SUBDIR} && "
             f"setpriv --reuid={BOT_USER} --regid={BOT_USER} --clear-groups -- {CLI_LINK} restore --from {ledger} "
             f"--state-dir {STATE_DIR} --audit-key-file {key}", "restoring the ledger")
         outcome.restored = json.loads(out.strip().splitlines()[-1])

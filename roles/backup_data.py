@@ -100,9 +100,10 @@ BACKUP_CHECK_INTERVAL = DataKey(
     "Minutes between `restic check` runs of the repository's structure (a failed check fails "
     + CHECK_UNIT + ").", _is_minutes(60, 10080))
 BACKUP_RETENTION = DataKey(
-    "backup_retention", {"hourly": 48, "daily": 14, "weekly": 8, "monthly": 12},
+    "backup_retention", {"last": 12, "hourly": 48, "daily": 14, "weekly": 8, "monthly": 12},
     "Snapshots kept after each backup (restic forget --prune): counts per last/hourly/daily/weekly/monthly. "
-    "Default: 48 hourly, 14 daily, 8 weekly, 12 monthly.",
+    "Default: the last 12, and 48 hourly, 14 daily, 8 weekly, 12 monthly (hourly keeps one per hour: 'last' keeps "
+    "the runs of a shorter interval).",
     _check_retention)
 BACKUP_SERVER = DataKey(
     "backup_server", False,

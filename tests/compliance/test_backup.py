@@ -47,10 +47,12 @@ def test_backup_secrets_are_encrypted_credentials(target):
     _client(target)
     wanted = dict(role.credentials(target.data))
     for unit in (backup_data.BACKUP_UNIT, backup_data.CHECK_UNIT):
-        shown = target.check_output(f"systemctl show -p LoadCredentialEncrypted -p Environment {unit}")
+        # `systemctl show` prints LoadCredentialEncrypted as [unprintable]: the unit as systemd loaded it instead.
+        shown = target.check_output(f"systemctl cat {unit}")
         for name in backup_data.BACKUP_CREDENTIALS:
-            assert f"LoadCredentialEncrypted={name}:{wanted[name]}" in shown, f"{unit}: {shown}"
-        assert "Environment=\n" in shown or shown.rstrip().endswith("Environment="), f"{unit}: {shown}"
+            assert f"LoadCredentialEncrypted={name}:{wanted[name]}" in shown.splitlines(), f"{unit}: {shown}"
+        env = target.check_output(f"systemctl show -p Environment {unit}")
+        assert env.strip() == "Environment=", f"{unit}: {env}"
     for name in backup_data.BACKUP_CREDENTIALS:
         head = target.check_output(f"head -c 64 {wanted[name]} | od -c | head -3")
         assert "PRIVATE KEY" not in head, f"{wanted[name]} is not a systemd-creds ciphertext"
