@@ -139,6 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="one JSON object, keyed by host")
     s.set_defaults(func=cmd_status)
 
+    s = sub.add_parser("restore", help="disaster recovery: deploy NEW and restore a lost host's bot onto it from "
+                                       "its encrypted backups (deploy/restore.py)")
+    s.add_argument("inventory")
+    s.add_argument("--host", required=True, help="the new host (its backup_to names the repository to restore)")
+    s.add_argument("--from", dest="source", required=True, help="the backup server (a host with backup_server: true)")
+    s.add_argument("--snapshot", default="latest", help="a snapshot id (default: the latest)")
+    s.set_defaults(func=cmd_restore)
+
     bot = sub.add_parser("bot", help="operate the bots of an inventory over SSH").add_subparsers(metavar="VERB")
     verbs = {
         "status": "state, equity, exposure, positions and orders of each host's bot",
@@ -275,6 +283,30 @@ def cmd_deploy(args) -> int:
             for failure in h.failed:  # the table shows the start of the first one; here each in full
                 print(f"  {name} failed: {failure}", file=sys.stderr)
     return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def cmd_restore(args) -> int:
+    from deploy import restore
+    from deploy.inventory import load
+
+    inv = load(args.inventory)
+    restore.check(inv, args.host, args.source)
+    try:
+        outcome = restore.restore(inv, args.host, args.snapshot, say=lambda m: print(m, file=sys.stderr))
+    except restore.RestoreError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    st = outcome.status
+    print(json.dumps({"host": args.host, "restored": outcome.restored, "state": st.get("state"),
+                      "reason": st.get("reason"), "positions": st.get("positions", []),
+                      "config_differs_from_backup": outcome.config_differs,
+                      "timings_s": {name: round(t, 1) for name, t in outcome.timings}}, indent=2))
+    if st.get("state") == "ACTIVE":
+        print(f"{args.host}: restored; reconciliation clean, trading resumed", file=sys.stderr)
+    else:
+        print(f"{args.host}: restored; the bot is {st.get('state')} and does not trade: {st.get('reason')}",
+              file=sys.stderr)
+    return EXIT_OK
 
 
 def cmd_verify(args) -> int:

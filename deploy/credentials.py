@@ -31,7 +31,7 @@ from deploy import connect
 from deploy.inventory import Host
 from deploy.secrets_store import SecretsError, identity_path, load_identity, open_env, secrets_root
 from roles.bot_paths import CRED_PREFIX, CREDSTORE, DEPLOY_RECORD_DIR
-from roles.secrets_data import BOT_CREDENTIALS, HOST_GENERATED, SECRETS_ENV
+from roles.secrets_data import DELIVERED_CREDENTIALS, HOST_GENERATED, SECRETS_ENV
 
 SALT_FILE = f"{DEPLOY_RECORD_DIR}/credentials.salt"
 #: One line per delivered credential: `<name> <hex HMAC-SHA256(salt, value)>`.
@@ -75,8 +75,9 @@ def wanted_values(hosts: list[Host], identity: str | None = None) -> dict[str, d
 
 
 def bot_credentials(values: dict[str, dict[str, bytes]]) -> dict[str, dict[str, bytes]]:
-    """Of each host's values (wanted_values), those that are the bot's credentials."""
-    return {host: {n: v for n, v in got.items() if n in BOT_CREDENTIALS} for host, got in values.items()}
+    """Of each host's values (wanted_values), those delivered as credentials: the bot's and the backup's
+    (each unit loads only its own: roles/bot.py and roles/backup.py)."""
+    return {host: {n: v for n, v in got.items() if n in DELIVERED_CREDENTIALS} for host, got in values.items()}
 
 
 def wanted_credentials(hosts: list[Host], identity: str | None = None) -> dict[str, dict[str, bytes]]:

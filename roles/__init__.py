@@ -14,6 +14,8 @@ ROLE_MODULES = [
     "roles.admin",
     "roles.second_factor_data",  # issue 13: people's accounts and PAM before sshd asks for a second factor
     "roles.second_factor",
+    "roles.backup_data",  # issue 12: backups; the backup server's account exists before sshd admits it
+    "roles.backup_server",
     "roles.ssh",
     "roles.firewall",
     "roles.fail2ban",
@@ -31,6 +33,7 @@ ROLE_MODULES = [
     # issue 12: the notifier (after fail2ban, the bot's egress tool and the reboot guard it builds on)
     "roles.alerts_data",
     "roles.alerts",
+    "roles.backup",  # issue 12: after the bot (its units load the bot's audit key)
     # issue 12: integrity baselines, after every role that changes the host (they take its changes in)
     "roles.integrity",
     # issue 11: what runs where, written last

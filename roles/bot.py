@@ -29,7 +29,7 @@ from roles.bot_config import (BOT_ENABLED, HOST_CA_BUNDLE, KEYS as CONFIG_KEYS, 
 from roles.bot_paths import (BOT_USER, CONFIG_DIR, CONFIG_FILE, CONTROL_SOCKET, CRED_PREFIX, CREDSTORE,
                              CURRENT_LINK, INSTALL_ROOT, OPERATORS_GROUP, RELEASES_DIR, STATE_DIR, UNIT)
 from roles.ops import Lines, ensure_modes, install_file, quiet_or_fail, render
-from roles.secrets_data import BOT_CREDENTIALS, CREDENTIALS_CHANGED_KEY, SECRETS_ENV
+from roles.secrets_data import BOT_CREDENTIALS, CREDENTIALS_CHANGED_KEY, SECRETS_ENV, missing_secrets
 from roles.updates import INHIBIT_DIR, INHIBIT_GROUP
 
 KEYS = CONFIG_KEYS
@@ -51,18 +51,7 @@ def host_problems(data) -> list[str]:
     allow-list to reach the exchange through."""
     if not BOT_ENABLED.value(data) or not isinstance(config_for(data), dict) or mode(config_for(data)) != "live":
         return []
-    from deploy.secrets_store import secrets_root
-
-    problems = []
-    env = SECRETS_ENV.value(data)
-    if env is None:
-        problems.append("bot is live (exchange.kind is not 'paper') but secrets_env is not set: its exchange "
-                        f"credentials ({', '.join(BOT_CREDENTIALS)}) must come from a secrets environment")
-    else:
-        missing = [n for n in BOT_CREDENTIALS if not (secrets_root() / env / f"{n}.age").is_file()]
-        if missing:
-            problems.append(f"bot is live but secrets environment {env!r} has no {', '.join(missing)}: "
-                            f"add them with `hardkit secrets set {env} NAME`")
+    problems = missing_secrets(data, BOT_CREDENTIALS, "bot is live (exchange.kind is not 'paper')")
     if not bot_egress.ENDPOINTS.value(data):
         problems.append("bot is live but bot_egress_endpoints is empty: list the exchange's host:port, or the "
                         "bot's egress allow-list lets it reach nothing")
@@ -301,7 +290,7 @@ def bot():
                         validate=quiet_or_fail("systemd-analyze verify {path}"))
     server.shell(name="Reload systemd for the bot unit", _if=unit.did_change, commands=["systemctl daemon-reload"])
 
-    creds_changed = bool(data.get(CREDENTIALS_CHANGED_KEY))
+    creds_changed = bool(set(data.get(CREDENTIALS_CHANGED_KEY) or []) & set(BOT_CREDENTIALS))  # not the backup's
     changed = any_changed(installed, switched, config, audit_key, unit, *restart_for)
     restart = server.shell(name="Restart the bot for its new release, config, unit or credentials",
                            _if=lambda: creds_changed or changed(), commands=[f"systemctl reset-failed {UNIT} 2>/dev/null; systemctl restart {UNIT}"])

@@ -15,7 +15,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from pyinfra.api import deploy
 from pyinfra.operations import apt, systemd
 
-from roles import guard
+from roles import backup_data, guard
 from roles.access_data import ADMIN_USER, SSH_ALLOW_FROM, SSHD_PORT
 from roles.data import DataKey, is_bool, one_of
 
@@ -98,7 +98,7 @@ def render(data, ssh_ports: list[int] | None = None) -> str:
         allow_v4=allow_v4, allow_v6=allow_v6,
         ssh_ports=str(ports[0]) if len(ports) == 1 else "{ " + ", ".join(map(str, ports)) + " }",
         log_drops=LOG_DROPS.value(data), egress_open=EGRESS_POLICY.value(data) == "open",
-        egress_allow=egress_rules(EGRESS_ALLOW.value(data)),
+        egress_allow=egress_rules(EGRESS_ALLOW.value(data) + backup_data.egress_rules(data)),
         icmp_ping=ICMP_PING, icmp_errors_v4=ICMP_ERRORS_V4, icmp_errors_v6=ICMP_ERRORS_V6,
         icmpv6_neighbour=ICMPV6_NEIGHBOUR, icmpv6_multicast=ICMPV6_MULTICAST, dhcp=DHCP_REPLIES)
 

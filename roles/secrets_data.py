@@ -17,6 +17,10 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 #: Secret names that become the bot's credentials when the host's environment holds them
 #: (systemd credential names: the unit reads them as $CREDENTIALS_DIRECTORY/<name>).
 BOT_CREDENTIALS = ("exchange-api-key", "exchange-api-secret")
+#: Secret names delivered as credentials for the backup units (roles/backup_data.py), not the bot's.
+BACKUP_CREDENTIALS = ("restic-password", "backup-ssh-key")
+#: Every secret name delivered to the host's credential store.
+DELIVERED_CREDENTIALS = BOT_CREDENTIALS + BACKUP_CREDENTIALS
 #: Credentials generated on each host, never taken from the repository (the audit chain's HMAC key).
 HOST_GENERATED = ("audit-key",)
 
@@ -37,6 +41,19 @@ SECRETS_ENV = DataKey(
     _check_env)
 
 KEYS = [SECRETS_ENV]
+
+
+def missing_secrets(data, names: tuple[str, ...], who: str) -> list[str]:
+    """Problems when the host's secrets environment is unset or lacks one of `names` (`who` says what
+    needs them, e.g. "bot is live"), found before any host is touched."""
+    from deploy.secrets_store import secrets_root
+
+    env = SECRETS_ENV.value(data)
+    if env is None:
+        return [f"{who} but secrets_env is not set: {', '.join(names)} must come from a secrets environment"]
+    missing = [n for n in names if not (secrets_root() / env / f"{n}.age").is_file()]
+    return [f"{who} but secrets environment {env!r} has no {', '.join(missing)}: add them with "
+            f"`hardkit secrets set {env} NAME`"] if missing else []
 
 # Key the runner adds to the data it hands pyinfra for one run (never set by operators):
 #: The credential names sent or removed on this host by this run (a sorted list, maybe empty):

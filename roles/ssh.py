@@ -20,7 +20,7 @@ from pyinfra.operations import apt
 
 from roles import guard
 from roles import firewall
-from roles import second_factor, second_factor_data
+from roles import backup_server, second_factor, second_factor_data
 from roles.access_data import ADMIN_USER, CONNECTED_SSHD_PORT_KEY, FIXED_PORT_KEY, SSHD_PORT
 from roles.admin import SSH_GROUP
 
@@ -82,7 +82,7 @@ def settings(data, ports: list[int] | None = None) -> list[tuple[str, str]]:
         ("IgnoreUserKnownHosts", "yes"),
         ("UsePAM", "yes"),  # account and session checks (locks, limits); passwords stay off above
         ("PermitUserEnvironment", "no"),
-        ("AllowGroups", SSH_GROUP),
+        ("AllowGroups", " ".join([SSH_GROUP, *backup_server.ssh_groups(data)])),
         ("AllowTcpForwarding", "no"),
         ("AllowStreamLocalForwarding", "no"),
         ("AllowAgentForwarding", "no"),
@@ -131,7 +131,7 @@ def render_config(data, supported: dict[str, list[str]], ports: list[int] | None
     lines += [f"{k} {v}" for k, v in settings(data, ports)]
     lines += ["Subsystem sftp internal-sftp -f AUTHPRIV -l INFO", "", "Include /etc/ssh/sshd_config.d/*.conf", ""]
     # Match blocks last: everything after a Match line belongs to it, and the Include must stay global.
-    lines += second_factor.sshd_match_blocks(data)
+    lines += second_factor.sshd_match_blocks(data) + backup_server.sshd_match_block(data)
     return "\n".join(lines)
 
 

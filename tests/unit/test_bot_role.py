@@ -159,6 +159,6 @@ def test_a_live_bot_needs_credentials_and_egress_before_any_host_is_touched(tmp_
     assert res.returncode == 2, res.stderr
     err = res.stderr
     assert "nocreds: bot is live (exchange.kind is not 'paper') but secrets_env is not set" in err, err
-    assert "halfcreds: bot is live but secrets environment 'staging' has no exchange-api-secret" in err, err
+    assert "halfcreds: bot is live (exchange.kind is not 'paper') but secrets environment 'staging' has no exchange-api-secret" in err, err
     assert "nocreds: bot is live but bot_egress_endpoints is empty" in err, err
     assert "paper:" not in err, err

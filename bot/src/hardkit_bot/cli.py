@@ -29,6 +29,10 @@ from .config import ConfigError, load
 log = logging.getLogger("hardkit_bot")
 
 
+#: The paper exchange's book in the state directory (exchange/__init__.py): backed up beside the ledger.
+PAPER_EXCHANGE = "paper-exchange.sqlite"
+
+
 class UsageError(Exception):
     """A user mistake: one line on stderr, exit 2, nothing traded or written."""
 
@@ -284,6 +288,74 @@ def cmd_audit(args) -> int:
     return 1
 
 
+def cmd_backup(args) -> int:
+    """The ledger through the store's online backup, plus its state file, into an empty folder."""
+    ledger = _ledger(args)
+    if ledger is None:
+        raise Unreachable("no ledger found ($STATE_DIRECTORY or --state-dir)")
+    dest = Path(args.to)
+    if not dest.is_dir():
+        raise UsageError(f"--to {dest}: not an existing folder")
+    if any(dest.iterdir()):
+        raise UsageError(f"--to {dest}: not empty (a backup goes into an empty folder)")
+    from .store import copy_database
+    store = _open_store(ledger, readonly=True)
+    try:
+        latch = store.backup_to(dest / ledger.name)
+        exchange = ledger.parent / PAPER_EXCHANGE
+        if exchange.exists():   # the paper exchange lives here too: its book is "the exchange" of a restore
+            copy_database(exchange, dest / PAPER_EXCHANGE)
+    except (ValueError, sqlite3.DatabaseError) as e:
+        print(f"hardkit-bot: backup of {ledger} failed: {e}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    print(json.dumps({"ledger": str(dest / ledger.name), "state": latch.state, "reason": latch.reason,
+                      "since": latch.since}))
+    return 0
+
+
+def cmd_restore(args) -> int:
+    """Put a backup's ledger (and paper exchange) in place of this state directory's, with no bot running:
+    the copy is integrity-checked, its latch must agree with its state file, and its audit chain must
+    verify with this host's audit key before anything is replaced. The replaced files are kept aside."""
+    sd = _state_dir(args)
+    if sd is None:
+        raise UsageError("no state directory ($STATE_DIRECTORY or --state-dir)")
+    src = Path(getattr(args, "from")) / "ledger.sqlite"
+    if not src.is_file():
+        raise UsageError(f"--from {src.parent}: no ledger.sqlite there (a folder made by `hardkit-bot backup`)")
+    key = _audit_key(args)
+    sd.mkdir(parents=True, exist_ok=True, mode=0o700)
+    lock = _no_bot_lock(sd, "restore needs the bot stopped")
+    try:
+        backup = _open_store(src, key, readonly=True)
+        try:
+            if backup.latch_doubt:
+                raise UsageError(f"the backup's latched state is in doubt ({backup.latch_doubt}): not restored")
+            check = backup.verify_audit(key)
+            if not check.ok:
+                raise UsageError(f"the backup's audit chain does not verify: {check.problem}; not restored")
+            aside = sd / f"replaced-{int(time.time())}"
+            moved = [p for p in sd.iterdir() if p.name.startswith(("ledger.sqlite", PAPER_EXCHANGE))]
+            if moved:
+                aside.mkdir(mode=0o700)
+                for p in moved:
+                    p.rename(aside / p.name)
+            latch = backup.backup_to(sd / "ledger.sqlite")
+            records = check.records
+        finally:
+            backup.close()
+        if (src.parent / PAPER_EXCHANGE).exists():
+            from .store import copy_database
+            copy_database(src.parent / PAPER_EXCHANGE, sd / PAPER_EXCHANGE)
+    finally:
+        lock.close()
+    print(json.dumps({"restored": str(sd / "ledger.sqlite"), "state": latch.state, "reason": latch.reason,
+                      "audit_records": records, "replaced": str(aside) if moved else None}))
+    return 0
+
+
 def cmd_dashboard_proxy(args) -> int:
     from .dashboard_proxy import main as proxy
     rt = os.environ.get("RUNTIME_DIRECTORY")
@@ -396,6 +468,12 @@ def main(argv: list[str] | None = None) -> int:
     a = common(sub.add_parser("audit", help="audit log tools"))
     a.add_argument("action", choices=["verify"])
     a.set_defaults(fn=cmd_audit)
+    k = common(sub.add_parser("backup", help="copy the ledger (online backup API) and its state file into a folder"))
+    k.add_argument("--to", required=True, help="an existing, empty folder")
+    k.set_defaults(fn=cmd_backup)
+    w = common(sub.add_parser("restore", help="replace the ledger with a backup's (bot stopped; checked first)"))
+    w.add_argument("--from", required=True, help="a folder made by `hardkit-bot backup`")
+    w.set_defaults(fn=cmd_restore)
     x = sub.add_parser("dashboard-proxy", help="bridge stdin/stdout to the dashboard socket (run over SSH by the controller)")
     x.add_argument("--runtime-dir", help="directory of dashboard.sock (default $RUNTIME_DIRECTORY, else /run/hardkit-bot)")
     x.set_defaults(fn=cmd_dashboard_proxy)

@@ -22,6 +22,7 @@ One connection is shared by the engine and control threads behind an RLock
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import sqlite3
 import threading
@@ -78,6 +79,25 @@ _ADDED_COLUMNS = (("fills", "fee_asset", "TEXT NOT NULL DEFAULT ''"),)
 #: sessions of one restored ledger) practically never share one.
 _EPOCH_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 _EPOCH_LEN = 8
+
+
+def copy_database(src: str | Path, dest: str | Path) -> None:
+    """A consistent single-file copy of another SQLite file of the bot's (the paper exchange's book)
+    through the online backup API: what Store.backup_to does for the ledger."""
+    dest = Path(dest)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    source = sqlite3.connect(f"file:{src}?mode=ro", uri=True, timeout=10)
+    copy = sqlite3.connect(tmp)
+    try:
+        source.backup(copy)
+        copy.execute("PRAGMA journal_mode=DELETE")
+        if copy.execute("PRAGMA integrity_check").fetchall() != [("ok",)]:
+            raise sqlite3.DatabaseError(f"the copy of {src} fails SQLite's integrity check")
+    finally:
+        copy.close()
+        source.close()
+    os.replace(tmp, dest)
 
 
 def _d(v: str | None) -> Decimal | None:
@@ -176,6 +196,42 @@ class Store:
     def close(self) -> None:
         with self._lock:
             self.conn.close()
+
+    def backup_to(self, dest: str | Path) -> statefile.Latch:
+        """A consistent copy of this ledger in `dest` (a new single-file database, never a raw copy of
+        the live WAL files): SQLite's online backup API reads one snapshot while the bot keeps writing.
+
+        The copy is integrity-checked, and its state file is written from the copy's own latch, so
+        the two agree at restore (a restored ledger without it would boot HALTED on doubt).
+        Refuses (ValueError) a ledger whose latch is in doubt: that must be seen, not backed up."""
+        if self.latch_doubt:
+            raise ValueError(f"the ledger's latched state is in doubt ({self.latch_doubt}): not backed up")
+        dest = Path(dest)
+        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+        tmp.unlink(missing_ok=True)
+        copy = sqlite3.connect(tmp)
+        try:
+            with self._lock:
+                self.conn.backup(copy)
+            copy.execute("PRAGMA journal_mode=DELETE")
+            check = copy.execute("PRAGMA integrity_check").fetchall()
+            if check != [("ok",)]:
+                raise sqlite3.DatabaseError(f"the copy fails SQLite's integrity check: {check[:3]}")
+            row = copy.execute("SELECT state, reason, since FROM trading_state WHERE id = 1").fetchone()
+        finally:
+            copy.close()
+        if row is None:
+            tmp.unlink(missing_ok=True)
+            raise sqlite3.DatabaseError("the copy has no trading state row")
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, dest)
+        latch = statefile.Latch(row[0], row[1], row[2])
+        statefile.write(statefile.path_for(dest), latch)
+        return latch
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
