@@ -7,11 +7,41 @@ bench/noop_profile.py). `order_from_stack` returns the same numbers — the line
 frame of the deploy file, skipping pyinfra's own frames — from `frame.f_code.co_filename` and
 `frame.f_lineno`, which is what `inspect.getframeinfo` reports for them. Installed by
 `deploy/site.py`.
+
+One difference, on purpose: each line number is preceded by its file's rank. site.py calls every
+role from the same line, so pyinfra's numbers alone give an operation at line 50 of roles/ssh.py
+and one at line 50 of roles/backup.py the same order, hence the same operation hash. One host never
+notices; two hosts whose roles differ (a VPS and its backup server in one run) share that hash
+across different operations and pyinfra stops with "Cycle detected in operation ordering DAG".
+Role modules rank by their place in ROLE_MODULES (the order they run in); any other file by a
+stable number from its path, above every role's, so no two files share a rank.
 """
 
 from __future__ import annotations
 
+import hashlib
 import sys
+from functools import lru_cache
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@lru_cache(maxsize=None)
+def _role_ranks() -> dict[str, int]:
+    from roles import ROLE_MODULES
+
+    return {str(REPO_ROOT.joinpath(*module.split(".")).with_suffix(".py")): i + 1
+            for i, module in enumerate(ROLE_MODULES)}
+
+
+@lru_cache(maxsize=None)
+def file_rank(filename: str) -> int:
+    """Where a file's operations sort: a role by its place in the run, any other file after all roles."""
+    ranks = _role_ranks()
+    if filename in ranks:
+        return ranks[filename]
+    return len(ranks) + 1 + int(hashlib.sha256(filename.encode()).hexdigest()[:8], 16)
 
 
 def order_from_stack(state) -> list[int]:
@@ -30,7 +60,9 @@ def order_from_stack(state) -> list[int]:
             if f.f_code.co_filename == state.current_deploy_filename:
                 break
     numbers = [state.current_op_file_number] if pyinfra.is_cli else []
-    numbers += [f.f_lineno for f in frames[start:] if not f.f_code.co_filename.startswith(PYINFRA_INSTALL_DIR)]
+    for f in frames[start:]:
+        if not f.f_code.co_filename.startswith(PYINFRA_INSTALL_DIR):
+            numbers += [file_rank(f.f_code.co_filename), f.f_lineno]
     return numbers
 
 

@@ -7,15 +7,15 @@ cd "$(dirname "$0")/.."
 
 # Tools of the controller: the lab (mmdebstrap, nspawn, slirp4netns, qemu), the real validators
 # rendered configs are checked with (sshd -t, nft -c, fail2ban-client -t, visudo -cf), ssh-keygen,
-# the integrity tools whose rendered configs the unit tests check (aide --config-check, rkhunter
-# --config-check), the headless browser the bot's dashboard is tested in (chromium + chromedriver), and
+# the integrity and backup tools the unit tests run for real (aide --config-check, rkhunter
+# --config-check, restic against a loopback sshd), the headless browser the bot's dashboard is tested in (chromium + chromedriver), and
 # the C toolchain the 2FA tests build their software FIDO2 key with (gcc, libc6-dev, libssl-dev).
 DEB_PACKAGES=(
   mmdebstrap systemd-container slirp4netns iproute2 util-linux e2fsprogs
   qemu-system-x86 qemu-utils zstd
   openssh-client openssh-server nftables fail2ban python3-systemd sudo netbase age
   kmod make python3-venv
-  aide rkhunter
+  aide rkhunter restic
   chromium chromium-driver
   gcc libc6-dev libssl-dev
 )
