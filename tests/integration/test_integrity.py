@@ -83,7 +83,9 @@ def test_rkhunter_scans_the_deployed_host_clean(lab, deployed):
     """The scan started right after the deploy (`deployed`) ends with its unit successful."""
     unit, deadline = d.RKHUNTER_SCAN_UNIT, time.monotonic() + 1800
     while True:
-        state, result = root(lab, name(lab), f"systemctl show -p ActiveState -p Result --value {unit}").stdout.split()
+        shown = root(lab, name(lab), f"systemctl show -p ActiveState -p Result {unit}").stdout
+        props = dict(line.split("=", 1) for line in shown.split())  # systemd's order, not the order asked
+        state, result = props.get("ActiveState"), props.get("Result")
         if state in ("inactive", "failed") or time.monotonic() > deadline:
             break
         time.sleep(5)
