@@ -22,6 +22,9 @@ from tests.integration.labkit import boot, tcp_banner_cmd
 pytestmark = [pytest.mark.vm, pytest.mark.lab]
 PREFIX = "vmt"
 NAME = f"{PREFIX}-1"
+#: Seconds a reboot may take under a software CPU while other lab modules load the same cores (a CI
+#: run with parallel workers); the OS baseline's vm reboot allows the same.
+REBOOT_WINDOW = 900
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +117,7 @@ def test_reboot_comes_back(lab, tgt):
     _ssh_ok(lab, "systemd-run --on-active=2 systemctl reboot")
     start = time.monotonic()
     booted = None
-    while time.monotonic() - start < 600:
+    while time.monotonic() - start < REBOOT_WINDOW:
         # While the guest shuts down its sshd may still greet and then hang: a timeout is "not yet".
         if ssh_banner("127.0.0.1", tgt.ssh_port):
             try:
@@ -125,7 +128,7 @@ def test_reboot_comes_back(lab, tgt):
                 booted = time.monotonic() - start
                 break
         time.sleep(1)
-    assert booted is not None, "the VM did not come back from its reboot within 600s"
+    assert booted is not None, f"the VM did not come back from its reboot within {REBOOT_WINDOW}s"
     print(f"\nvm reboot to SSH: {booted:.1f}s")
     again = target.load(PREFIX, NAME)
     assert again.pids == tgt.pids and again.ssh_port == tgt.ssh_port
