@@ -23,6 +23,7 @@ import shlex
 
 from pyinfra import host
 from pyinfra.api import deploy, operation
+from pyinfra.facts.deb import DebArch
 from pyinfra.facts.files import FileContents
 from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
@@ -106,6 +107,17 @@ COMPILER_NAMES = ["as", "cc", "gcc", "g++", "c++", "clang", "tcc"]
 COMPILER_MODE = ("root", "root", "0750")
 COMPILERS_COMMAND = ("for c in " + " ".join(COMPILER_NAMES) + "; do p=$(command -v \"$c\") && readlink -f \"$p\"; "
                      "done | sort -u")
+#: GNU type of each Debian architecture, for binutils' assembler (/usr/bin/<type>-as). It is registered
+#: whether or not binutils is installed yet: a later role of the same deploy pulls binutils in (rkhunter
+#: needs its `strings`), and a deploy reads its facts before it runs, so a first deploy would miss it and
+#: the second would change. dpkg applies a registered override when the package installs the file.
+GNU_TYPES = {"amd64": "x86_64-linux-gnu", "arm64": "aarch64-linux-gnu", "armhf": "arm-linux-gnueabihf",
+             "i386": "i686-linux-gnu", "ppc64el": "powerpc64le-linux-gnu", "s390x": "s390x-linux-gnu"}
+
+
+def compiler_paths(found: list[str], arch: str) -> set[str]:
+    """The compilers found on PATH, plus binutils' assembler for this architecture (see GNU_TYPES)."""
+    return set(found) | ({f"/usr/bin/{GNU_TYPES[arch]}-as"} if arch in GNU_TYPES else set())
 #: linux-baseline os-06's blacklist (none of these may carry a SUID/SGID bit).
 SUID_BLACKLIST = [
     "/usr/bin/rcp", "/usr/bin/rlogin", "/usr/bin/rsh", "/usr/libexec/openssh/ssh-keysign",
@@ -257,7 +269,7 @@ def filesystem():
     ensure_modes(name="Owner and mode of identity, cron, ssh and log paths", specs=PERMISSIONS)
     files.file(name="No hosts.equiv (linux-baseline os-01)", path="/etc/hosts.equiv", present=False)
     statoverrides(name="Remove SUID/SGID bits a server does not need", specs=SUID_STRIP)
-    compilers = host.get_fact(Lines, command=COMPILERS_COMMAND)
+    compilers = compiler_paths(host.get_fact(Lines, command=COMPILERS_COMMAND), host.get_fact(DebArch))
     statoverrides(name="Compilers and assemblers: root only", specs={c: COMPILER_MODE for c in compilers})
     no_world_writable(name="No world-writable files, sticky world-writable directories")
 

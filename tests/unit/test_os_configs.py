@@ -365,3 +365,13 @@ def test_compilers_command_finds_the_assembler_behind_its_link():
     found = subprocess.run(["sh", "-c", filesystem.COMPILERS_COMMAND], capture_output=True, text=True).stdout.split()
     real = str(Path(shutil.which("as")).resolve())
     assert real in found and all(Path(p).is_absolute() and not Path(p).is_symlink() for p in found), found
+
+
+def test_the_assembler_is_made_root_only_before_binutils_is_installed():
+    """rkhunter pulls binutils in later in the same deploy, whose facts were read before it ran: the assembler's
+    path is registered anyway (dpkg applies the override on install), or the second deploy would change."""
+    need("as")
+    arch = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True).stdout.strip()
+    real = str(Path(shutil.which("as")).resolve())
+    assert real in filesystem.compiler_paths([], arch), "the assembler must be registered with nothing found yet"
+    assert filesystem.compiler_paths(["/usr/bin/tcc"], "unknown-arch") == {"/usr/bin/tcc"}
