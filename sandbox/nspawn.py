@@ -13,6 +13,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from sandbox import image, keys, network
@@ -91,11 +92,24 @@ def _start_network(t: Target, net: network.LabNet) -> None:
     t.lab_v4, t.lab_v6 = network.attach_target(net, t.netns, t.index)
 
 
+#: Seconds to wait for slirp4netns to listen on its API socket: the socket file appears at bind, a
+#: moment before listen, and a loaded machine stretches that moment (a connection was refused there).
+SLIRP_API_WAIT = 5.0
+
+
 def _slirp_api(sock: Path, request: dict) -> dict:
     import socket
 
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.connect(str(sock))
+        deadline = time.monotonic() + SLIRP_API_WAIT
+        while True:
+            try:
+                s.connect(str(sock))
+                break
+            except ConnectionRefusedError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
         s.sendall(json.dumps(request).encode())
         s.shutdown(socket.SHUT_WR)
         reply = json.loads(s.recv(65536).decode() or "{}")

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from roles.firewall import NFT_CONF
+from roles.integrity_data import AIDE_TOOL
 from roles.ssh import SSHD_CONFIG
 from sandbox import keys
 from tests.integration.labkit import boot, tcp_banner_cmd
@@ -85,7 +86,9 @@ def test_verify_sees_a_provider_match_block_and_an_extra_accept_rule(lab, name, 
         assert "ip.saddr ['192.0.2.7']" in " ".join(rows["hk-fw-04"]["details"])
         _failed_in_every_format(tmp_path, "hk-fw-04", "ip.saddr ['192.0.2.7']", "issue 3: access hardening")
     finally:
-        lab.ssh(name, f"rm -f {drop_in}; nft -f {NFT_CONF}")
+        # Put back by hand, as an operator would after looking, then acknowledged: AIDE rightly saw the
+        # sshd drop-in folder change (hk-int-04), and nothing here redeploys.
+        lab.ssh(name, f"rm -f {drop_in}; nft -f {NFT_CONF}; {AIDE_TOOL} baseline >/dev/null")
     broken = tmp_path / "broken.json"
     broken.write_text((tmp_path / "compliance.json").read_text())
     res = lab.verify("--report-dir", str(tmp_path), "-k", "real_login_context or only_ssh_is_open",

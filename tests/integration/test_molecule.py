@@ -35,7 +35,9 @@ def molecule_run():
     env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}", "HARDKIT_MOLECULE_LAB": PREFIX,
            "ANSIBLE_NOCOLOR": "1", "NO_COLOR": "1"}
     try:
+        # stdin from /dev/null: a pytest-xdist worker's stdin is a non-blocking pipe, which Ansible refuses.
         res = subprocess.run([str(MOLECULE), "test"], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                             stdin=subprocess.DEVNULL,
                              timeout=1800)
     finally:
         left = lab.down(PREFIX, log=lambda m: None)  # whatever happened, no lab stays behind
