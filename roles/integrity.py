@@ -29,7 +29,7 @@ from roles import integrity_data as d
 from roles.access_data import ADMIN_USER
 from roles.ops import install_file, quiet_or_fail, render
 from roles.platform_data import CONTAINER
-from roles.record import _changed_this_run as changed_this_run
+from roles.record import changed_this_run
 from roles.second_factor_data import people
 
 KEYS = d.KEYS

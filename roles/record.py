@@ -38,7 +38,9 @@ def identity(record: dict) -> dict:
     return {k: record.get(k) for k in IDENTITY}
 
 
-def _changed_this_run() -> bool:
+def changed_this_run() -> bool:
+    """Whether any operation of this deploy has changed the host so far (the record and the integrity
+    baselines follow the deploy's own changes)."""
     for op_data in host.state.ops[host].values():
         meta = op_data.operation_meta
         if meta.is_complete() and meta.did_change():
@@ -62,7 +64,7 @@ def write_record(run: dict, bot_release: str | None):
         current = json.loads(text) if text else {}
     except ValueError:
         current = {}
-    if identity(current) == identity(record) and not _changed_this_run():
+    if identity(current) == identity(record) and not changed_this_run():
         host.noop(f"the record of {record['commit'] or 'this tree'} is in place")
         return
     data = (json.dumps(record, indent=2) + "\n").encode()
