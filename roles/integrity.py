@@ -53,10 +53,6 @@ def aide_conf(data) -> str:
                   watched=watched)
 
 
-def aide_command(command: str) -> str:
-    return f"{d.AIDE_TOOL} --conf {d.AIDE_CONF} --db {d.AIDE_DB} --state {d.AIDE_DPKG_STATE} {command}"
-
-
 def calendar(data) -> str:
     return f"*-*-* {d.AIDE_CHECK_TIME.value(data)}:00"
 
@@ -72,7 +68,7 @@ def refresh_baselines():
         host.noop("nothing changed in this run: the baselines stand")
         return
     yield "rkhunter --propupd --nolog"
-    yield aide_command("baseline")
+    yield d.aide_command("baseline")
 
 
 @deploy("File integrity and rootkit scanning")

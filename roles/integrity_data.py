@@ -32,6 +32,12 @@ AIDE_TOOL = "/usr/local/sbin/hardkit-aide"
 AIDE_CHECK_UNIT = "hardkit-aide-check.service"
 AIDE_CHECK_TIMER = "hardkit-aide-check.timer"
 
+
+def aide_command(command: str) -> str:
+    """The deployed tool's command line (`baseline` or `check`): what the deploy runs, and what an operator
+    runs to acknowledge a change made by hand."""
+    return f"{AIDE_TOOL} --conf {AIDE_CONF} --db {AIDE_DB} --state {AIDE_DPKG_STATE} {command}"
+
 #: Trees AIDE records in full (content digest, owner, mode, ACLs, xattrs, link target).
 AIDE_WATCHED = [
     "/boot", "/etc", "/usr/bin", "/usr/sbin", "/usr/lib", "/usr/local", "/root/.ssh",

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from roles.firewall import NFT_CONF
-from roles.integrity_data import AIDE_TOOL
+from roles.integrity_data import aide_command
 from roles.ssh import SSHD_CONFIG
 from sandbox import keys
 from tests.integration.labkit import boot, tcp_banner_cmd
@@ -88,7 +88,8 @@ def test_verify_sees_a_provider_match_block_and_an_extra_accept_rule(lab, name, 
     finally:
         # Put back by hand, as an operator would after looking, then acknowledged: AIDE rightly saw the
         # sshd drop-in folder change (hk-int-04), and nothing here redeploys.
-        lab.ssh(name, f"rm -f {drop_in}; nft -f {NFT_CONF}; {AIDE_TOOL} baseline >/dev/null")
+        put_back = lab.ssh(name, f"rm -f {drop_in} && nft -f {NFT_CONF} && {aide_command('baseline')} >/dev/null")
+        assert put_back.returncode == 0, put_back.stdout + put_back.stderr
     broken = tmp_path / "broken.json"
     broken.write_text((tmp_path / "compliance.json").read_text())
     res = lab.verify("--report-dir", str(tmp_path), "-k", "real_login_context or only_ssh_is_open",
