@@ -344,6 +344,8 @@ def cmd_restore(args) -> int:
                     p.rename(aside / p.name)
             latch = backup.backup_to(sd / "ledger.sqlite")
             records = check.records
+            held = {k: str(p.qty) for k, p in backup.positions().items() if p.qty}
+            streak = backup.get_meta("loss_streak")
         finally:
             backup.close()
         if (src.parent / PAPER_EXCHANGE).exists():
@@ -352,6 +354,7 @@ def cmd_restore(args) -> int:
     finally:
         lock.close()
     print(json.dumps({"restored": str(sd / "ledger.sqlite"), "state": latch.state, "reason": latch.reason,
+                      "positions": held, "loss_streak": streak or 0,
                       "audit_records": records, "replaced": str(aside) if moved else None}))
     return 0
 

@@ -122,6 +122,7 @@ def test_restore_replaces_the_ledger_after_checking_it(bot, tmp_path):
     assert res.returncode == 0, res.stderr
     doc = json.loads(res.stdout)
     assert doc["state"] == "HALTED" and doc["audit_records"] >= 2 and doc["replaced"]
+    assert doc["loss_streak"] == 3 and doc["positions"] == {}   # the ledger's own view, as restored
     assert (Path(doc["replaced"]) / "ledger.sqlite").exists()   # the replaced ledger is kept aside
     res = bot.cli("audit", "verify", "--audit-key-file", str(tmp_path / "key"))
     assert res.returncode == 0 and "audit log OK" in res.stdout, res.stderr
