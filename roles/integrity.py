@@ -74,6 +74,12 @@ def refresh_baselines():
 @deploy("File integrity and rootkit scanning")
 def integrity():
     data = host.data
+    if not d.INTEGRITY_ENABLED.value(data):
+        for timer in (d.AIDE_CHECK_TIMER, d.RKHUNTER_SCAN_TIMER):
+            if host.get_fact(File, path=f"/etc/systemd/system/{timer}"):
+                systemd.service(name=f"{timer} stopped (integrity_enabled is false)", service=timer,
+                                running=False, enabled=False)
+        return
     apt.packages(name="Install AIDE and rkhunter (no mail agent, no Debian cron setup)",
                  packages=d.AIDE_PACKAGES + d.RKHUNTER_PACKAGES, no_recommends=True)
 

@@ -16,7 +16,7 @@ import re
 
 from roles.bot_paths import CONFIG_DIR as BOT_CONFIG_DIR
 from roles.bot_paths import INSTALL_ROOT as BOT_INSTALL_ROOT
-from roles.data import DataKey
+from roles.data import DataKey, is_bool
 
 # --- AIDE ---------------------------------------------------------------------------------------
 
@@ -37,6 +37,7 @@ def aide_command(command: str) -> str:
     """The deployed tool's command line (`baseline` or `check`): what the deploy runs, and what an operator
     runs to acknowledge a change made by hand."""
     return f"{AIDE_TOOL} --conf {AIDE_CONF} --db {AIDE_DB} --state {AIDE_DPKG_STATE} {command}"
+
 
 #: Trees AIDE records in full (content digest, owner, mode, ACLs, xattrs, link target).
 AIDE_WATCHED = [
@@ -69,6 +70,12 @@ def aide_path_regex(path: str) -> str:
     return re.sub(r"([.^$*+?()\[\]{}|\\])", r"\\\1", path)
 
 
+INTEGRITY_ENABLED = DataKey(
+    "integrity_enabled", True,
+    "Install AIDE and rkhunter, build their baselines and schedule their daily runs (false: neither runs, "
+    "timers a previous deploy started are stopped, and the hk-int controls are skipped, saying so). Hashing "
+    "/usr costs minutes of CPU at each deploy that changes the host and once a day.", is_bool)
+
 AIDE_CHECK_TIME = DataKey(
     "integrity_check_time", "05:30",
     "When the daily AIDE check and rkhunter scan run: HH:MM in the host's time zone (a random delay of up to "
@@ -98,4 +105,4 @@ RKHUNTER_DEFAULT_VALUES = {
 #: Unit name -> the alert kind the notifier derives from it (the failure -> alert contract of issue 12).
 ALERT_KINDS = {AIDE_CHECK_UNIT: "integrity", RKHUNTER_SCAN_UNIT: "rootkit"}
 
-KEYS = [AIDE_CHECK_TIME]
+KEYS = [INTEGRITY_ENABLED, AIDE_CHECK_TIME]

@@ -15,6 +15,14 @@ from tests.compliance import os_state
 
 #: The skip reason of hk-int-07 on a host where no scan has finished yet.
 NO_SCAN_YET = "no rkhunter scan has finished on this host yet"
+#: The skip reason of every hk-int control on a host deployed with integrity_enabled false.
+INTEGRITY_OFF = "integrity_enabled is false"
+
+
+@pytest.fixture(autouse=True)
+def integrity_on(target):
+    if not d.INTEGRITY_ENABLED.value(target.data):
+        pytest.skip(f"{INTEGRITY_OFF} for this host: no AIDE or rkhunter to check")
 
 
 def journal_tail(target, unit: str, lines: int = 15) -> str:

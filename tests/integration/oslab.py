@@ -22,7 +22,8 @@ from tests.integration.labkit import Lab, boot
 #: or only to second-factor admins, whom the lab's inventory does not list; rkhunter's verdict before its
 #: first scheduled scan (tests/compliance/test_integrity.py).
 EXPECTED_SKIPS = ("vm tier", "boot loader", "bot_enabled is", "second_factor_admins", "admin in the inventory",
-                  "no rkhunter scan has finished", "backup_to is not set", "backup_server is not true")
+                  "no rkhunter scan has finished", "backup_to is not set", "backup_server is not true",
+                  "integrity_enabled is false")
 NTP_PORT = 123
 #: Seconds between 1900-01-01 (NTP epoch) and 1970-01-01.
 NTP_EPOCH_OFFSET = 2208988800

@@ -4,17 +4,19 @@ depend on it, and it would add a minute).
 A fresh deployed host checks clean; a file changed outside a deploy makes the next check's unit
 fail, naming exactly that file first; a redeploy that changes the host (here: a new check time)
 takes its own changes in, so the check passes again; a redeploy that changes nothing leaves the
-baseline alone; rkhunter scans the deployed host clean.
+baseline alone; rkhunter scans the deployed host clean; integrity_enabled false stops the timers and
+verify skips the hk-int controls, saying why.
 """
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
 
 from roles import integrity_data as d
-from tests.integration.labkit import boot
+from tests.integration.labkit import boot, hardkit
 from tests.integration.oslab import derived_inventory, root
 
 pytestmark = pytest.mark.lab
@@ -113,3 +115,18 @@ def test_noop_redeploy_leaves_the_baseline_alone(lab, deployed):
     assert root(lab, name(lab), f"stat -c %Y {d.AIDE_DB}").stdout.strip() == before
 
 
+
+
+def test_integrity_off_stops_the_timers_and_verify_says_why(lab, deployed, tmp_path):
+    off = derived_inventory(lab, tmp_path, bot_enabled=False, integrity_enabled=False)
+    result = lab.deploy(inventory_path=off)
+    assert result.ok, result.hosts[name(lab)].error
+    for timer in (d.AIDE_CHECK_TIMER, d.RKHUNTER_SCAN_TIMER):
+        state = root(lab, name(lab), f"systemctl is-enabled {timer}; systemctl is-active {timer}").stdout.split()
+        assert state == ["disabled", "inactive"], (timer, state)
+    res = hardkit("verify", str(off), "--report-dir", str(tmp_path / "r"), "-k", "integrity")
+    assert res.returncode == 0, res.stdout[-3000:]
+    rows = [r for r in json.loads((tmp_path / "r" / "compliance.json").read_text())["controls"]
+            if r["control"].startswith("hk-int-")]
+    assert len(rows) == 7 and all(r["status"] == "SKIP" for r in rows), rows
+    assert all("integrity_enabled is false" in " ".join(r["details"]) for r in rows), rows

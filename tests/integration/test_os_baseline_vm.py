@@ -19,9 +19,10 @@ pytestmark = [pytest.mark.lab, pytest.mark.vm]
 
 @pytest.fixture(scope="module")
 def vmlab(tmp_path_factory):
-    # The bot is proven on the nspawn tier (tests/integration/test_bot.py); installing it under a
-    # software CPU would add minutes to every vm deploy and show nothing a real kernel adds.
-    yield from os_lab("osvmit", "vm", tmp_path_factory.mktemp("osvm"), bot_enabled=False)
+    # The bot and file integrity are proven on the nspawn tier (tests/integration/test_bot.py,
+    # test_integrity.py); installing the bot, and AIDE hashing /usr at every deploy that changes the host,
+    # under a software CPU add many minutes to each vm deploy and show nothing a real kernel adds.
+    yield from os_lab("osvmit", "vm", tmp_path_factory.mktemp("osvm"), bot_enabled=False, integrity_enabled=False)
 
 
 @pytest.fixture(scope="module")
