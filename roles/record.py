@@ -4,7 +4,8 @@ Written last, root-only, as RECORD_FILE (JSON): the repository commit and whethe
 dirty, the bot release, hardkit's version, the time and operator of the deploy, and the SHA-256
 of every file the roles manage by content (`roles.ops.install_file`, guarded sshd/firewall
 changes). The digests are computed on the controller from what the roles wrote, so two hosts
-deployed from the same commit with the same data carry identical digests; `hardkit status`
+deployed from the same commit with the same data carry identical digests (except for the files in
+NAMES_THE_HOST, whose content is the host's own name by design); `hardkit status`
 compares them with the files on the host to show drift.
 
 Idempotent: the record is rewritten only when what it describes changed (commit, dirty flag,
@@ -20,6 +21,7 @@ from io import BytesIO
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, deploy, operation
 
+from roles import alert_notify
 from roles.baseline import HARDKIT_RELEASE
 from roles.bot_config import BOT_ENABLED
 from roles.bot_paths import DEPLOY_RECORD_DIR
@@ -30,6 +32,9 @@ RECORD_FILE = f"{DEPLOY_RECORD_DIR}/deploy-record.json"
 RUN_KEY = "hardkit_run"
 #: The record's fields that say *what* is deployed; the others say when and by whom.
 IDENTITY = ("hardkit", "commit", "dirty", "bot_release", "files")
+
+#: Managed files whose content names the host they are on (so they differ between any two hosts), and why.
+NAMES_THE_HOST = {alert_notify.CONFIG_FILE: "an alert says which inventory host it comes from"}
 
 KEYS: list = []
 
