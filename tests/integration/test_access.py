@@ -29,11 +29,13 @@ DEPLOYS = Path(__file__).parent / "deploys"
 @pytest.fixture(scope="module")
 def lab():
     handle = boot(PREFIX, count=1)
-    first = handle.deploy()
-    assert first.ok, {n: (h.failed, h.error) for n, h in first.hosts.items()}
-    assert next(iter(first.hosts.values())).login == "root", "a fresh VPS is first reached as root"
-    yield handle
-    handle.down()
+    try:
+        first = handle.deploy()
+        assert first.ok, {n: (h.failed, h.error) for n, h in first.hosts.items()}
+        assert next(iter(first.hosts.values())).login == "root", "a fresh VPS is first reached as root"
+        yield handle
+    finally:
+        handle.down()
 
 
 @pytest.fixture(scope="module")

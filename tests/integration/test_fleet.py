@@ -38,16 +38,18 @@ RSA_KEY = "/etc/ssh/ssh_host_rsa_key"
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     handle = boot(PREFIX, count=2)
-    for name in handle.names:
-        fact_batch.cache_file(name).unlink(missing_ok=True)
-    stats = tmp_path_factory.mktemp("facts") / "stats.json"
-    os.environ["HARDKIT_FACT_STATS"] = str(stats)
-    handle.fact_stats = lambda: json.loads(stats.read_text())
-    first = handle.deploy()
-    assert first.ok, {n: (h.failed, h.error) for n, h in first.hosts.items()}
-    yield handle
-    os.environ.pop("HARDKIT_FACT_STATS", None)
-    handle.down()
+    try:
+        for name in handle.names:
+            fact_batch.cache_file(name).unlink(missing_ok=True)
+        stats = tmp_path_factory.mktemp("facts") / "stats.json"
+        os.environ["HARDKIT_FACT_STATS"] = str(stats)
+        handle.fact_stats = lambda: json.loads(stats.read_text())
+        first = handle.deploy()
+        assert first.ok, {n: (h.failed, h.error) for n, h in first.hosts.items()}
+        yield handle
+    finally:
+        os.environ.pop("HARDKIT_FACT_STATS", None)
+        handle.down()
 
 
 def test_a_noop_redeploy_answers_its_facts_from_one_batch_and_changes_nothing(lab):

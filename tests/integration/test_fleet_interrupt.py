@@ -37,6 +37,9 @@ KILL_POINTS = int(os.environ.get("HARDKIT_KILL_POINTS", "3"))
 KILL_SEED = int(os.environ.get("HARDKIT_KILL_SEED", "11"))
 #: Kill points are drawn among the first operations of a fresh deploy (it runs more).
 FRESH_OPS = 90
+#: Seconds a deploy may take to reach the operation a test interrupts it at (a fresh deploy on a CI
+#: machine whose cores other lab modules and the vm tier's software CPU share).
+START_WAIT = 1800
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +68,7 @@ def deploy_until(lab, marker: str | int, delay: float, during=None, wait: float 
     proc = subprocess.Popen([sys.executable, "-m", "deploy.cli", "deploy", str(lab.inventory_path), "-v"],
                             cwd=str(REPO_ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=True, env={**os.environ, **(env or {})})
-    seen, hit, started = [], threading.Event(), [0]
+    seen, hit, started, reached = [], threading.Event(), [0], threading.Event()
 
     def read():
         for line in proc.stderr:
@@ -73,13 +76,18 @@ def deploy_until(lab, marker: str | int, delay: float, during=None, wait: float 
             if "Starting operation:" in line:
                 started[0] += 1
                 if started[0] == marker if isinstance(marker, int) else marker in line:
+                    reached.set()
                     hit.set()
-        hit.set()  # the controller ended before the marker: checked below
+        hit.set()  # the controller closed its output (it may not have exited yet)
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
-    hit.wait(900)
-    assert proc.poll() is None, f"the deploy ended (exit {proc.returncode}) before {marker!r}:\n" + "".join(seen[-40:])
+    if not hit.wait(START_WAIT):
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise AssertionError(f"the deploy had not started {marker!r} after {START_WAIT} s:\n" + "".join(seen[-40:]))
+    if not reached.is_set():
+        raise AssertionError(f"the deploy ended (exit {proc.wait()}) before {marker!r}:\n" + "".join(seen[-40:]))
     time.sleep(delay)
     deadline = time.monotonic() + 60
     while until is not None and not until() and time.monotonic() < deadline:
