@@ -54,7 +54,39 @@ def create(prefix: str, name: str, index: int, net: network.LabNet, authorized_k
     _start_container(t)
     t.save()
     wait_for_ssh("127.0.0.1", t.ssh_port, BOOT_TIMEOUT, on_timeout=lambda: _boot_failure(t))
+    _settle_boot(t)
     return t
+
+
+#: The exit status systemd gives a unit it could not put in its cgroup (EXIT_CGROUP). On a loaded
+#: machine a container's systemd sometimes loses that race at boot: seen for systemd-user-sessions,
+#: which then leaves /run/nologin behind, so PAM refuses every login but root's. A VPS has no such
+#: race, so the lab starts such units again before it hands the target over.
+EXIT_CGROUP = 219
+#: Seconds to wait for the container's boot to finish after sshd answers.
+SETTLE_TIMEOUT = 300
+_SETTLE_SCRIPT = f"""timeout {SETTLE_TIMEOUT} systemctl is-system-running --wait >/dev/null 2>&1
+for u in $(systemctl list-units --state=failed --plain --no-legend --no-pager | awk '{{print $1}}'); do
+  if [ "$(systemctl show -p ExecMainStatus --value "$u")" = {EXIT_CGROUP} ]; then
+    systemctl reset-failed "$u"; systemctl start "$u" && echo "$u"
+  fi
+done"""
+
+
+def _settle_boot(t: Target) -> None:
+    """Wait for the container's boot to finish; start again the units that lost the cgroup race."""
+    kh = t.dir / "known_hosts.boot"
+    kh.write_text("".join(f"[127.0.0.1]:{t.ssh_port} {k}\n" for k in t.host_keys))
+    cmd = ["ssh", "-i", str(keys.operator_key()), "-p", str(t.ssh_port), "-o", f"UserKnownHostsFile={kh}",
+           "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=15",
+           "-o", "LogLevel=ERROR", "root@127.0.0.1", _SETTLE_SCRIPT]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=SETTLE_TIMEOUT + 60)
+    if res.returncode != 0:
+        raise LabError(f"{t.name}: could not check its boot over SSH: {res.stderr.strip()[-300:]}")
+    restarted = res.stdout.split()
+    if restarted:
+        with open(t.dir / "supervise.log", "a") as log:
+            log.write(f"started again after losing the cgroup race at boot: {' '.join(restarted)}\n")
 
 
 def _personalise(t: Target, root: Path, authorized_key: str) -> None:

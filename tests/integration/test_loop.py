@@ -35,6 +35,9 @@ def test_pristine_targets_look_like_a_fresh_vps(lab):
         assert "PasswordAuthentication" in res.stdout  # the provider leftover the hardening must beat
         assert not [w for w in out if w.startswith("has-")], "the image must not preinstall what the deploy installs"
         assert "root L " in res.stdout, "root's password must be locked"
+        # Booted to the end, as a VPS is handed over: no unit failed, logins other than root's are open.
+        booted = lab.ssh(name, "systemctl is-system-running; test -e /run/nologin && echo nologin")
+        assert booted.stdout.split() == ["running"], booted.stdout + booted.stderr
     # Each target has its own host keys and machine-id, as a provider would give it.
     ids = {lab.ssh(n, "cat /etc/machine-id").stdout for n in lab.names}
     keys = {lab.ssh(n, "cat /etc/ssh/ssh_host_ed25519_key.pub").stdout.split()[1] for n in lab.names}
