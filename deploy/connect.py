@@ -127,6 +127,9 @@ def _try(h: Host, user: str, need_sudo: bool, sshd_port: int | None, port: int) 
     try:
         check = 'echo "$SSH_CONNECTION"' + ("; sudo -n true" if need_sudo else "")
         rc, out, err = run(client, check, timeout=30)
+    except (paramiko.SSHException, OSError, socket.timeout) as e:
+        # Authenticated, then the session closed or stalled (sshd reloading, a PAM session refused): a no.
+        return None, f"{user}@port {port}: logged in, then the session failed: {e or type(e).__name__}"
     finally:
         client.close()
     if rc != 0:
