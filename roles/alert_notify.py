@@ -25,8 +25,10 @@ again with exponential backoff (RETRY_BASE_SECONDS doubling up to RETRY_MAX_SECO
 
 Channels: the journal always (this program's stdout); the webhook when configured (JSON POST signed
 with HMAC-SHA256 over "<timestamp>.<body>" in SIGNATURE_HEADER, the timestamp in TIMESTAMP_HEADER so a
-receiver refuses replays; the key is the systemd credential KEY_CREDENTIAL); email through `sendmail`
-when recipients are configured and a sendmail is on PATH (absent: said once, skipped).
+receiver refuses replays; the key is the systemd credential KEY_CREDENTIAL); email over SMTP to the
+host's MTA on MTA_ADDRESS when recipients are configured and an MTA listens there when the notifier
+starts (none: said once, skipped). Not `sendmail`: under this program's sandbox (NoNewPrivileges, a
+read-only system) a setuid or setgid sendmail cannot write the MTA's spool.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ import hmac
 import json
 import os
 import re
-import shutil
+import smtplib
+import socket
 import ssl
 import subprocess
 import sys
@@ -46,6 +49,7 @@ import urllib.error
 import urllib.request
 import uuid
 from datetime import datetime, timezone
+from email.message import EmailMessage
 
 #: Where the deploy writes this tool's config.
 CONFIG_FILE = "/etc/hardkit/alert.json"
@@ -371,30 +375,50 @@ def post_webhook(url: str, key: bytes, body: bytes, context: ssl.SSLContext | No
             raise OSError(f"HTTP {answer.status}")
 
 
-def send_email(sendmail: str, recipients: list[str], host: str, alert: dict) -> None:
-    lines = [f"To: {', '.join(recipients)}", f"Subject: [hardkit {host}] {alert['kind']}: {alert['summary']}"[:200],
-             "Content-Type: text/plain; charset=utf-8", "", alert["summary"], "", *alert.get("detail", []),
-             "", f"count: {alert.get('count', 1)}", f"key: {alert['key']}"]
-    res = subprocess.run([sendmail, "-t", "-oi"], input="\n".join(lines) + "\n", text=True,
-                         capture_output=True, timeout=60)
-    if res.returncode != 0:
-        raise OSError(f"sendmail exit {res.returncode}: {res.stderr.strip()[-200:]}")
+#: Where the host's MTA takes mail: Debian's exim4 and postfix listen on loopback port 25 by default
+#: (the notifier's egress table lets its uid reach loopback, and nothing else but DNS and the webhook).
+MTA_ADDRESS = ("localhost", 25)
+
+
+def mta_listening(address: tuple[str, int] = MTA_ADDRESS, timeout: float = 5.0) -> tuple[str, int] | None:
+    """The MTA's address if something accepts connections there now, else None."""
+    try:
+        socket.create_connection(address, timeout=timeout).close()
+    except OSError:
+        return None
+    return address
+
+
+def email_message(recipients: list[str], host: str, alert: dict) -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"] = f"hardkit-alert@{socket.gethostname()}"
+    msg["To"] = ", ".join(recipients)
+    msg["Subject"] = f"[hardkit {host}] {alert['kind']}: {alert['summary']}"[:200]
+    msg.set_content("\n".join([alert["summary"], "", *alert.get("detail", []), "",
+                                f"count: {alert.get('count', 1)}", f"key: {alert['key']}"]) + "\n")
+    return msg
+
+
+def send_email(mta: tuple[str, int], recipients: list[str], host: str, alert: dict) -> None:
+    """Hand the alert to the MTA (SMTP, no auth: loopback); an SMTP refusal raises (an OSError)."""
+    with smtplib.SMTP(*mta, timeout=60) as smtp:
+        smtp.send_message(email_message(recipients, host, alert))
 
 
 # --- the daemon -----------------------------------------------------------------------------------
 
 class Notifier:
-    def __init__(self, config: dict, key: bytes | None, sendmail: str | None, now: float):
-        self.config, self.key, self.sendmail = config, key, sendmail
+    def __init__(self, config: dict, key: bytes | None, mta: tuple[str, int] | None, now: float):
+        self.config, self.key, self.mta = config, key, mta
         self.spool = Spool(config["state_dir"])
         self.spool.create()
         self.state = self.spool.load_state()
         self.bucket = Bucket(config["rate_per_hour"], now=now)
         self.channels = (["webhook"] if config["webhook_url"] else []) + \
-                        (["email"] if config["email_to"] and sendmail else [])
+                        (["email"] if config["email_to"] and mta else [])
         self.context = ssl.create_default_context(cafile=config["webhook_ca"]) if config["webhook_url"] else None
-        if config["email_to"] and not sendmail:
-            log("email: no sendmail on PATH on this host: email alerts are skipped")
+        if config["email_to"] and not mta:
+            log(f"email: no MTA listens on {MTA_ADDRESS[0]}:{MTA_ADDRESS[1]} on this host: email alerts are skipped")
         if config["webhook_url"] and key is None:
             log(f"webhook: no {KEY_CREDENTIAL} credential: webhook alerts wait in the spool, unsigned ones are "
                 "never sent")
@@ -433,9 +457,9 @@ class Notifier:
                 raise ValueError(f"no {KEY_CREDENTIAL} credential")
             post_webhook(self.config["webhook_url"], self.key, payload(alert, host), self.context, now)
         elif item["channel"] == "email":
-            if not self.sendmail:
-                raise ValueError("no sendmail on PATH")
-            send_email(self.sendmail, self.config["email_to"], host, alert)
+            if not self.mta:
+                raise ValueError("no MTA")
+            send_email(self.mta, self.config["email_to"], host, alert)
 
 
 def journal_command(unit: str, cursor: str | None, since: float) -> list[str]:
@@ -476,7 +500,7 @@ def read_key() -> bytes | None:
 
 def run(config: dict, poll: float = 2.0) -> int:
     started = time.time()
-    notifier = Notifier(config, read_key(), shutil.which("sendmail"), started)
+    notifier = Notifier(config, read_key(), mta_listening() if config["email_to"] else None, started)
     next_reboot_check = 0.0
     log(f"hardkit-alert: running; channels: journal{''.join(', ' + c for c in notifier.channels)}")
     while True:

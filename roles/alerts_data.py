@@ -103,8 +103,8 @@ WEBHOOK_CA = DataKey(
     lambda v: None if v is None else is_existing_file(v))
 EMAIL_TO = DataKey(
     "alert_email_to", [],
-    "Email recipients, sent through the host's `sendmail` when an MTA provides one (none: skipped, said once in "
-    "the notifier's journal). Default []: no email.", _check_emails)
+    "Email recipients, handed over SMTP to the host's MTA on localhost:25 when one listens there as the notifier "
+    "starts (none: skipped, said once in the notifier's journal). Default []: no email.", _check_emails)
 DEDUPE_SECONDS = DataKey(
     "alert_dedupe_seconds", 3600,
     "Repeats of one event (same kind and subject) within this window are counted, not sent; when it closes one "

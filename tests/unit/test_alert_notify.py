@@ -13,6 +13,8 @@ import http.server
 import json
 import logging
 import os
+import socket
+import socketserver
 import ssl
 import subprocess
 import sys
@@ -223,24 +225,76 @@ def test_rate_limit_holds_alerts_back_in_the_spool_not_dropped(tmp_path, receive
     assert len(receiver.got) == 3
 
 
-def test_email_without_sendmail_is_said_once_and_skipped(tmp_path, capsys):
+def test_email_without_an_mta_is_said_once_and_skipped(tmp_path, capsys):
     n = an.Notifier(config(tmp_path, email_to=["ops@example.org"]), None, None, 0.0)
     n.handle([an.make_event("ban", "192.0.2.7", "banned")], now=1.0)
     assert n.channels == [] and an.Spool(n.config["state_dir"]).due(10.0) == []
-    assert capsys.readouterr().out.count("no sendmail on PATH") == 1
+    assert capsys.readouterr().out.count("no MTA listens on localhost:25") == 1
 
 
-def test_email_goes_through_sendmail_on_path(tmp_path):
-    """A stand-in sendmail (a script) records its stdin: the MTA interface is `sendmail -t -oi`."""
-    fake = tmp_path / "sendmail"
-    fake.write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path}/args; cat > {tmp_path}/mail\n")
-    fake.chmod(0o755)
-    n = an.Notifier(config(tmp_path, email_to=["ops@example.org"]), None, str(fake), 0.0)
+class _SMTPHandler(socketserver.StreamRequestHandler):
+    """Just enough SMTP to take one message (what an MTA on loopback does for the notifier)."""
+
+    def handle(self):
+        self.wfile.write(b"220 test ESMTP\r\n")
+        envelope, data = [], None
+        for raw in self.rfile:
+            line = raw.decode().rstrip("\r\n")
+            if data is not None:
+                if line == ".":
+                    self.server.got.append((envelope, "\n".join(data)))
+                    data = None
+                    self.wfile.write(b"250 queued\r\n")
+                else:
+                    data.append(line[1:] if line.startswith("..") else line)
+                continue
+            verb = line.split(" ", 1)[0].upper()
+            if verb == "DATA":
+                data = []
+                self.wfile.write(b"354 go on\r\n")
+            elif verb == "QUIT":
+                self.wfile.write(b"221 bye\r\n")
+                return
+            else:
+                if verb in ("MAIL", "RCPT"):
+                    envelope.append(line)
+                self.wfile.write(b"250 ok\r\n")
+
+
+@pytest.fixture
+def mta():
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _SMTPHandler)
+    server.got = []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_email_goes_to_the_mta_over_smtp(tmp_path, mta):
+    address = an.mta_listening(mta.server_address)
+    assert address == mta.server_address
+    n = an.Notifier(config(tmp_path, email_to=["ops@example.org"]), None, address, 0.0)
+    assert n.channels == ["email"]
     n.handle([an.make_event("integrity", "hardkit-aide-check.service", "aide found changes", ["/etc/passwd"])], 1.0)
     n.deliver(1.0)
-    mail = (tmp_path / "mail").read_text()
-    assert (tmp_path / "args").read_text().split() == ["-t", "-oi"]
+    (envelope, mail), = mta.got
+    assert [line.lower() for line in envelope] == [f"mail from:<hardkit-alert@{socket.gethostname()}>".lower(),
+                                                  "rcpt to:<ops@example.org>"]
     assert "To: ops@example.org" in mail and "integrity: aide found changes" in mail and "/etc/passwd" in mail
+    assert an.Spool(n.config["state_dir"]).due(10.0) == []
+
+
+def test_an_mta_gone_at_delivery_keeps_the_alert_for_a_retry(tmp_path, mta, capsys):
+    address = mta.server_address
+    mta.shutdown()
+    mta.server_close()
+    assert an.mta_listening(address) is None
+    n = an.Notifier(config(tmp_path, email_to=["ops@example.org"]), None, address, 0.0)
+    n.handle([an.make_event("ban", "192.0.2.7", "banned")], now=1.0)
+    n.deliver(1.0)
+    assert "email: delivery of [ban:192.0.2.7] failed" in capsys.readouterr().out
+    assert len(an.Spool(n.config["state_dir"]).due(10_000.0)) == 1
 
 
 # --- the command line ---------------------------------------------------------------------------------
