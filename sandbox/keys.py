@@ -7,6 +7,8 @@ file so every client (pyinfra, testinfra, ssh) checks them strictly.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -21,10 +23,20 @@ HOST_KEY_TYPES = ("ed25519", "rsa", "ecdsa")
 def operator_key() -> Path:
     """The lab operator's private key (made once); `.pub` beside it."""
     key = keys_dir() / "operator_ed25519"
-    if not key.exists():
-        keys_dir().mkdir(parents=True, exist_ok=True)
-        keys_dir().chmod(0o700)
-        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "hardkit-lab-operator", "-f", str(key)])
+    if key.exists():
+        return key
+    keys_dir().mkdir(parents=True, exist_ok=True)
+    keys_dir().chmod(0o700)
+    # Parallel test workers may all ask first: one makes it, the others wait and use it.
+    with open(keys_dir() / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not key.exists():
+            tmp = key.with_name(key.name + ".new")
+            for old in (tmp, Path(f"{tmp}.pub")):
+                old.unlink(missing_ok=True)
+            run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "hardkit-lab-operator", "-f", str(tmp)])
+            os.rename(f"{tmp}.pub", f"{key}.pub")   # the public half first: the private one's existence says done
+            os.rename(tmp, key)
     return key
 
 

@@ -76,7 +76,7 @@ def test_the_record_is_root_only_and_identical_for_hosts_from_one_commit(lab):
     shown = hardkit("status", str(lab.inventory_path), "--json")
     assert shown.returncode == 0, shown.stdout + shown.stderr
     status = json.loads(shown.stdout)
-    assert all(status[n]["ok"] and status[n]["record"]["files"] == first["files"] for n in lab.names)
+    assert all(status[n]["ok"] and status[n]["record"]["files"] == records[n]["files"] for n in lab.names), status
 
 
 def test_drift_by_hand_is_seen_and_converged(lab):
