@@ -18,6 +18,7 @@ from pathlib import Path
 
 from sandbox import image, keys, network
 from sandbox.errors import LabError
+from sandbox.guest_ssh import run_script, ssh_argv
 from sandbox.host import raise_inotify_limit, require_root, require_tools, run
 from sandbox.ports import free_port
 from sandbox.readiness import wait_for_ssh
@@ -76,14 +77,9 @@ done"""
 def _settle_boot(t: Target) -> None:
     """Wait for the container's boot to finish; start again the units that lost the cgroup race."""
     kh = t.dir / "known_hosts.boot"
-    kh.write_text("".join(f"[127.0.0.1]:{t.ssh_port} {k}\n" for k in t.host_keys))
-    cmd = ["ssh", "-i", str(keys.operator_key()), "-p", str(t.ssh_port), "-o", f"UserKnownHostsFile={kh}",
-           "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=15",
-           "-o", "LogLevel=ERROR", "root@127.0.0.1", _SETTLE_SCRIPT]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=SETTLE_TIMEOUT + 60)
-    if res.returncode != 0:
-        raise LabError(f"{t.name}: could not check its boot over SSH: {res.stderr.strip()[-300:]}")
-    restarted = res.stdout.split()
+    kh.write_text("".join(f"{t.name} {k}\n" for k in t.host_keys))
+    argv = ssh_argv(t.ssh_port, keys.operator_key(), kh, alias=t.name)
+    restarted = run_script(argv, _SETTLE_SCRIPT, f"{t.name}: checking its boot", timeout=SETTLE_TIMEOUT + 60).split()
     if restarted:
         with open(t.dir / "supervise.log", "a") as log:
             log.write(f"started again after losing the cgroup race at boot: {' '.join(restarted)}\n")

@@ -40,6 +40,7 @@ from pathlib import Path
 
 from sandbox import image, keys, network, tap
 from sandbox.errors import LabError
+from sandbox.guest_ssh import run_script, ssh_argv
 from sandbox.host import require_root, require_tools, run
 from sandbox.ports import free_port
 from sandbox.qmp import QMP
@@ -65,7 +66,6 @@ GOLDEN_ALIAS = "hardkit-vm-golden"
 GOLDEN_BOOT_TIMEOUT = 600.0
 RESTORE_TIMEOUT = 120.0
 SSH_TIMEOUT = 90.0
-COMMAND_TIMEOUT = 180.0
 
 LAB0_LINK = f"""# hardkit lab: the second NIC is the lab leg, named lab0 (addressed per target by 10-hardkit-lab0.network).
 [Match]
@@ -144,25 +144,6 @@ def _qemu_failure(tdir: Path, what: str) -> str:
 
 
 # ---------------------------------------------------------------- SSH with a given key
-
-
-def _ssh_argv(port: int, key: Path, known_hosts: Path, alias: str | None = None) -> list[str]:
-    argv = ["ssh", "-F", "/dev/null", "-p", str(port), "-i", str(key), "-o", "IdentitiesOnly=yes",
-            "-o", "BatchMode=yes", "-o", f"UserKnownHostsFile={known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null",
-            "-o", "StrictHostKeyChecking=yes", "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=60"]
-    if alias:
-        argv += ["-o", f"HostKeyAlias={alias}"]
-    return argv + ["root@127.0.0.1"]
-
-
-def _ssh(argv: list[str], script: str, what: str, timeout: float = COMMAND_TIMEOUT) -> str:
-    try:
-        proc = subprocess.run([*argv, "sh", "-s"], input=script.encode(), capture_output=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise LabError(f"{what}: no answer over SSH after {timeout:.0f}s") from None
-    if proc.returncode != 0:
-        raise LabError(f"{what} failed over SSH ({proc.returncode}):\n{proc.stderr.decode(errors='replace').strip()}")
-    return proc.stdout.decode(errors="replace")
 
 
 # ---------------------------------------------------------------- the golden VM (once per image)
@@ -292,8 +273,8 @@ def _boot_and_snapshot(staging: Path, net: network.LabNet, log) -> float:
             log("vm tier: cold-booting the golden VM (TCG, 15-60 s)")
             boot = wait_for_ssh("127.0.0.1", port, GOLDEN_BOOT_TIMEOUT, on_timeout=lambda: _qemu_failure(
                 staging, f"the golden VM did not answer SSH after {GOLDEN_BOOT_TIMEOUT:.0f}s"))
-            argv = _ssh_argv(port, staging / "bootstrap_ed25519", staging / "known_hosts", GOLDEN_ALIAS)
-            state = _ssh(argv, "systemctl is-system-running --wait || true; sync\n", "settling the golden VM")
+            argv = ssh_argv(port, staging / "bootstrap_ed25519", staging / "known_hosts", GOLDEN_ALIAS)
+            state = run_script(argv, "systemctl is-system-running --wait || true; sync\n", "settling the golden VM")
             log(f"vm tier: golden VM booted to SSH in {boot:.0f}s, system {state.strip() or '?'}; saving its RAM")
             q.hmp(f"hostfwd_remove up0 tcp:127.0.0.1:{port}")
             time.sleep(1.0)  # let the guest see the SSH connection closed before it is frozen
@@ -451,8 +432,8 @@ networkctl reconfigure {network.TARGET_IFNAME}
 sync
 systemctl restart ssh
 """
-    argv = _ssh_argv(t.ssh_port, golden / "bootstrap_ed25519", golden / "known_hosts", GOLDEN_ALIAS)
-    _ssh(argv, script, f"{t.name}: first-boot personalisation")
+    argv = ssh_argv(t.ssh_port, golden / "bootstrap_ed25519", golden / "known_hosts", GOLDEN_ALIAS)
+    run_script(argv, script, f"{t.name}: first-boot personalisation")
     return publics
 
 

@@ -16,10 +16,11 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from hardkit_bot.config import parse
 
 from roles import backup as role
 from roles import backup_data
-from roles.bot_config import config_for
+from roles.bot_config import config_for, to_toml
 from sandbox.lab_inventory import known_hosts_path
 from tests.integration.labkit import REPO_ROOT, boot, hardkit
 
@@ -172,9 +173,9 @@ def _audit_verify(lab, name: str) -> str:
 
 
 def not_dust(positions: dict[str, str], config: dict) -> dict[str, str]:
-    """Positions as the bot's status shows them: below max(min_qty, step_size) a quantity is dust."""
-    floor = {i["symbol"]: max(Decimal(i["min_qty"]), Decimal(i["step_size"])) for i in config["instruments"]}
-    return {s: q for s, q in positions.items() if Decimal(q) >= floor.get(s, Decimal(0))}
+    """Positions as the bot's status shows them: the bot's own rule (Instrument.holds) drops dust."""
+    instruments = {i.symbol: i for i in parse(to_toml(config)).instruments}
+    return {s: q for s, q in positions.items() if s not in instruments or instruments[s].holds(Decimal(q))}
 
 
 def test_restore_onto_a_new_host_keeps_ledger_chain_and_latch(lab):
