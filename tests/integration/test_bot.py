@@ -200,23 +200,24 @@ def test_needrestart_never_restarts_the_bot_holding_a_position(lab, tmp_path):
     eager["risk"]["max_consecutive_losses"] = 1000
     variant = lab.variant(tmp_path / "inventory.py", bot=eager)
     assert lab.deploy(inventory_path=variant).ok
-    deadline = time.monotonic() + 300
-    while not status(lab)["positions"]:
-        assert time.monotonic() < deadline, "the bot opened no position within 300 s"
-        time.sleep(1)
-    # One script, so the position is read (through the bot's reboot inhibitor: it exists while the bot
-    # is exposed, and proves the sandboxed bot can write it) right before needrestart acts.
+    # One script, so the position is seen (through the bot's reboot inhibitor: it exists while the bot
+    # is exposed, and proves the sandboxed bot can write it) right before needrestart acts. The eager
+    # strategy closes positions within seconds, so the script waits for one (up to 300 s) on the host
+    # itself rather than trusting a status read taken a round-trip earlier.
     script = (f"pid=$(systemctl show -p MainPID --value {UNIT}); "
               "lib=$(grep -o '/usr/lib/x86_64-linux-gnu/libsqlite3[^ ]*' /proc/$pid/maps | head -1); "
               'cp -p "$lib" "$lib.new" && mv "$lib.new" "$lib"; '
               "f2b=$(systemctl show -p MainPID --value fail2ban); "
-              f"holder=$(cat {INHIBIT_DIR}/hardkit-bot); "
+              "holder=; for i in $(seq 1500); do "
+              f"holder=$(cat {INHIBIT_DIR}/hardkit-bot 2>/dev/null) && [ -n \"$holder\" ] && break; "
+              "sleep 0.2; done; "
               "needrestart -r a </dev/null >/dev/null 2>&1; "
               f"echo $pid $(systemctl show -p MainPID --value {UNIT}) $f2b $(systemctl show -p MainPID --value fail2ban); "
               'echo "$holder"')
-    res = oslab.root(lab, lab.names[0], script)
+    res = oslab.root(lab, lab.names[0], script, timeout=600)
     pids, holder = res.stdout.splitlines()[0].split(), res.stdout.splitlines()[1]
     bot_before, bot_after, f2b_before, f2b_after = pids
+    assert holder, "the bot held no position (no reboot inhibitor) within 300 s"
     assert json.loads(holder)["holder"] == "hardkit-bot", f"no position held when needrestart ran: {holder!r}"
     assert f2b_before != f2b_after, "needrestart restarted nothing: the check proves nothing"
     assert bot_before == bot_after, f"needrestart restarted the bot holding a position: {res.stdout}"
