@@ -33,10 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from roles import backup as backup_role  # noqa: E402
 from roles import backup_data  # noqa: E402
-from roles.bot_config import paper_default  # noqa: E402
 from sandbox import lab as sandbox_lab  # noqa: E402
 from tests.integration import test_backup as drill  # noqa: E402
-from tests.integration.labkit import boot, hardkit  # noqa: E402
+from tests.integration.labkit import boot, eager_bot, hardkit  # noqa: E402
 
 PREFIX = "benchdr"
 #: Seconds between the last backup's end and the loss in this drill (a realistic moment mid-interval).
@@ -44,16 +43,6 @@ LOSS_AFTER_S = 20
 #: Seconds the VPS's bot may take to open its first position before the backup (the eager config
 #: trades on the paper market within seconds to a few minutes).
 POSITION_WAIT_S = 600
-
-
-def eager_bot() -> dict:
-    """The paper bot tuned to trade often (as tests/integration/test_bot.py does), so the ledger backed up
-    holds orders and fills (the drill waits for a position first) and reconciliation after the restore
-    has a history to compare (the position itself may be closed again by the time the ledger is staged)."""
-    cfg = paper_default()
-    cfg["strategy"].update({"fast": 3, "slow": 20, "band_atr": 0.0})
-    cfg["risk"]["max_consecutive_losses"] = 1000
-    return cfg
 
 
 def _snapshot_time(text: str) -> float:
@@ -85,11 +74,10 @@ def drill_run(tmp: Path, trading: bool) -> int:
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", PREFIX, "-f", str(tmp / "bk")], check=True)
     drill._set_secret(backup_data.RESTIC_PASSWORD, os.urandom(24).hex().encode())
     drill._set_secret(backup_data.BACKUP_SSH_KEY, (tmp / "bk").read_bytes())
-    lab.inventory_path = drill.backup_inventory(lab, tmp / "inventory.py", (tmp / "bk.pub").read_text().strip())
+    # When trading, the VPS and its replacement run the same (eager) bot config.
+    lab.inventory_path = drill.backup_inventory(lab, tmp / "inventory.py", (tmp / "bk.pub").read_text().strip(),
+                                                bot=eager_bot() if trading else None)
     vps, server, new = lab.names
-    if trading:   # the VPS and its replacement run the same (eager) bot config
-        with lab.inventory_path.open("a") as f:
-            f.write(f"\nfor _name, _d in sandbox:\n    if _name in {(vps, new)!r}:\n        _d['bot'] = {eager_bot()!r}\n")
     # The VPS and its backup server in one run (the third target stays pristine for the restore).
     deployed = tmp / "deployed.py"
     deployed.write_text(lab.inventory_path.read_text() + f"\nsandbox = [h for h in sandbox if h[0] != {new!r}]\n")

@@ -19,6 +19,18 @@ from sandbox import lab
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
+def eager_bot() -> dict:
+    """The paper bot tuned to trade often (fast averages, no band), so a lab host holds a position and has
+    closed round trips, won and lost, within seconds to a few minutes; the streak breaker is relaxed so
+    losses accumulate without halting it."""
+    from roles.bot_config import paper_default
+
+    cfg = paper_default()
+    cfg["strategy"].update({"fast": 3, "slow": 20, "band_atr": 0.0})
+    cfg["risk"]["max_consecutive_losses"] = 1000
+    return cfg
+
+
 @dataclass
 class Lab:
     prefix: str

@@ -12,17 +12,19 @@ import os
 import re
 import subprocess
 import sys
+import time
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 from hardkit_bot.config import parse
+from hardkit_bot.store import LOSS_STREAK
 
 from roles import backup as role
 from roles import backup_data
 from roles.bot_config import config_for, to_toml
 from sandbox.lab_inventory import known_hosts_path
-from tests.integration.labkit import REPO_ROOT, boot, hardkit
+from tests.integration.labkit import REPO_ROOT, boot, eager_bot, hardkit
 
 pytestmark = pytest.mark.lab
 PREFIX = "bkp"
@@ -41,9 +43,11 @@ def _server_host_keys(lab, server: str) -> list[str]:
     return [" ".join(line.split()[1:3]) for line in lines if line.startswith(f"[127.0.0.1]:{port} ")]
 
 
-def backup_inventory(lab, path: Path, key_pub: str) -> Path:
-    """The lab's inventory with bkp-1 backed up to bkp-2 over the lab's network."""
+def backup_inventory(lab, path: Path, key_pub: str, bot: dict | None = None) -> Path:
+    """The lab's inventory with bkp-1 backed up to bkp-2 over the lab's network; `bot`, when given, is the
+    bot config of the VPS and of its replacement (the inventory's own otherwise)."""
     vps, server, new = lab.names
+    same_bot = f", bot={bot!r}" if bot is not None else ""
     vps_v4, server_v4, new_v4 = lab.lab_address(vps), lab.lab_address(server), lab.lab_address(new)
     clients = [f"{vps_v4}/32", f"{new_v4}/32"]
     allow = lab.host_data(server)["ssh_allow_from"] + clients
@@ -51,9 +55,9 @@ def backup_inventory(lab, path: Path, key_pub: str) -> Path:
     path.write_text(lab.inventory_path.read_text() + f"""
 for _name, _d in sandbox:
     if _name == {vps!r}:
-        _d.update(secrets_env={ENV!r}, backup_interval_minutes=5, backup_to={target!r})
+        _d.update(secrets_env={ENV!r}, backup_interval_minutes=5, backup_to={target!r}{same_bot})
     elif _name == {new!r}:   # the replacement: it takes over the lost host's repository
-        _d.update(secrets_env={ENV!r}, backup_interval_minutes=5, backup_to={{**{target!r}, "repository": {vps!r}}})
+        _d.update(secrets_env={ENV!r}, backup_interval_minutes=5, backup_to={{**{target!r}, "repository": {vps!r}}}{same_bot})
     elif _name == {server!r}:
         _d.update(bot_enabled=False, backup_server=True, ssh_allow_from={allow!r},
                   backup_server_clients={clients!r}, backup_server_keys=[{key_pub!r}])
@@ -72,7 +76,9 @@ def lab(tmp_path_factory):
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "bkp", "-f", str(tmp / "bk")], check=True)
         _set_secret(backup_data.RESTIC_PASSWORD, os.urandom(24).hex().encode())
         _set_secret(backup_data.BACKUP_SSH_KEY, (tmp / "bk").read_bytes())
-        lab.inventory_path = backup_inventory(lab, tmp / "inventory.py", (tmp / "bk.pub").read_text().strip())
+        # The VPS trades often (eager_bot) so that its drill has a position and a loss streak to carry over.
+        lab.inventory_path = backup_inventory(lab, tmp / "inventory.py", (tmp / "bk.pub").read_text().strip(),
+                                              bot=eager_bot())
         # Both hosts in one run, though their roles differ (a VPS, a backup server): pyinfra's own operation
         # order collided across role modules there ("Cycle detected"), deploy/op_order.py ranks files.
         lab.deployed_path = tmp / "deployed.py"   # the two deployed hosts (the third is the restore's target)
@@ -178,17 +184,42 @@ def not_dust(positions: dict[str, str], config: dict) -> dict[str, str]:
     return {s: q for s, q in positions.items() if s not in instruments or instruments[s].holds(Decimal(q))}
 
 
+#: Seconds the drill waits for the VPS's bot to hold a position right after a losing round trip.
+EXPOSED_WAIT_S = 900
+
+
+def loss_streak(st: dict) -> int:
+    """The losing round-trip streak as the bot's status shows it (its consecutive-loss limit's usage)."""
+    return int(next((x["used"] for x in st.get("limits", []) if x["name"] == LOSS_STREAK), 0))
+
+
 def test_restore_onto_a_new_host_keeps_ledger_chain_and_latch(lab):
     vps, server, new = lab.names
-    res = hardkit("bot", "halt", str(lab.inventory_path), "--limit", vps, "--reason", "drill: latched before loss")
-    assert res.returncode == 0, res.stdout + res.stderr
-    status = lambda: json.loads(hardkit("bot", "status", str(lab.inventory_path), "--limit", vps,  # noqa: E731
+    inv = str(lab.inventory_path)
+    status = lambda: json.loads(hardkit("bot", "status", inv, "--limit", vps,  # noqa: E731
                                         "--json").stdout)[vps]["status"]
     held = lambda st: {p["instrument"]: p["qty"] for p in st.get("positions", [])}  # noqa: E731
-    before = status()
-    chain = _audit_verify(lab, vps)
-    assert vps_root(lab, f"systemctl start {backup_data.BACKUP_UNIT}", timeout=600).returncode == 0
-    backed_up = status()   # HALTED keeps positions and their stops: a stop may fill at any time
+    # The lost VPS holds a position and a loss streak, latched by the operator's halt (HALTED keeps both) and
+    # backed up so. The eager bot may close its position before the halt lands, or a stop may fill before the
+    # snapshot: then a reset (a new epoch, streak 0) and the drill waits for another loss and position.
+    deadline = time.monotonic() + EXPOSED_WAIT_S
+    exposed = lambda st: bool(held(st)) and loss_streak(st) >= 1  # noqa: E731
+    while True:
+        st = status()
+        if st.get("state") == "ACTIVE" and exposed(st):
+            res = hardkit("bot", "halt", inv, "--limit", vps, "--reason", "drill: latched before loss")
+            assert res.returncode == 0, res.stdout + res.stderr
+            before = status()
+            if exposed(before):
+                chain = _audit_verify(lab, vps)
+                assert vps_root(lab, f"systemctl start {backup_data.BACKUP_UNIT}", timeout=600).returncode == 0
+                backed_up = status()   # HALTED keeps positions and their stops: a stop may fill at any time
+                if exposed(backed_up) and held(backed_up) == held(before):
+                    break
+            res = hardkit("bot", "reset", inv, "--limit", vps, "--note", "drill: exposure closed before the backup")
+            assert res.returncode == 0, res.stdout + res.stderr
+        assert time.monotonic() < deadline, f"no position after a loss within {EXPOSED_WAIT_S} s: {st}"
+        time.sleep(1)
     try:
         lab.ssh(vps, "systemctl poweroff", timeout=30)   # the VPS is lost
     except subprocess.TimeoutExpired:
@@ -197,16 +228,20 @@ def test_restore_onto_a_new_host_keeps_ledger_chain_and_latch(lab):
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     doc = json.loads(res.stdout)
     print("restore timings:", doc["timings_s"])
-    # The ledger as restored holds what the VPS held when the snapshot was taken (between the two reads),
+    # The ledger as restored holds what the VPS held when the snapshot was taken (the same before and after it),
     # dust aside: status shows no position below an instrument's step or minimum size.
     restored = not_dust(doc["restored"]["positions"], config_for(lab.host_data(vps)))
-    assert restored in (held(before), held(backed_up)), (doc["restored"], before, backed_up)
-    print("positions held:", held(before), "restored:", doc["restored"]["positions"])
+    assert restored == held(before) == held(backed_up), (doc["restored"], before, backed_up)
+    streak = doc["restored"]["loss_streak"]
+    assert streak >= 1 and streak in (loss_streak(before), loss_streak(backed_up)), (doc["restored"], before, backed_up)
+    print("positions held:", held(before), "restored:", doc["restored"]["positions"], "loss streak:", streak)
     # Running again, the bot reconciled with the exchange and kept the drill's latch: a mismatch would have
     # replaced the reason. A resting stop that filled during the outage is in the ledger now (the exchange
     # kept running), which is the only way the running positions may differ from the restored ones.
     assert doc["state"] == "HALTED" and doc["reason"] == before["reason"], doc
-    print("positions after reconciliation:", held(doc))
+    print("positions after reconciliation:", held(doc), "loss streak:", loss_streak(doc))
+    if held(doc) == restored:   # no stop filled while the VPS was down: the running bot's streak is the ledger's
+        assert loss_streak(doc) == streak, doc
     assert "does not trade" in res.stderr
     # The same chain, verified with the restored key on the new host: every record kept (the restarted
     # bot may add its own after them).

@@ -17,7 +17,7 @@ from roles import bot_release
 from roles.bot import wait_for_bot_command
 from roles.bot_paths import INSTALL_ROOT, UNIT
 from tests.integration import oslab
-from tests.integration.labkit import REPO_ROOT, boot, hardkit
+from tests.integration.labkit import REPO_ROOT, boot, eager_bot, hardkit
 
 pytestmark = pytest.mark.lab
 PREFIX = "botlab"
@@ -192,13 +192,9 @@ def test_dashboard_through_ssh_in_chromium_and_nowhere_else(lab, tmp_path):
 def test_needrestart_never_restarts_the_bot_holding_a_position(lab, tmp_path):
     """A library the bot has mapped is replaced (as a security update would) while the bot holds a
     position: needrestart restarts another affected service (fail2ban) but not the bot."""
-    from roles.bot_config import paper_default
     from roles.updates import INHIBIT_DIR
 
-    eager = paper_default()  # trades often on the paper market, so a position comes within seconds
-    eager["strategy"].update({"fast": 3, "slow": 20, "band_atr": 0.0})
-    eager["risk"]["max_consecutive_losses"] = 1000
-    variant = lab.variant(tmp_path / "inventory.py", bot=eager)
+    variant = lab.variant(tmp_path / "inventory.py", bot=eager_bot())  # a position comes within seconds
     assert lab.deploy(inventory_path=variant).ok
     # One script, so the position is seen (through the bot's reboot inhibitor: it exists while the bot
     # is exposed, and proves the sandboxed bot can write it) right before needrestart acts. The eager

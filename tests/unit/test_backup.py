@@ -28,7 +28,7 @@ BOT_SRC = Path(__file__).resolve().parents[2] / "bot" / "src"
 sys.path.insert(0, str(BOT_SRC))
 from hardkit_bot import statefile  # noqa: E402
 from hardkit_bot.model import TradingState  # noqa: E402
-from hardkit_bot.store import Store  # noqa: E402
+from hardkit_bot.store import LOSS_STREAK, Store  # noqa: E402
 
 
 def need(*tools):
@@ -99,7 +99,7 @@ def _client(tmp_path, server, port=None, with_ledger=True):
     state = c / "state"
     state.mkdir()
     store = Store(state / "ledger.sqlite", time.time, b"k" * 32)
-    store.set_meta("loss_streak", 4, audit_kind="streak")
+    store.set_meta(LOSS_STREAK, 4, audit_kind="streak")
     store.set_state(TradingState.HALTED, "loss streak 4", 1_800_000_000.0, TradingState.ACTIVE)
     store.set_meta("last_write", "still in the wal")
     cli = c / "hardkit-bot"

@@ -345,7 +345,8 @@ def cmd_restore(args) -> int:
             latch = backup.backup_to(sd / "ledger.sqlite")
             records = check.records
             held = {k: str(p.qty) for k, p in backup.positions().items() if p.qty}
-            streak = backup.get_meta("loss_streak")
+            from .store import LOSS_STREAK
+            streak = backup.get_meta(LOSS_STREAK)
         finally:
             backup.close()
         if (src.parent / PAPER_EXCHANGE).exists():

@@ -35,6 +35,10 @@ from typing import Any, Iterator
 from . import audit, statefile
 from .model import CLIENT_ID_RE, ZERO, Fill, Intent, OrderStatus, OrderType, Position, Side, TradingState
 
+#: The meta key of the losing round-trip streak: the ledger counts it as fills close a trip (a win resets
+#: it), the streak breaker reads it, a reset's new epoch zeroes it, and `restore` reports it.
+LOSS_STREAK = "consecutive_losses"
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS trading_state (
@@ -439,10 +443,10 @@ class Store:
                        str(fill.price), str(fill.fee), fill.ts, str(pnl), fill.fee_asset))
             closed_trip = (pos.qty == ZERO or pos.qty < min_position) and fill.side is Side.SELL
             if closed_trip:
-                streak = json.loads((c.execute("SELECT value FROM meta WHERE key='consecutive_losses'").fetchone() or ["0"])[0])
+                streak = json.loads((c.execute("SELECT value FROM meta WHERE key = ?", (LOSS_STREAK,)).fetchone() or ["0"])[0])
                 streak = streak + 1 if trip < ZERO else 0
-                c.execute("INSERT INTO meta VALUES ('consecutive_losses', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                          (json.dumps(streak),))
+                c.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                          (LOSS_STREAK, json.dumps(streak)))
                 self.audit("round_trip", {"instrument": fill.instrument, "pnl": str(trip), "consecutive_losses": streak})
                 trip = ZERO
             c.execute("INSERT INTO positions VALUES (?,?,?,?,?,?) ON CONFLICT(instrument) DO UPDATE SET"

@@ -13,14 +13,14 @@ from pathlib import Path
 from bot_helpers import BotProcess, Clock  # noqa: F401  (puts the bot's sources on sys.path)
 from hardkit_bot import statefile
 from hardkit_bot.model import TradingState
-from hardkit_bot.store import Store
+from hardkit_bot.store import LOSS_STREAK, Store
 
 
 def _ledger_with_wal_commit(tmp_path):
     clock = Clock()
     (tmp_path / "live").mkdir()
     store = Store(tmp_path / "live" / "ledger.sqlite", clock)
-    store.set_meta("loss_streak", 3, audit_kind="streak")
+    store.set_meta(LOSS_STREAK, 3, audit_kind="streak")
     store.set_state(TradingState.HALTED, "loss streak 3", clock(), TradingState.ACTIVE)
     store.set_meta("after_checkpoint", "only in the wal")   # committed, not checkpointed
     return store
@@ -40,7 +40,7 @@ def test_backup_holds_commits_a_raw_copy_of_the_live_file_loses(tmp_path):
     copy = Store(tmp_path / "out" / "ledger.sqlite", Clock(), readonly=True)
     try:
         assert copy.get_meta("after_checkpoint") == "only in the wal"
-        assert copy.get_meta("loss_streak") == 3
+        assert copy.get_meta(LOSS_STREAK) == 3
         assert copy.get_state()[0] is TradingState.HALTED
         assert copy.latch_doubt is None            # the state file agrees with the copy's latch
         assert copy.verify_audit(None).ok
@@ -102,7 +102,7 @@ def _keyed_backup(tmp_path, key: bytes):
     live = tmp_path / "live"
     live.mkdir()
     store = Store(live / "ledger.sqlite", Clock(), key)
-    store.set_meta("loss_streak", 3, audit_kind="streak")
+    store.set_meta(LOSS_STREAK, 3, audit_kind="streak")
     store.set_state(TradingState.HALTED, "loss streak 3", 1_800_000_000.0, TradingState.ACTIVE)
     store.close()
     (tmp_path / "key").write_bytes(key)
@@ -129,7 +129,7 @@ def test_restore_replaces_the_ledger_after_checking_it(bot, tmp_path):
     store = Store(bot.state / "ledger.sqlite", Clock(), key)
     try:
         assert store.latch_doubt is None and store.get_state()[0] is TradingState.HALTED
-        assert store.get_meta("loss_streak") == 3
+        assert store.get_meta(LOSS_STREAK) == 3
     finally:
         store.close()
 

@@ -19,10 +19,12 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from ..store import LOSS_STREAK
+
 
 def epoch_meta(now: float, equity: float | None, new_day: bool, tz: ZoneInfo) -> dict[str, Any]:
     """Meta key -> new value (None deletes the key) for a reset at `now`."""
-    meta: dict[str, Any] = {"consecutive_losses": 0, "equity_peak": equity,
+    meta: dict[str, Any] = {LOSS_STREAK: 0, "equity_peak": equity,
                             "risk_epoch": {"ts": now, "equity": equity, "new_day": new_day}}
     if new_day:
         meta["daily_anchor"] = {"day": datetime.fromtimestamp(now, tz).date().isoformat(), "equity": equity}

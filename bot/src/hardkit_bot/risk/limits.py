@@ -28,7 +28,7 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from ..model import TradingState
-from ..store import Store
+from ..store import LOSS_STREAK, Store
 
 WINDOW_S = 60.0
 
@@ -138,7 +138,7 @@ class ConsecutiveLosses:
 
     def refresh(self) -> None:
         """Re-read the streak; the ledger updates it in the same transaction as the closing fill."""
-        self.streak = int(self.store.get_meta("consecutive_losses", 0))
+        self.streak = int(self.store.get_meta(LOSS_STREAK, 0))
 
     load = refresh
 
