@@ -30,6 +30,10 @@ BACKUP_UNIT = "hardkit-backup.service"
 BACKUP_TIMER = "hardkit-backup.timer"
 CHECK_UNIT = "hardkit-backup-check.service"
 CHECK_TIMER = "hardkit-backup-check.timer"
+#: The backup units' service user on a VPS (no shell, no home): not root. Its capabilities (the backup
+#: unit's ambient set) read the root-only files backed up and switch to the bot's user for the ledger.
+#: Not ACCOUNT: that is the backup server's SFTP account, and one host may be both.
+BACKUP_USER = "hardkit-backup-run"
 #: The host-side program and its config (roles/backup_job.py), and the backup server's known host keys.
 PROGRAM = "/usr/local/sbin/hardkit-backup"
 CONFIG_FILE = "/etc/hardkit/backup.json"

@@ -180,7 +180,10 @@ def stage(config):
     os.makedirs(out, mode=0o700)
     shutil.chown(out, ledger["user"], ledger["user"])
     os.chmod(snap, 0o711)  # the bot's user may enter to write its folder, not list
-    cmd = ["setpriv", f"--reuid={ledger['user']}", f"--regid={ledger['user']}", "--clear-groups", "--",
+    # The unit's user holds ambient capabilities, which a change between two non-root users keeps: the bot's
+    # CLI gets none (inheritable and ambient sets emptied; the bounding set is the unit's).
+    cmd = ["setpriv", f"--reuid={ledger['user']}", f"--regid={ledger['user']}", "--clear-groups",
+           "--inh-caps=-all", "--ambient-caps=-all", "--",
            ledger["cli"], "backup", "--state-dir", ledger["state_dir"], "--to", out]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
     if res.returncode != 0:

@@ -226,7 +226,7 @@ def test_units_are_sandboxed_and_load_their_secrets_as_credentials(unit_dir, uni
     res = subprocess.run(["systemd-analyze", "security", "--offline=true", "--threshold=100", str(unit_dir / unit)],
                          capture_output=True, text=True)
     score = re.search(r"Overall exposure level for \S+: ([\d.]+)", res.stdout)
-    assert score and float(score.group(1)) <= backup.EXPOSURE_MAX, res.stdout[-800:]
+    assert score and float(score.group(1)) <= backup.EXPOSURE_MAX[unit], res.stdout[-800:]
 
 
 def test_firewall_lets_the_vps_reach_the_backup_server_ssh_only():
@@ -281,3 +281,41 @@ def test_restore_lists_every_problem_of_the_request_before_touching_a_host(tmp_p
                      "--from 'ghost' is not in the inventory"):
         assert expected in res.stderr, res.stderr
     assert "deployed" not in res.stderr
+
+
+@pytest.fixture
+def shared_tmp():
+    """A folder other users may enter (pytest's own tmp_path is root's only)."""
+    with tempfile.TemporaryDirectory(prefix="hardkit-backup-test-") as d:
+        os.chmod(d, 0o755)
+        yield Path(d)
+
+
+def test_the_bots_cli_runs_without_the_units_capabilities(shared_tmp):
+    """The units run as their own user with ambient capabilities; a switch between two non-root users keeps
+    ambient capabilities, so the program must drop them for the bot's CLI (which gets the ledger only)."""
+    need("setpriv", "/usr/bin/python3")
+    if os.geteuid() != 0:
+        pytest.skip("needs root: it switches users as the unit does")
+    tmp_path = shared_tmp
+    stage_dir, state, creds = tmp_path / "stage", tmp_path / "state", tmp_path / "creds"
+    for d in (stage_dir, state, creds):
+        d.mkdir()
+    shutil.chown(stage_dir, "nobody")
+    (state / "ledger.sqlite").write_text("")
+    (creds / backup_job.AUDIT_KEY_CRED).write_bytes(b"k" * 32)
+    cli = tmp_path / "bot-cli"   # stands in for the bot's CLI: shows what it may do
+    cli.write_text("#!/bin/sh\ngrep -E '^Cap(Prm|Eff|Amb):' /proc/self/status | tr '\\n' ' '\n")
+    cli.chmod(0o755)
+    config = {"stage_dir": str(stage_dir), "ledger": {"state_dir": str(state), "cli": str(cli), "user": "daemon"}}
+    caps = ",".join("+" + c.removeprefix("CAP_").lower() for c in backup.BACKUP_CAPS.split())  # the unit's
+    code = (f"import sys; sys.path.insert(0, {str(Path(backup_job.__file__).parent)!r}); import backup_job; "
+            f"backup_job.stage({config!r})")
+    res = subprocess.run(["setpriv", "--securebits=+no_setuid_fixup", "--reuid=nobody", "--regid=nogroup",
+                          "--clear-groups", f"--inh-caps={caps}", f"--ambient-caps={caps}", "--",
+                          "/usr/bin/python3", "-I", "-c", code],
+                         env={"CREDENTIALS_DIRECTORY": str(creds), "PATH": "/usr/bin:/bin"},
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    shown = dict(re.findall(r"(Cap\w+):\s+([0-9a-f]+)", res.stdout))
+    assert shown and all(int(v, 16) == 0 for v in shown.values()), res.stdout
