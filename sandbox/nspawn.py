@@ -111,6 +111,7 @@ def _start_network(t: Target, net: network.LabNet) -> None:
          "--api-socket", str(sock), "--netns-type=path", f"/run/netns/{t.netns}", "tap0"],
         stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
     t.pids["slirp4netns"] = proc.pid
+    t.save()   # before anything below can fail: `down` stops what the saved state names
     _wait_for(lambda: sock.exists(), 5.0, "slirp4netns did not start (see slirp.log)", t)
     t.forwards = {str(p): free_port() for p in ALT_SSH_PORTS}
     for guest, host_port in t.ssh_forwards().items():
@@ -154,6 +155,7 @@ def _start_container(t: Target) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "sandbox.supervise", str(t.dir)], cwd=str(REPO_ROOT),
                             stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, start_new_session=True)
     t.pids["supervisor"] = proc.pid
+    t.save()
 
 
 def _wait_for(cond, timeout: float, message: str, t: Target) -> None:
