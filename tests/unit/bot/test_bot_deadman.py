@@ -264,13 +264,18 @@ def test_killed_bot_in_a_position_keeps_its_stop_past_the_timeout_and_it_fires(b
     time.sleep(KILL_TIMEOUT + 0.3)
     ex = _venue(bot, text)
     try:
-        assert [o.client_order_id for o in ex.open_orders()] == [cid]   # the switch was not armed: the stop survives
-        assert ex.dead_man_deadline() is None
-        ex.inject("gap", arg=-20.0)                                  # then the market falls
-        ex.ticker("BTC/USDT")
-        time.sleep(0.2)
-        ex.balances()
+        # The switch was not armed: the stop survives. The paper market moves with the clock, so on a loaded
+        # machine it may have reached the stop already (filled, never cancelled); else a fall fills it now.
+        ex.balances()                                                # any call lets the venue act
         [o] = [o for o in ex.all_orders() if o.client_order_id == cid]
+        assert o.status in (OrderStatus.OPEN, OrderStatus.FILLED), o
+        assert ex.dead_man_deadline() is None
+        if o.status is OrderStatus.OPEN:
+            ex.inject("gap", arg=-20.0)                              # then the market falls
+            ex.ticker("BTC/USDT")
+            time.sleep(0.2)
+            ex.balances()
+            [o] = [o for o in ex.all_orders() if o.client_order_id == cid]
         assert o.status is OrderStatus.FILLED and o.filled == D(qty) and o.avg_price <= D(trigger)
     finally:
         ex.close()
