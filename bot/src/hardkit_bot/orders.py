@@ -168,7 +168,8 @@ class OrderManager:
                 return SubmitResult(cid, None, self._refuse(cid, why))
             status = self._record(cid, eo, sent=True, row=row)   # nothing wrote the row since it was read
             faults.crash_point("after_ack")
-            return SubmitResult(cid, None, self._pull_fills(cid, eo) or status)
+            pulled = self._pull_fills(cid, eo)
+            return SubmitResult(cid, None, status if pulled is None else pulled)
 
     # ---- resolution and sync ------------------------------------------------
     def resolve(self, cid: str) -> OrderStatus:
