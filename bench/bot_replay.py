@@ -14,7 +14,8 @@ prints where its time goes: the share of the order path (the strategy's entries 
 stop-loss and target closes, syncing live orders, persisting trailing stops: each through
 the pipeline, the ledger with its audit records and the paper exchange) against the per-bar
 path (tick and candle checks, volatility breaker, breakers, strategy, stops), the SQL
-statements and audit records per fill, and the functions with the most internal time.
+execute calls and audit records per fill (the replay's ledger inserts a batch's records with one
+executemany at its commit: counted apart), and the functions with the most internal time.
 Shares are of CPU time under the profiler, which inflates Python calls more than SQLite's C code.
 Run: .venv/bin/python bench/bot_replay.py [--bars N] [--repeat N] [--profile-bars N]
 """
@@ -48,11 +49,14 @@ def where_the_time_goes(cfg, bars) -> None:
     stats = pstats.Stats(prof).stats    # {(file, line, name): (calls, prim calls, tottime, cumtime, {caller: (.., cumtime)})}
 
     run_s = sum(v[3] for k, v in stats.items() if k[0].endswith("backtest.py") and k[2] == "run")
-    sql = sum(v[0] for k, v in stats.items() if k[2] == "<method 'execute' of 'sqlite3.Connection' objects>")
-    records = sum(v[0] for k, v in stats.items() if k[0].endswith("audit.py") and k[2] == "append")
+    calls = lambda name: sum(v[0] for k, v in stats.items() if k[2] == name)  # noqa: E731
+    sql = calls("<method 'execute' of 'sqlite3.Connection' objects>")
+    batches = calls("<method 'executemany' of 'sqlite3.Connection' objects>")
+    records = sum(v[0] for k, v in stats.items() if k[0].endswith("audit.py") and k[2] == "record")
     fills = max(r.trades, 1)
     print(f"  profiled (cProfile on CPU time, trading, {r.bars:,} bars, {r.trades} fills): "
-          f"{sql / fills:.0f} SQL statements (ledger + paper exchange) and {records / fills:.1f} audit records per fill")
+          f"{sql / fills:.1f} SQL execute calls (ledger + paper exchange) and {records / fills:.1f} audit records per fill; "
+          f"the records inserted in {batches} executemany calls (one per batch commit)")
     top = sorted(stats.items(), key=lambda kv: kv[1][2], reverse=True)[:8]
     print("  most internal time: " + "; ".join(f"{Path(k[0]).name}:{k[2]} {100 * v[2] / run_s:.0f}%" for k, v in top))
 

@@ -28,9 +28,19 @@ class ReplayLedger(Store):
 
     A live ledger commits (and fsyncs) each change before the bot acts on it; a replay
     has nothing to survive: its ledger is in memory (or a scratch file) and a failure
-    aborts the replay. The same SQL, audit records and hash chain are written, only
-    without a BEGIN/COMMIT pair per change, and with the chain's head kept in memory. `commit()` ends the batch (and starts the
-    next one); never use this class for a live bot.
+    aborts the replay. The same SQL, audit records and hash chain are written, with three
+    differences, all of them only here (`Store`, the live ledger, has none of them):
+
+    - no BEGIN/COMMIT pair per change: `commit()` ends the batch (and starts the next one),
+      `close()` commits the last; synchronous=OFF;
+    - the chain's head is kept in memory instead of read back per record;
+    - the audit records of a batch are hashed as they are made (so each links to the one
+      before) but inserted together, with one `executemany`, just before the batch commits,
+      in the same transaction: a crash mid-batch loses the batch's changes and its records
+      alike, and leaves the ledger as the last commit left it (chain intact).
+
+    Anything that reads the audit table through this object (`audit_head`, `verify_audit`)
+    sees the pending records first. Never use this class for a live bot.
     """
 
     def __init__(self, path: str | Path = ":memory:", clock=time.time):
@@ -38,6 +48,7 @@ class ReplayLedger(Store):
         self.conn.execute("PRAGMA synchronous=OFF")
         self.conn.execute("BEGIN IMMEDIATE")
         self._head: tuple[int, str] | None = None   # the audit chain's head, once read (audit())
+        self._pending: list[audit.Row] = []         # this batch's records, not yet inserted
         self._batching = True
 
     @contextmanager
@@ -56,15 +67,35 @@ class ReplayLedger(Store):
             return super().audit(kind, payload)
         if self._head is None:
             self._head = audit.head(self.conn)
-        self._head = audit.append(self.conn, self.clock(), kind, payload, self._key, self._head)
+        row = audit.record(self._head, self.clock(), kind, payload, self._key)
+        self._pending.append(row)
+        self._head = row[0], row[5]
+
+    def _flush(self) -> None:
+        """Insert the batch's audit records (the caller holds the lock, inside the batch's transaction)."""
+        if self._pending:
+            audit.insert_rows(self.conn, self._pending)
+            self._pending.clear()
+
+    def audit_head(self) -> tuple[int, str]:
+        with self._lock:
+            self._flush()
+            return super().audit_head()
+
+    def verify_audit(self, key: bytes | None) -> audit.VerifyResult:
+        with self._lock:
+            self._flush()
+            return super().verify_audit(key)
 
     def commit(self) -> None:
         with self._lock:
+            self._flush()
             self.conn.execute("COMMIT")
             self.conn.execute("BEGIN IMMEDIATE")
 
     def close(self) -> None:
         with self._lock:
+            self._flush()
             self.conn.execute("COMMIT")
             self._batching = False
         super().close()
@@ -124,6 +155,8 @@ def run(cfg: Config, bars: list[Bar], bar_seconds: float = 60.0, *, batched: boo
         elif peak > 0 and (peak - eq) / peak > mdd:
             mdd = (peak - eq) / peak
     secs, cpu = time.perf_counter() - t0, time.process_time() - c0
+    if batched:
+        store.commit()      # the last batch, with its audit records: the replay's ledger is complete
     view = eng.sm.view()
     trades = store.conn.execute("SELECT COUNT(*) FROM fills").fetchone()[0]
     denials = store.conn.execute("SELECT COUNT(*) FROM risk_decisions WHERE approved = 0").fetchone()[0]

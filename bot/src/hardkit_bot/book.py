@@ -93,9 +93,12 @@ class LedgerBook:
                 new = ", ".join(f"NEW.{c.strip()}" for c in names.split(","))
                 gone = ", ".join(f"OLD.{c.strip()}" if c.strip() in ("id", "instrument") else "NULL"
                                  for c in names.split(","))
-                for op, row in (("INSERT", new), ("UPDATE", new), ("DELETE", gone)):
-                    store.conn.execute(f"CREATE TEMP TRIGGER {fn}_{table}_{op.lower()} AFTER {op} ON main.{table}"
-                                       f" BEGIN SELECT {fn}_{table}({row}); END")
+                # an UPDATE fires only when it sets a column the book reads: setting the client id after
+                # the insert, the exchange id or an error cannot change the book and rebuilds nothing
+                watched = "UPDATE OF " + ", ".join(c.strip() for c in names.split(",") if c.strip() != "id")
+                for op, row in (("INSERT", new), (watched, new), ("DELETE", gone)):
+                    store.conn.execute(f"CREATE TEMP TRIGGER {fn}_{table}_{op.split()[0].lower()} AFTER {op}"
+                                       f" ON main.{table} BEGIN SELECT {fn}_{table}({row}); END")
 
     # ---- fed by SQLite as rows change (in the writer's thread, under the store's lock) ----
     def _order_row(self, *row) -> None:

@@ -18,6 +18,11 @@ _crash_at = os.environ.get("HARDKIT_BOT_CRASH_AT")
 _wedge_at = os.environ.get("HARDKIT_BOT_WEDGE_AT")
 
 
+def armed(name: str) -> bool:
+    """True if the crash point `name` is set: lets a caller skip work done only to reach it."""
+    return _crash_at == name
+
+
 def crash_point(name: str) -> None:
     if _crash_at == name:
         os.kill(os.getpid(), signal.SIGKILL)

@@ -432,9 +432,10 @@ class Store:
         with self.tx() as c:
             if c.execute("SELECT 1 FROM fills WHERE trade_id = ?", (fill.trade_id,)).fetchone():
                 return None
-            pos = self._position(c, fill.instrument)
-            r = c.execute("SELECT trip_pnl FROM positions WHERE instrument = ?", (fill.instrument,)).fetchone()
-            trip = Decimal(r[0]) if r else ZERO
+            r = c.execute("SELECT qty, avg_price, realized_pnl, trip_pnl FROM positions WHERE instrument = ?",
+                          (fill.instrument,)).fetchone()
+            pos = Position(fill.instrument, *map(Decimal, r[:3])) if r else Position(fill.instrument)
+            trip = Decimal(r[3]) if r else ZERO
             fee_quote = fill.fee if fill.fee_in_quote else ZERO   # a third currency (BNB) is not our money
             pnl = pos.apply(fill.side, fill.qty, fill.price, fee_quote, fill.fee if fill.fee_in_base else ZERO)
             trip += pnl  # buy fees sit in the cost basis, so the sell's pnl carries them
@@ -465,13 +466,6 @@ class Store:
                                 "price": str(fill.price), "fee": str(fill.fee), "fee_asset": fill.fee_asset,
                                 "realized_pnl": str(pnl)})
         return pnl
-
-    @staticmethod
-    def _position(c: sqlite3.Connection, instrument: str) -> Position:
-        r = c.execute("SELECT qty, avg_price, realized_pnl FROM positions WHERE instrument = ?", (instrument,)).fetchone()
-        if r is None:
-            return Position(instrument)
-        return Position(instrument, Decimal(r[0]), Decimal(r[1]), Decimal(r[2]))
 
     def positions(self) -> dict[str, Position]:
         with self._lock:

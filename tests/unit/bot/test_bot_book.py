@@ -172,3 +172,15 @@ def test_reading_the_book_reuses_what_the_last_write_built(om):
         c.execute("UPDATE orders SET status = 'CANCELED'")
         assert om.book._state.buy_cost == 0          # rebuilt by the trigger, before the commit
     assert om.book.state().buy_cost == 0 and om.snapshot("USDT").pending_buy_cost == 0
+
+
+def test_an_update_of_columns_the_book_does_not_read_rebuilds_nothing(om):
+    """Setting the client id after the intent's insert (or an exchange id, an error) cannot change the
+    book: the trigger does not fire, so the write builds no new state; a status change still does."""
+    cid = om.store.insert_intent(Intent("k", "BTC/USDT", Side.BUY, D("0.01"), D("100")), "hk1")
+    state = om.book.state()
+    with om.store.tx() as c:
+        c.execute("UPDATE orders SET exchange_order_id = 'x1', last_error = 'e' WHERE client_order_id = ?", (cid,))
+    assert om.book.state() is state
+    om.store.update_order(cid, OrderStatus.CANCELED)
+    assert om.book.state().buy_cost == 0 and snap_fields(om) == from_ledger(om)
