@@ -31,8 +31,9 @@ def test_a_failed_network_start_leaves_its_slirp_for_down_to_stop(tmp_path, monk
         with pytest.raises(LabError):
             nspawn._start_network(t, net)
         saved = load("slirpleak", "slirpleak-1")
-        pid = saved.pids.get("slirp4netns", 0) if saved else 0
-        assert pid and pid_alive(pid), f"the saved state does not name the running slirp4netns: {saved}"
+        pid = t.pids.get("slirp4netns", 0)
+        assert pid and saved and saved.pids.get("slirp4netns") == pid, \
+            f"the saved state does not name the slirp4netns started ({pid}): {saved}"
         nspawn.destroy(saved, net)
         assert not pid_alive(pid) and not network.netns_exists(t.netns)
     finally:
