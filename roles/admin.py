@@ -20,6 +20,9 @@ from roles.second_factor_data import automation_networks, enabled
 
 #: Members of this group, and only they, may log in over SSH (sshd AllowGroups).
 SSH_GROUP = "ssh-users"
+#: A service account's shell and home (service_account): none, as Debian's convention for service users.
+NO_SHELL = "/usr/sbin/nologin"
+NO_HOME = "/nonexistent"
 SUDOERS_FILE = "/etc/sudoers.d/hardkit-admin"
 #: sudo's own hardening, for every sudo user: a pty (no escaping the session), a log of commands.
 SUDO_DEFAULTS = ["use_pty", "logfile=/var/log/sudo.log", "!log_input", "!log_output"]
@@ -84,3 +87,12 @@ def lock_password(user: str):
 
 
 apply = admin_access
+
+
+def service_account(user: str, why: str = "no shell, no home") -> None:
+    """A system user and its own group for a service: no shell, no home, password locked (its units run
+    as it; nobody logs in as it). `why` completes the operation's name."""
+    server.group(name=f"Group {user}", group=user, system=True)
+    server.user(name=f"System user {user}: {why}", user=user, group=user, system=True, shell=NO_SHELL,
+                home=NO_HOME, create_home=False, ensure_home=False)
+    lock_password(name=f"Keep {user}'s password locked", user=user)

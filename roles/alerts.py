@@ -26,7 +26,7 @@ from pyinfra.operations.util import any_changed
 
 from roles import alert_notify, bot_egress, reboot_guard
 from roles import alerts_data as d
-from roles.admin import lock_password
+from roles.admin import service_account
 from roles.bot import SANDBOX as BOT_SANDBOX
 from roles.bot_paths import CREDSTORE, UNIT as BOT_UNIT
 from roles.fail2ban import JAILS
@@ -100,10 +100,7 @@ def render_fail2ban() -> dict[str, str]:
 @deploy("Alerts: the notifier")
 def alerts():
     data = host.data
-    server.group(name=f"Group {d.ALERT_USER}", group=d.ALERT_USER, system=True)
-    server.user(name=f"System user {d.ALERT_USER}: no shell, no home", user=d.ALERT_USER, group=d.ALERT_USER,
-                system=True, shell="/usr/sbin/nologin", home="/nonexistent", create_home=False, ensure_home=False)
-    lock_password(name=f"Keep {d.ALERT_USER}'s password locked", user=d.ALERT_USER)
+    service_account(d.ALERT_USER)
 
     tool = install_file(name="The notifier", dest=d.TOOL, mode="0755", content=TOOL_SOURCE.read_text(),
                         validate="python3 -m py_compile {path}")

@@ -32,7 +32,7 @@ from roles.backup_data import (BACKUP_CHECK_INTERVAL, BACKUP_CREDENTIALS, BACKUP
                                KNOWN_HOSTS, PROGRAM, STAGE_DIR, known_hosts_text, repository, target)
 from roles.bot_config import BOT_ENABLED
 from roles.bot_paths import BOT_USER, CONFIG_DIR, CRED_PREFIX, CREDSTORE, DEPLOY_RECORD_DIR, STATE_DIR
-from roles.admin import lock_password
+from roles.admin import service_account
 from roles.ops import install_file, quiet_or_fail, render
 
 PACKAGES = ["restic", "openssh-client"]
@@ -104,10 +104,7 @@ def backup():
             files.file(name=f"No backups configured: no {timer}", path=f"/etc/systemd/system/{timer}", present=False)
         return
     apt.packages(name="Install restic and the SSH client", packages=PACKAGES)
-    server.group(name=f"Group {BACKUP_USER}", group=BACKUP_USER, system=True)
-    server.user(name=f"System user {BACKUP_USER}: no shell, no home", user=BACKUP_USER, group=BACKUP_USER,
-                system=True, shell="/usr/sbin/nologin", home="/nonexistent", create_home=False, ensure_home=False)
-    lock_password(name=f"Keep {BACKUP_USER}'s password locked", user=BACKUP_USER)
+    service_account(BACKUP_USER)
     install_file(name="The backup program", dest=PROGRAM, mode="0755", content=PROGRAM_SOURCE.read_text(),
                  validate="python3 -m py_compile {path}")
     install_file(name="The backup program's config", dest=CONFIG_FILE, mode="0640", group=BACKUP_USER,

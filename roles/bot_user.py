@@ -16,25 +16,18 @@ from pyinfra.api import deploy
 from pyinfra.operations import server
 
 from roles.access_data import ADMIN_USER
-from roles.admin import lock_password
+from roles.admin import service_account
 from roles.bot_paths import BOT_USER, OPERATORS_GROUP
 
 KEYS: list = []
-
-#: No login shell and a home that does not exist (Debian's convention for service users).
-BOT_SHELL = "/usr/sbin/nologin"
-BOT_HOME = "/nonexistent"
 
 
 @deploy("Bot service user")
 def bot_user():
     admin = ADMIN_USER.value(host.data)
-    server.group(name=f"Group {BOT_USER} (the bot's primary group)", group=BOT_USER, system=True)
+    service_account(BOT_USER)
     server.group(name=f"Group {OPERATORS_GROUP} (may use the bot's control socket)", group=OPERATORS_GROUP,
                  system=True)
-    server.user(name=f"System user {BOT_USER}: no shell, no home", user=BOT_USER, group=BOT_USER, system=True,
-                shell=BOT_SHELL, home=BOT_HOME, create_home=False, ensure_home=False)
-    lock_password(name=f"Keep {BOT_USER}'s password locked", user=BOT_USER)
     server.user(name=f"Admin {admin} in {OPERATORS_GROUP}", user=admin, groups=[OPERATORS_GROUP], append=True,
                 ensure_home=False)
 
