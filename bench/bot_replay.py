@@ -1,7 +1,8 @@
 """Benchmark: backtest replay throughput in bars/s (target > 100,000 for a simple strategy).
 
 The replay runs the production Engine, risk pipeline, breakers, ledger (in
-memory) and paper exchange, bar by bar. Two figures are printed because they
+memory) and paper exchange (its market rules; its book in Python structures:
+`ReplayPaperExchange`), bar by bar. Two figures are printed because they
 differ by an order-path cost: the per-bar path (strategy, stops, breakers) and
 a run where the default trend strategy trades (every order goes through the
 pipeline, the ledger with its audit chain, and the paper exchange). Both are
@@ -14,8 +15,9 @@ prints where its time goes: the share of the order path (the strategy's entries 
 stop-loss and target closes, syncing live orders, persisting trailing stops: each through
 the pipeline, the ledger with its audit records and the paper exchange) against the per-bar
 path (tick and candle checks, volatility breaker, breakers, strategy, stops), the SQL
-execute calls and audit records per fill (the replay's ledger inserts a batch's records with one
-executemany at its commit: counted apart), and the functions with the most internal time.
+execute calls and audit records per fill (the replay's ledger writes its queued risk decisions and
+stops and a batch's records with executemany at its commit: counted apart), and the functions with
+the most internal time. The timed window ends after the replay's last commit.
 Shares are of CPU time under the profiler, which inflates Python calls more than SQLite's C code.
 Run: .venv/bin/python bench/bot_replay.py [--bars N] [--repeat N] [--profile-bars N]
 """
@@ -52,11 +54,12 @@ def where_the_time_goes(cfg, bars) -> None:
     calls = lambda name: sum(v[0] for k, v in stats.items() if k[2] == name)  # noqa: E731
     sql = calls("<method 'execute' of 'sqlite3.Connection' objects>")
     batches = calls("<method 'executemany' of 'sqlite3.Connection' objects>")
-    records = sum(v[0] for k, v in stats.items() if k[0].endswith("audit.py") and k[2] == "record")
+    records = sum(v[0] for k, v in stats.items() if k[0].endswith("backtest.py") and k[2] == "audit")
     fills = max(r.trades, 1)
     print(f"  profiled (cProfile on CPU time, trading, {r.bars:,} bars, {r.trades} fills): "
-          f"{sql / fills:.1f} SQL execute calls (ledger + paper exchange) and {records / fills:.1f} audit records per fill; "
-          f"the records inserted in {batches} executemany calls (one per batch commit)")
+          f"{sql / fills:.1f} SQL execute calls (the ledger: the paper exchange's book is in memory) and "
+          f"{records / fills:.1f} audit records per fill; the records and queued rows written in {batches} "
+          f"executemany calls (at the batch's commit)")
     top = sorted(stats.items(), key=lambda kv: kv[1][2], reverse=True)[:8]
     print("  most internal time: " + "; ".join(f"{Path(k[0]).name}:{k[2]} {100 * v[2] / run_s:.0f}%" for k, v in top))
 

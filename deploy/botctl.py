@@ -27,9 +27,12 @@ from roles.bot_paths import BOT_USER, CONTROL_SOCKET, CURRENT_LINK, INSTALL_ROOT
 
 EXIT_OK, EXIT_FAILED, EXIT_UNREACHABLE = 0, 1, 3
 #: Seconds the bot has to answer a socket command before it counts as not answering (a wedged or
-#: stopped process accepts the connection and never replies).
+#: stopped process accepts the connection and never replies). The CLI is told the same (--wait), so
+#: a reset the bot reads after this is refused by the bot, never executed after the row said it failed;
+#: `timeout` is the backstop for a CLI that hangs anyway.
 ANSWER_SECONDS = 10
-BOT = f"timeout -k 2 {ANSWER_SECONDS} {bot_role.CLI_LINK}"
+BOT = f"timeout -k 2 {ANSWER_SECONDS + 5} {bot_role.CLI_LINK}"
+WAIT = f"--wait {ANSWER_SECONDS}"
 SOCKET = f"--socket {CONTROL_SOCKET}"
 
 
@@ -103,7 +106,7 @@ def do_status(s: Session, args) -> Row:
 
 def do_halt(s: Session, args) -> Row:
     reason = shlex.quote(args.reason)
-    rc, out, err = s.run(f"{BOT} halt --reason {reason} {SOCKET}")
+    rc, out, err = s.run(f"{BOT} halt --reason {reason} {WAIT} {SOCKET}")
     st = status_of(s) if rc == 0 else None
     if st and st["state"] in ("HALTED", "KILLED"):
         return Row(s.login.host, True, f"{st['state']} ({st.get('reason')}), confirmed by the running bot", detail=st)
@@ -137,7 +140,7 @@ def do_flatten(s: Session, args) -> Row:
 
 def do_reset(s: Session, args) -> Row:
     extra = " --new-day" if getattr(args, "new_day", False) else ""
-    rc, out, err = s.run(f"{BOT} reset --note {shlex.quote(args.note)}{extra} {SOCKET}")
+    rc, out, err = s.run(f"{BOT} reset --note {shlex.quote(args.note)}{extra} {WAIT} {SOCKET}")
     st = status_of(s)
     if rc == 0 and st and st["state"] == "ACTIVE":
         return Row(s.login.host, True, f"ACTIVE after reset ({st.get('reason')})", detail=st)

@@ -3,7 +3,7 @@
     hardkit sandbox image | up | down | status | ssh      the local lab of disposable Debian 12 VPSs
     hardkit deploy INVENTORY [--limit GROUP|HOST] [--dry] [--json] [--identity FILE] [--parallel N]
                    [--batch N|P%] [--max-fail N] [-v]
-    hardkit verify INVENTORY [--report-dir DIR] [--junit FILE]
+    hardkit verify INVENTORY [--limit GROUP|HOST] [--parallel N] [--report-dir DIR] [--junit FILE]
     hardkit verify INVENTORY ... [--waivers FILE] [--compare PREVIOUS.json]   exit 0 pass, 1 fail, 2 usage, 3 unreachable
     hardkit audit INVENTORY ...                          verify plus ssh-audit and systemd-analyze security
     hardkit drift INVENTORY [--limit ...]               what a deploy would change + controls failing now
@@ -109,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
         (("--junit",), {"default": None, "help": "also write the JUnit XML (a testcase per control and host) here"}),
         (("-k",), {"dest": "select", "default": None, "help": "only checks matching this pytest expression"}),
         (("--waivers",), {"default": None, "help": "waiver file (default tests/compliance/waivers.toml)"}),
+        (("--parallel",), {"type": int, "default": None,
+                           "help": "check at most N hosts at once, one pytest each (default: all)"}),
         (("--compare",), {"default": None, "metavar": "PREVIOUS.json",
                           "help": "list the controls whose status changed since this earlier report"}),
     ]
@@ -144,7 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("inventory")
     s.add_argument("--host", required=True, help="the new host (its backup_to names the repository to restore)")
     s.add_argument("--from", dest="source", required=True, help="the backup server (a host with backup_server: true)")
-    s.add_argument("--snapshot", default="latest", help="a snapshot id (default: the latest)")
+    pick = s.add_mutually_exclusive_group()
+    pick.add_argument("--from-host", help="the lost host whose newest snapshot to restore (its name in the "
+                                          "repository; default: the newest snapshot not taken by NEW itself)")
+    pick.add_argument("--snapshot", help="a snapshot id (default: the lost host's newest)")
     s.set_defaults(func=cmd_restore)
 
     bot = sub.add_parser("bot", help="operate the bots of an inventory over SSH").add_subparsers(metavar="VERB")
@@ -292,12 +297,14 @@ def cmd_restore(args) -> int:
     inv = load(args.inventory)
     restore.check(inv, args.host, args.source)
     try:
-        outcome = restore.restore(inv, args.host, args.snapshot, say=lambda m: print(m, file=sys.stderr))
+        outcome = restore.restore(inv, args.host, args.snapshot, say=lambda m: print(m, file=sys.stderr),
+                                  from_host=args.from_host)
     except restore.RestoreError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILED
     st = outcome.status
-    print(json.dumps({"host": args.host, "restored": outcome.restored, "state": st.get("state"),
+    print(json.dumps({"host": args.host, "snapshot": outcome.snapshot, "restored": outcome.restored,
+                      "state": st.get("state"),
                       "reason": st.get("reason"), "positions": st.get("positions", []),
                       "config_differs_from_backup": outcome.config_differs,
                       "timings_s": {name: round(t, 1) for name, t in outcome.timings}}, indent=2))
@@ -320,6 +327,8 @@ def cmd_verify(args) -> int:
     except InventoryError as e:
         problems += e.render().splitlines()
     problems += verify_run.input_problems(args.waivers)
+    if args.parallel is not None and args.parallel < 1:
+        problems.append(f"--parallel must be 1 or more, not {args.parallel}")
     previous = None
     if args.compare:
         previous, why = verify_run.read_previous(args.compare)
@@ -331,7 +340,7 @@ def cmd_verify(args) -> int:
     label = _inventory_label(Path(args.inventory))
     report_dir = Path(args.report_dir or REPO_ROOT / "reports" / label)
     doc, rc = verify_run.run(Path(args.inventory), label, report_dir, select=args.select, waivers=args.waivers,
-                             limit=[h.name for h in hosts] if args.limit else None, auditors=args.auditors,
+                             hosts=[h.name for h in hosts], parallel=args.parallel, auditors=args.auditors,
                              keep_lynis=args.keep)
     if doc is not None:
         kept = verify_run.keep(report_dir, doc)

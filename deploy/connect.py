@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import paramiko
@@ -37,6 +37,19 @@ class Login:
     client_address: str  # the controller's address as the host sees it
     port: int = 22  # the port the controller connects to
     sshd_port: int | None = None  # the sshd port that is (None: unknown, behind a fixed ssh_port)
+    #: The probe's own connection, kept open by resolve(keep=True) for the next steps of the same run
+    #: (credential delivery) instead of a login each; close() ends it.
+    client: paramiko.SSHClient | None = field(default=None, repr=False, compare=False)
+
+    def open_client(self) -> paramiko.SSHClient | None:
+        """The kept connection while it is still up, else None."""
+        transport = self.client.get_transport() if self.client else None
+        return self.client if transport is not None and transport.is_active() else None
+
+    def close(self) -> None:
+        if self.client:
+            self.client.close()
+            self.client = None
 
 
 class LoginError(Exception):
@@ -112,8 +125,10 @@ def run(client: paramiko.SSHClient, command: str, timeout: float = 60.0) -> tupl
     return stdout.channel.recv_exit_status(), out, err
 
 
-def _try(h: Host, user: str, need_sudo: bool, sshd_port: int | None, port: int) -> tuple[Login | None, str]:
-    """Log in once; (None, why) for an answer that says no, LoginError for a host that must not be trusted."""
+def _try(h: Host, user: str, need_sudo: bool, sshd_port: int | None, port: int,
+         keep: bool = False) -> tuple[Login | None, str]:
+    """Log in once; (None, why) for an answer that says no, LoginError for a host that must not be trusted.
+    With keep, a login that works keeps its connection open (Login.client)."""
     try:
         client = open_client(h, user, port=port)
     except paramiko.BadHostKeyException as e:
@@ -124,28 +139,32 @@ def _try(h: Host, user: str, need_sudo: bool, sshd_port: int | None, port: int) 
         return None, f"{user}@port {port}: {e}"
     except (OSError, socket.timeout) as e:
         return None, f"{user}@port {port}: cannot connect: {e}"
+    ok = False
     try:
         check = 'echo "$SSH_CONNECTION"' + ("; sudo -n true" if need_sudo else "")
         rc, out, err = run(client, check, timeout=30)
+        ok = rc == 0
     except (paramiko.SSHException, OSError, socket.timeout) as e:
         # Authenticated, then the session closed or stalled (sshd reloading, a PAM session refused): a no.
         return None, f"{user}@port {port}: logged in, then the session failed: {e or type(e).__name__}"
     finally:
-        client.close()
+        if not (keep and ok):
+            client.close()
     if rc != 0:
         return None, f"{user}: logged in but `sudo -n` failed ({err.strip() or rc})"
     address = out.split()[0] if out.split() else ""
-    return Login(h.name, user, need_sudo, _normalise(address), port, sshd_port), ""
+    return Login(h.name, user, need_sudo, _normalise(address), port, sshd_port, client if keep else None), ""
 
 
-def resolve(h: Host) -> Login:
+def resolve(h: Host, keep: bool = False) -> Login:
     """Log in as the admin if that works (with sudo), otherwise as the bootstrap user; on the first
-    sshd port that answers (see candidate_ports)."""
+    sshd port that answers (see candidate_ports). With keep, the Login holds that connection open
+    (Login.client) until its close()."""
     admin, bootstrap = h.get(ADMIN_USER), h.get(BOOTSTRAP_USER)
     why = []
     for sshd_port, port in candidate_ports(h.data):
         for user, sudo in ((admin, True), (bootstrap, bootstrap != "root")):
-            login, reason = _try(h, user, sudo, sshd_port, port)
+            login, reason = _try(h, user, sudo, sshd_port, port, keep)
             if login:
                 return login
             why.append(reason)

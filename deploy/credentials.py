@@ -150,12 +150,16 @@ def _record_command(store: Store, removed: list[str]) -> str:
 
 
 class _Session:
-    """Commands as root over one SSH login (through `sudo -n` when the login is the admin)."""
+    """Commands as root over one SSH login (through `sudo -n` when the login is the admin): the login's
+    own connection when the pre-flight kept it open (connect.resolve(keep=True)), else a new one."""
 
     def __init__(self, host: Host, login: connect.Login):
         self.name = host.name
         self.sudo = login.sudo
-        self.client = connect.open_client(host, login.user, port=login.port)
+        self.client = login.open_client()
+        self.owned = self.client is None
+        if self.owned:
+            self.client = connect.open_client(host, login.user, port=login.port)
 
     def run(self, script: str, stdin: bytes = b"") -> str:
         line = ("sudo -n " if self.sudo else "") + "sh -c " + shlex.quote(script)
@@ -173,7 +177,8 @@ class _Session:
         return out.decode(errors="replace")
 
     def close(self):
-        self.client.close()
+        if self.owned:
+            self.client.close()
 
 
 def _drain(chan, host: str) -> tuple[bytes, bytes]:

@@ -89,12 +89,14 @@ class FleetResult:
         return self.stopped_after is None and all(r.ok for r in self.rows.values())
 
 
-def verify_hosts(inv: Inventory, names: list[str]) -> dict[str, str]:
-    """`hardkit verify` on these hosts: {host: "pass" | "FAIL n" (failing controls)}."""
+def verify_hosts(inv: Inventory, names: list[str], parallel: int | None = None) -> dict[str, str]:
+    """`hardkit verify` on these hosts (one pytest per host, at most `parallel` at once, as the
+    command does): {host: "pass" | "FAIL n" (failing controls)}."""
     with tempfile.TemporaryDirectory(prefix="hardkit-verify-") as tmp:
         env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         subprocess.run([sys.executable, "-m", "deploy.cli", "verify", str(inv.path), "--limit", ",".join(names),
-                        "--report-dir", tmp], cwd=str(REPO_ROOT), env=env, capture_output=True, text=True)
+                        "--report-dir", tmp, *(["--parallel", str(parallel)] if parallel else [])],
+                       cwd=str(REPO_ROOT), env=env, capture_output=True, text=True)
         report = Path(tmp) / "compliance.json"
         controls = json.loads(report.read_text())["controls"] if report.is_file() else []
     failing = {n: 0 for n in names}
@@ -130,7 +132,7 @@ def deploy(inv: Inventory, hosts: list[Host], *, batch: str | None = None, max_f
             _fill(rows[h.name], run.hosts[h.name])
         if batch is not None and not dry:
             reached = [h.name for h in part if not rows[h.name].error]
-            for name, outcome in (verify_hosts(inv, reached) if reached else {}).items():
+            for name, outcome in (verify_hosts(inv, reached, parallel) if reached else {}).items():
                 rows[name].verify = outcome
         failed = [h.name for h in part if not rows[h.name].ok]
         if batch is not None and len(failed) > max_fail and number < len(batches):

@@ -99,17 +99,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     tr = terminalreporter
     doc = _document(config)
     tr.section("hardkit compliance")
-    width = max((len(r["title"]) for r in doc["controls"]), default=10)
-    for host in doc["hosts"]:
-        tr.write_line(f"{host['name']}:" + ("" if host["reachable"] else f" UNREACHABLE ({host['error']})"))
-        for r in (r for r in doc["controls"] if r["host"] == host["name"]):
-            reason = r["details"][0].split(": ", 1)[-1] if r["details"] else ""
-            shown = r["status"] in ("SKIP", "WAIVED", "NOT VERIFIED")
-            note = f"  ({reason[:90]}{'...' if len(reason) > 90 else ''})" if shown else ""
-            tr.write_line(f"  {r['status']:<12} {r['control']:<14} {r['title']:<{width}}{note}")
-    for host in doc["hosts"]:
-        tr.write_line(f"{host['name']}: " + (report_formats.summary_line(host["summary"]) or "no controls"))
-    tr.write_line("controls: " + report_formats.summary_line(doc["summary"]))
+    for line in report_formats.terminal_lines(doc):
+        tr.write_line(line)
     out = config.getoption("--hardkit-report-dir")
     if out:
         paths = report_formats.write_all(doc, Path(out))

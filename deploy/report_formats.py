@@ -6,7 +6,8 @@ is described in README.md ("The compliance report") and changes only with a new 
 
     schema, schema_version, generated (UTC, ISO 8601), inventory,
     summary {STATUS: count},                      over every (host, control) row
-    hosts [{name, reachable, error, summary}],    per host
+    hosts [{name, reachable, error, summary}],    per host (error: why it was not checked; a
+                                                  reachable host with an error wrote no results)
     controls [{host, control, title, status, area, role, requirement, rationale, references,
                evidence, waiver, details}]        one row per (host, control)
 
@@ -66,6 +67,49 @@ def document(rows: list[dict], catalog: dict, inventory: str, generated: str,
     }
 
 
+def merge(docs: list[dict], inventory: str, generated: str, unchecked: dict[str, str] | None = None) -> dict:
+    """One document from the per-host runs of `hardkit verify` (each a whole document of its own),
+    plus the hosts whose run wrote none (`unchecked`: host -> why), listed reachable with that error.
+    Counts are taken again from the merged rows, so every format still agrees with the JSON."""
+    unchecked = unchecked or {}
+    controls = sorted((r for d in docs for r in d["controls"]), key=lambda r: (r["host"], r["control"]))
+    hosts = {h["name"]: {"name": h["name"], "reachable": h["reachable"], "error": h["error"]}
+             for d in docs for h in d["hosts"]}
+    for name, why in unchecked.items():
+        hosts.setdefault(name, {"name": name, "reachable": True, "error": why})
+    return {
+        "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "generated": generated, "inventory": inventory,
+        "summary": count(controls),
+        "hosts": [{**hosts[h], "summary": count([r for r in controls if r["host"] == h])} for h in sorted(hosts)],
+        "controls": controls,
+    }
+
+
+def host_state(h: dict) -> str:
+    """The report's `reachable` cell: yes, NO (why), or reachable but not checked (why)."""
+    if not h["reachable"]:
+        return "NO: " + (h["error"] or "")
+    return "yes" if not h["error"] else "yes, NOT CHECKED: " + h["error"]
+
+
+def terminal_lines(doc: dict) -> list[str]:
+    """The terminal's summary of a report: each host's controls, then the counts per host and overall."""
+    lines = []
+    width = max((len(r["title"]) for r in doc["controls"]), default=10)
+    for host in doc["hosts"]:
+        lines.append(f"{host['name']}:" + ("" if host["reachable"] else f" UNREACHABLE ({host['error']})")
+                     + (f" NOT CHECKED ({host['error']})" if host["reachable"] and host["error"] else ""))
+        for r in (r for r in doc["controls"] if r["host"] == host["name"]):
+            # Why it is not a pass, shortened: a failure's evidence, a skip's or waiver's reason.
+            reason = r["evidence"] or (r["details"][0].split(": ", 1)[-1] if r["details"] else "")
+            note = f"  ({reason[:160]}{'...' if len(reason) > 160 else ''})" if r["status"] != "PASS" else ""
+            lines.append(f"  {r['status']:<12} {r['control']:<14} {r['title']:<{width}}{note}")
+    for host in doc["hosts"]:
+        lines.append(f"{host['name']}: " + (summary_line(host["summary"]) or "no controls"))
+    lines.append("controls: " + summary_line(doc["summary"]))
+    return lines
+
+
 def summary_line(counts: dict[str, int]) -> str:
     return ", ".join(f"{counts[s]} {s.lower()}" for s in STATUSES if counts.get(s))
 
@@ -82,7 +126,7 @@ def to_markdown(doc: dict) -> str:
              "| host | reachable | " + " | ".join(s.lower() for s in STATUSES) + " |",
              "|---|---|" + "---|" * len(STATUSES)]
     for h in doc["hosts"]:
-        lines.append(f"| {h['name']} | {'yes' if h['reachable'] else 'NO: ' + cell(h['error'] or '')} | "
+        lines.append(f"| {h['name']} | {cell(host_state(h))} | "
                      + " | ".join(str(h["summary"][s]) for s in STATUSES) + " |")
     lines.append("| **all** | | " + " | ".join(str(doc["summary"][s]) for s in STATUSES) + " |")
     lines += ["", "| host | control | check | result | references | evidence / reason |", "|---|---|---|---|---|---|"]
@@ -101,9 +145,10 @@ def to_junit(doc: dict) -> str:
         suite = ET.SubElement(root, "testsuite", name=h["name"], tests=str(len(rows)), failures=str(s["FAIL"]),
                               errors=str(s["ERROR"]),
                               skipped=str(s["SKIP"] + s["WAIVED"] + s["NOT VERIFIED"]))
-        if not h["reachable"]:
+        if h["error"]:
             ET.SubElement(ET.SubElement(suite, "testcase", classname=f"hardkit.{h['name']}", name="reachable"),
-                          "error", message=f"host unreachable: {h['error']}")
+                          "error", message=f"host {'unreachable' if not h['reachable'] else 'not checked'}: "
+                                           f"{h['error']}")
         for r in rows:
             case = ET.SubElement(suite, "testcase", classname=f"hardkit.{h['name']}",
                                  name=f"{r['control']}: {r['title']}")
@@ -122,7 +167,7 @@ def to_html(doc: dict) -> str:
     env = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=select_autoescape(["html", "j2"]),
                       keep_trailing_newline=True)
     return env.get_template("compliance.html.j2").render(
-        doc=doc, statuses=STATUSES, areas=sorted({r["area"] for r in doc["controls"]}), escape=html.escape)
+        doc=doc, statuses=STATUSES, host_state=host_state, areas=sorted({r["area"] for r in doc["controls"]}), escape=html.escape)
 
 
 WRITERS = {"compliance.json": to_json, "compliance.md": to_markdown, "compliance.xml": to_junit,

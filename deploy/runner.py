@@ -29,6 +29,8 @@ from roles.secrets_data import CREDENTIALS_CHANGED_KEY
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SITE = REPO_ROOT / "deploy" / "site.py"
+#: pyinfra's settings for every run (read before the deploy file, kept for the whole run).
+PYINFRA_CONFIG = REPO_ROOT / "deploy" / "pyinfra_config.py"
 
 
 @dataclass
@@ -64,13 +66,14 @@ class RunResult:
 
 
 def preflight(hosts: list[Host]) -> tuple[dict[str, connect.Login], dict[str, str]]:
-    """Resolve each host's login and check the lockout rules; return (logins, refusals)."""
+    """Resolve each host's login and check the lockout rules; return (logins, refusals). Each login keeps
+    its connection open for the credential delivery: the caller ends them (close_logins)."""
     logins: dict[str, connect.Login] = {}
     refusals: dict[str, str] = {}
 
     def one(h: Host):
         try:
-            return h, connect.resolve(h), None
+            return h, connect.resolve(h, keep=True), None
         except connect.LoginError as e:
             return h, None, str(e)
 
@@ -79,6 +82,7 @@ def preflight(hosts: list[Host]) -> tuple[dict[str, connect.Login], dict[str, st
             if err:
                 refusals[h.name] = err
                 continue
+            logins[h.name] = login  # a refused one is closed below
             allow = h.get(SSH_ALLOW_FROM)
             if not connect.address_allowed(login.client_address, allow):
                 refusals[h.name] = (
@@ -93,8 +97,16 @@ def preflight(hosts: list[Host]) -> tuple[dict[str, connect.Login], dict[str, st
                     f"which is not in automation_from {automation_networks(h.data)}; with second_factor_admins "
                     "set, the admin's key works only from there. Add it to the inventory's automation_from.")
                 continue
-            logins[h.name] = login
+    for name in refusals:
+        if name in logins:
+            logins.pop(name).close()
     return logins, refusals
+
+
+def close_logins(logins: dict[str, connect.Login]) -> None:
+    """End the connections the pre-flight kept open for the credential delivery (pyinfra logs in on its own)."""
+    for login in logins.values():
+        login.close()
 
 
 def write_resolved_inventory(inv: Inventory, hosts: list[Host], logins: dict[str, connect.Login], folder: Path,
@@ -131,13 +143,16 @@ def deploy(inv: Inventory, hosts: list[Host], *, dry: bool = False, extra_args: 
     alert_keys = alert_key.wanted_keys(hosts, values)
     del values
     logins, refusals = preflight(hosts)
-    deliveries, failures = credentials.sync_all(hosts, logins, wanted, dry=dry)
-    seed_deliveries, seed_failures = credentials.sync_all(hosts, {n: lg for n, lg in logins.items()
-                                                                  if n not in failures}, seeds, dry=dry,
-                                                          store=totp_seeds.STORE)
-    key_deliveries, key_failures = credentials.sync_all(hosts, {n: lg for n, lg in logins.items()
-                                                                if n not in failures and n not in seed_failures},
-                                                        alert_keys, dry=dry, store=alert_key.STORE)
+    try:  # over the pre-flight's own connection to each host: one login per host before pyinfra's
+        deliveries, failures = credentials.sync_all(hosts, logins, wanted, dry=dry)
+        seed_deliveries, seed_failures = credentials.sync_all(hosts, {n: lg for n, lg in logins.items()
+                                                                      if n not in failures}, seeds, dry=dry,
+                                                              store=totp_seeds.STORE)
+        key_deliveries, key_failures = credentials.sync_all(hosts, {n: lg for n, lg in logins.items()
+                                                                    if n not in failures and n not in seed_failures},
+                                                            alert_keys, dry=dry, store=alert_key.STORE)
+    finally:
+        close_logins(logins)
     del wanted, seeds, alert_keys  # the plaintext is not needed any more
     for name, why in {**key_failures, **seed_failures, **failures}.items():
         refusals[name] = why
@@ -156,7 +171,7 @@ def deploy(inv: Inventory, hosts: list[Host], *, dry: bool = False, extra_args: 
         resolved = write_resolved_inventory(inv, hosts, logins, Path(tmp),
                                             {n: d.changed for n, d in deliveries.items()},
                                             {n: d.changed for n, d in key_deliveries.items()})
-        cmd = [sys.executable, "-m", "pyinfra", str(resolved), str(site), "--json"]
+        cmd = [sys.executable, "-m", "pyinfra", "--config", str(PYINFRA_CONFIG), str(resolved), str(site), "--json"]
         # -y skips pyinfra's change detection: a dry run without it plans what would change (raw["plan"]).
         cmd.append("--dry" if dry else "-y")
         cmd += extra_args or []

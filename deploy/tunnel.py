@@ -18,11 +18,14 @@ import os
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
 log = logging.getLogger(__name__)
 _CHUNK = 65536
+#: Seconds between two looks at the stop flag in wait() (how long a stop() from another thread takes to end it).
+WAIT_POLL_S = 0.2
 
 
 class ByteStream(Protocol):
@@ -97,10 +100,14 @@ class Tunnel:
                 _shut(c)
 
     def wait(self) -> None:
-        """Block until stop() or Ctrl-C; Ctrl-C stops the tunnel and returns."""
+        """Block until stop() or Ctrl-C; Ctrl-C stops the tunnel and returns.
+
+        Polls with sleep, not Event.wait: a Ctrl-C is raised wherever the main thread is, and inside
+        Event.wait that is amid the event's own lock handling, which stop() then needs; `is_set()` and
+        `sleep()` hold no lock."""
         try:
-            while not self._stopped.wait(0.5):
-                pass
+            while not self._stopped.is_set():
+                time.sleep(WAIT_POLL_S)
         except KeyboardInterrupt:
             self.stop()
 

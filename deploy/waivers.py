@@ -6,12 +6,18 @@ auditor sees every exception and why. A waiver past its expiry date no longer wa
 fails and says the waiver expired, so exceptions get looked at again. `hardkit verify` validates
 the file before any host is contacted: a missing field, a bad date or a control id the catalog
 does not know is a usage error (exit 2), every problem listed at once.
+
+Lynis findings are waived one by one, under `[lynis."TEST-ID"]` with the same fields: Lynis' index
+is Lynis' own sum (a waiver cannot and must not change it), but ext-lynis-02 holds every warning and
+suggestion Lynis makes to "fixed, or declined with a reason that is still current", so a new finding
+after an upgrade or a change shows up, and an auditor reads why each remaining one is not followed.
 """
 
 from __future__ import annotations
 
 import datetime
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +26,11 @@ WAIVERS_FILE = Path(__file__).resolve().parent.parent / "tests" / "compliance" /
 #: Environment variable naming another waiver file (set by `hardkit verify --waivers`).
 WAIVERS_ENV = "HARDKIT_WAIVERS"
 FIELDS = {"reason", "owner", "expires", "hosts"}
+#: Top-level tables: waivers of controls, and of single Lynis findings (by Lynis test id).
+KINDS = ("waiver", "lynis")
+#: A Lynis test id, as its report names it (KRNL-5830, FILE-6310, ...), or one setting a test names
+#: (SSH-7408:MaxSessions) to decline that one only.
+LYNIS_ID = re.compile(r"^([A-Z]{3,4}-\d{4}|LYNIS)(:[A-Za-z0-9_]+)?$")
 
 
 class WaiverError(Exception):
@@ -46,19 +57,17 @@ def waivers_path() -> Path:
     return Path(os.environ.get(WAIVERS_ENV) or WAIVERS_FILE)
 
 
-def parse(text: str, known_controls=None, source: str = "waivers") -> dict[str, Waiver]:
-    """Waivers by control id; raises WaiverError listing every problem. `known_controls`: the catalog's ids."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise WaiverError(f"{source}: {e}") from None
-    problems = [f"{source}: unknown top-level key {k!r} (waivers go under [waiver.\"ID\"])"
-                for k in data if k != "waiver"]
-    out = {}
-    for control, entry in data.get("waiver", {}).items():
-        where = f"{source}: waiver {control}"
-        if known_controls is not None and control not in known_controls:
-            problems.append(f"{where}: no control has this id (see `hardkit controls`)")
+def _entries(table, kind: str, source: str, known) -> tuple[dict[str, Waiver], list[str]]:
+    """The waivers of one top-level table and the problems found in it. `known(id)`: None if the id is
+    acceptable, else what is wrong with it."""
+    out, problems = {}, []
+    if not isinstance(table, dict):
+        return out, [f"{source}: [{kind}] must hold tables like [{kind}.\"ID\"]"]
+    for control, entry in table.items():
+        where = f"{source}: {kind} {control}"
+        wrong_id = known(control)
+        if wrong_id:
+            problems.append(f"{where}: {wrong_id}")
         if not isinstance(entry, dict):
             problems.append(f"{where}: must be a table with reason, owner, expires")
             continue
@@ -72,15 +81,51 @@ def parse(text: str, known_controls=None, source: str = "waivers") -> dict[str, 
             problems.append(f"{where}: hosts must be a list of host names")
         out[control] = Waiver(control, str(entry.get("reason", "")), str(entry.get("owner", "")), expires,
                               tuple(hosts) if isinstance(hosts, list) else ())
+    return out, problems
+
+
+def parse_all(text: str, known_controls=None, source: str = "waivers") -> dict[str, dict[str, Waiver]]:
+    """{"waiver": control waivers by id, "lynis": Lynis finding waivers by test id}; raises WaiverError
+    listing every problem of both. `known_controls`: the catalog's ids."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise WaiverError(f"{source}: {e}") from None
+    problems = [f"{source}: unknown top-level key {k!r} (waivers go under [waiver.\"ID\"], Lynis findings "
+                f"under [lynis.\"TEST-ID\"])" for k in data if k not in KINDS]
+    checks = {
+        "waiver": lambda c: None if known_controls is None or c in known_controls
+        else "no control has this id (see `hardkit controls`)",
+        "lynis": lambda c: None if LYNIS_ID.match(c) else "not a Lynis test id (like KRNL-5830, or SSH-7408:MaxSessions)",
+    }
+    out = {}
+    for kind in KINDS:
+        out[kind], found = _entries(data.get(kind, {}), kind, source, checks[kind])
+        problems += found
     if problems:
         raise WaiverError("\n".join(problems))
     return out
 
 
-def load_waivers(path: Path | None = None, known_controls=None) -> dict[str, Waiver]:
+def parse(text: str, known_controls=None, source: str = "waivers") -> dict[str, Waiver]:
+    """Control waivers by control id; raises WaiverError listing every problem. `known_controls`: the catalog's ids."""
+    return parse_all(text, known_controls, source)["waiver"]
+
+
+def _load(path: Path | None, known_controls) -> dict[str, dict[str, Waiver]]:
     path = path or waivers_path()
     if not path.exists():
         if path != WAIVERS_FILE:
             raise WaiverError(f"no such waiver file: {path}")
-        return {}
-    return parse(path.read_text(), known_controls, str(path))
+        return {kind: {} for kind in KINDS}
+    return parse_all(path.read_text(), known_controls, str(path))
+
+
+def load_waivers(path: Path | None = None, known_controls=None) -> dict[str, Waiver]:
+    """Control waivers by control id (the whole file is validated, Lynis findings included)."""
+    return _load(path, known_controls)["waiver"]
+
+
+def load_lynis_waivers(path: Path | None = None) -> dict[str, Waiver]:
+    """Waivers of single Lynis findings by Lynis test id (ext-lynis-02)."""
+    return _load(path, None)["lynis"]

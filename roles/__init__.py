@@ -25,6 +25,7 @@ ROLE_MODULES = [
     "roles.accounts",
     "roles.filesystem",
     "roles.audit",
+    "roles.accounting",  # issue 10: process accounting where the kernel grants it
     "roles.time_logs",
     # issue 8, the bot on the VPS: its user, its egress allow-list (the unit requires it), the bot
     "roles.bot_user",

@@ -1,5 +1,6 @@
 """Accounts and login: login.defs, umask, password hashing, no empty passwords, faillock that
-cannot lock out key-based admin access, `su` for no one but root, cron/at for root only.
+cannot lock out key-based admin access, `su` for no one but root, cron/at for root only, a private
+temporary folder for every session (pam_tmpdir).
 
 Why the admin can never be locked out by this role:
 - pam_faillock counts *password* failures in the PAM auth stack. A public-key SSH login never runs
@@ -135,6 +136,16 @@ PAM_EXPECTED = {
 }
 #: What installing PWQUALITY_PACKAGE must have put in force.
 PWQUALITY_EXPECTED = {"common-password": [PWQUALITY_FRAGMENT]}
+#: A private temporary folder for every PAM session (Lynis DEB-0280): pam_tmpdir sets TMPDIR and TMP
+#: to /tmp/user/UID (0700, made by its SUID helper), so one account's temporary files cannot be read,
+#: guessed or pre-planted as links by another (every login, su, sudo and cron session). Its
+#: pam-auth-update profile is on by default; services have no PAM session (their units keep PrivateTmp).
+#: pyinfra's uploads stage in /tmp regardless (deploy/site.py).
+TMPDIR_PACKAGE = "libpam-tmpdir"
+TMPDIR_FRAGMENT = "pam_tmpdir.so"
+TMPDIR_EXPECTED = {"common-session": [TMPDIR_FRAGMENT], "common-session-noninteractive": [TMPDIR_FRAGMENT]}
+#: The parent of every session's folder, as pam_tmpdir makes it (others may pass, not list).
+TMPDIR_PARENT = "/tmp/user"
 CRON_ALLOW = "/etc/cron.allow"
 AT_ALLOW = "/etc/at.allow"
 #: (file, group) - crontab and at run SGID and must read their allow file.
@@ -259,6 +270,7 @@ def accounts():
     install_file(name="Idle interactive shells exit; no core dumps from login shells", dest=SHELL_PROFILE,
                  mode="0644", content=render("os/profile-session.sh.j2", timeout=SHELL_IDLE_SECONDS.value(data)))
     apt.packages(name="Password quality for any password set (pam_pwquality)", packages=[PWQUALITY_PACKAGE])
+    apt.packages(name="A private temporary folder for every session (pam_tmpdir)", packages=[TMPDIR_PACKAGE])
 
 
 apply = accounts

@@ -27,7 +27,7 @@ from pyinfra.operations import apt, server, systemd
 from pyinfra.operations.util import any_changed
 
 from roles.data import DataKey, is_bool
-from roles.filesystem import FIND_SUID_SGID
+from roles.filesystem import FIND_MODES, privileged_programs
 from roles.ops import Lines, install_commands, install_file, render
 
 
@@ -148,7 +148,7 @@ def expected_rule_counts(data, privileged: list[str]) -> dict[str, int]:
 @operation()
 def audit_rules(data):
     """Write the rule file (privileged programs found at run time), then load it unless locked."""
-    privileged = host.get_fact(Lines, command=FIND_SUID_SGID)
+    privileged = privileged_programs(host.get_fact(Lines, command=FIND_MODES))  # one walk with filesystem's
     commands = list(install_commands(rules_text(data, privileged), RULES_FILE, "0640"))
     immutable = AUDIT_IMMUTABLE.value(data)
     enable = ("## Managed by hardkit: enable auditing and lock the rules until the next boot.\n-e 2\n" if immutable

@@ -6,12 +6,7 @@ operator can tighten or (with a reason in the review) relax one host without tou
 
 from __future__ import annotations
 
-from roles.data import DataKey
-
-
-def _is_count(v) -> str | None:
-    ok = isinstance(v, int) and not isinstance(v, bool) and v >= 0
-    return None if ok else f"must be a whole number >= 0, not {v!r}"
+from roles.data import DataKey, is_count
 
 
 def _is_exposure(v) -> str | None:
@@ -23,7 +18,7 @@ SSH_AUDIT_POLICY = "Hardened Debian 12 (version 3)"
 
 SSH_AUDIT_MAX_WARNINGS = DataKey(
     "audit_ssh_max_warnings", 0,
-    f"ssh-audit warnings allowed (its policy '{SSH_AUDIT_POLICY}' must pass as well).", _is_count)
+    f"ssh-audit warnings allowed (its policy '{SSH_AUDIT_POLICY}' must pass as well).", is_count)
 
 UNIT_MAX_EXPOSURE = DataKey(
     "audit_unit_max_exposure", 2.0,

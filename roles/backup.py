@@ -6,7 +6,10 @@ of the live WAL files) with its state file and the audit chain's key, the bot's 
 with the repository password; the backup server only stores ciphertext.
 
 How: roles/backup_job.py installed as the program, run by hardkit-backup.service on a timer
-(backup_interval_minutes) and hardkit-backup-check.service (`restic check`) on another. Both read
+(backup_interval_minutes) and hardkit-backup-check.service (`restic check`) on another. Where the bot
+runs, hardkit-backup-stage.service (required by the backup, run before it) takes the ledger's copy as the
+bot's user, offline and without a capability; the backup unit only reads it (one capability: read
+root-only files), so neither unit switches users or hands files over. Both read
 their secrets as encrypted credentials (LoadCredentialEncrypted=), delivered by the deploy like the
 bot's (deploy/credentials.py). A failure fails the unit, which the notifier alerts on.
 The firewall lets the host reach the backup server's SSH port (roles/firewall.py adds
@@ -29,7 +32,9 @@ from pyinfra.operations.util import any_changed
 from roles import backup_job
 from roles.backup_data import (BACKUP_CHECK_INTERVAL, BACKUP_CREDENTIALS, BACKUP_INTERVAL, BACKUP_RETENTION,
                                BACKUP_TIMER, BACKUP_UNIT, BACKUP_USER, CACHE_DIR, CHECK_TIMER, CHECK_UNIT, CONFIG_FILE,
-                               KNOWN_HOSTS, PROGRAM, STAGE_DIR, known_hosts_text, repository, target)
+                               KNOWN_HOSTS, LEDGER_STAGE_DIR, PROGRAM, RESTORED_MARKER, STAGE_DIR, STAGE_UNIT,
+                               known_hosts_text, repository, target)
+from roles.bot import CLI_LINK, SANDBOX as BOT_SANDBOX
 from roles.bot_config import BOT_ENABLED
 from roles.bot_paths import BOT_USER, CONFIG_DIR, CRED_PREFIX, CREDSTORE, DEPLOY_RECORD_DIR, STATE_DIR
 from roles.admin import service_account
@@ -38,30 +43,41 @@ from roles.ops import install_file, quiet_or_fail, render
 PACKAGES = ["restic", "openssh-client"]
 #: The program, shipped as the file it is (a module of its own, unit-tested as one).
 PROGRAM_SOURCE = Path(backup_job.__file__)
-#: Where the bot's command line is (roles/bot.py's CLI_LINK) and the audit key's credential.
-BOT_CLI = "/usr/local/bin/hardkit-bot"
+#: The audit key's credential.
 AUDIT_KEY = backup_job.AUDIT_KEY_CRED
+#: Where the stage unit's `hardkit-bot backup` puts the ledger's copy (the folder the program reads it from).
+STAGED_LEDGER = f"{LEDGER_STAGE_DIR}/{backup_job.LEDGER_SUBDIR}"
 #: What is backed up besides the ledger: the bot's config and the deploy's record.
 PATHS = [CONFIG_DIR, DEPLOY_RECORD_DIR]
 #: Seconds a run may take before systemd stops it (and the unit fails).
 RUN_TIMEOUT = 3600
 #: Capabilities of the backup run (its unit's user is not root): read the root-only files it backs up
-#: (DAC_READ_SEARCH), hand the bot's user its staging folder (CHOWN) and switch to it for the ledger
-#: (SETUID, SETGID). The check (`restic check`) needs none: its config is readable by the units' group.
-BACKUP_CAPS = "CAP_DAC_READ_SEARCH CAP_SETUID CAP_SETGID CAP_CHOWN"
+#: (/etc/hardkit-bot is root:hardkit-operators 0750, /var/lib/hardkit root's 0700) and the ledger as the
+#: stage unit left it (the bot's user's, 0700). The check (`restic check`) needs none: its config is
+#: readable by the units' group. The stage unit needs none either: it runs as the ledger's owner.
+BACKUP_CAPS = "CAP_DAC_READ_SEARCH"
 CHECK_CAPS = ""
-#: The most `systemd-analyze security` may score each unit. The backup's 2.1 (measured) is above the kit's
-#: 2.0 for its units: its capabilities and its network (the backup server's address only) are what it is.
-EXPOSURE_MAX = {BACKUP_UNIT: 2.1, CHECK_UNIT: 2.0}
+#: The stage unit's sandbox: the bot's own (shared, not copied), with no network at all and no other user
+#: in view: it reads the bot's ledger and writes a copy, nothing more.
+STAGE_SANDBOX = [(k, v) for k, v in BOT_SANDBOX if k != "RestrictAddressFamilies"] + [
+    ("RestrictAddressFamilies", "none"), ("PrivateNetwork", "yes"), ("IPAddressDeny", "any"),
+    ("PrivateUsers", "yes")]
+#: The most `systemd-analyze security` may score each unit (offline in the unit tests, as rendered): what it
+#: scores (systemd 252), below the kit's limit for its units (ext-units-01: audit_unit_max_exposure, 2.0).
+#: What is left for the backup: its capability, the network (the backup server's address only), AF_UNIX
+#: (its ssh-agent), the system calls ssh-agent needs (setrlimit), its credentials' TPM; the stage unit: only
+#: the host's root directory and a readable clock.
+EXPOSURE_MAX = {BACKUP_UNIT: 1.6, CHECK_UNIT: 1.4, STAGE_UNIT: 0.2}
 UNIT_CHECK = quiet_or_fail("systemd-analyze verify {path}")
 
 
 def job_config(data, host_name: str) -> dict:
     """The program's config (CONFIG_FILE): everything it needs but the secrets."""
-    return {"repository": repository(data, host_name), "port": target(data)["port"], "known_hosts": KNOWN_HOSTS,
+    return {"repository": repository(data, host_name), "host": host_name, "restored_marker": RESTORED_MARKER,
+            "port": target(data)["port"], "known_hosts": KNOWN_HOSTS,
             "cache_dir": CACHE_DIR, "stage_dir": STAGE_DIR, "paths": PATHS,
             "retention": BACKUP_RETENTION.value(data),
-            "ledger": ({"state_dir": STATE_DIR, "cli": BOT_CLI, "user": BOT_USER} if BOT_ENABLED.value(data) else None)}
+            "ledger": {"staged": STAGED_LEDGER} if BOT_ENABLED.value(data) else None}
 
 
 def credentials(data) -> list[tuple[str, str]]:
@@ -71,19 +87,36 @@ def credentials(data) -> list[tuple[str, str]]:
     return [(n, f"{CREDSTORE}/{CRED_PREFIX}{n}") for n in names]
 
 
-def render_units(data, program: str = PROGRAM) -> dict[str, str]:
-    """{unit file name: text} for the four units."""
-    what = "the bot's ledger, its config and the deploy record" if BOT_ENABLED.value(data) else "the deploy record"
+def stage_command(cli: str = CLI_LINK, state_dir: str = STATE_DIR, to: str = STAGED_LEDGER) -> list[str]:
+    """The stage unit's command: the bot's online backup of its ledger (and state file, paper exchange)
+    into `to`, an empty folder."""
+    return [cli, "backup", "--state-dir", state_dir, "--to", to]
+
+
+def render_units(data, program: str = PROGRAM, cli: str = CLI_LINK) -> dict[str, str]:
+    """{unit file name: text} for the four units, and the stage unit when the bot runs here, in the order they
+    are installed: a unit after those it requires (each is checked with `systemd-analyze verify` as installed)."""
+    bot = BOT_ENABLED.value(data)
+    what = "the bot's ledger, its config and the deploy record" if bot else "the deploy record"
     common = dict(program=program, timeout=RUN_TIMEOUT, credentials=credentials(data), user=BACKUP_USER,
                   server_address=target(data)["address"],
                   cache_name=CACHE_DIR.rsplit("/", 1)[1], stage_name=STAGE_DIR.rsplit("/", 1)[1])
-    return {
-        BACKUP_UNIT: render("backup/hardkit-backup.service.j2", what=what, caps=BACKUP_CAPS, **common),
+    units = {}
+    if bot:   # first: the deploy installs (and systemd-analyze verify checks) units in this order
+        stage_name = LEDGER_STAGE_DIR.rsplit("/", 1)[1]
+        units[STAGE_UNIT] = render("backup/hardkit-backup-stage.service.j2", program=program, backup_unit=BACKUP_UNIT,
+                                   command=shlex.join(stage_command(cli)), timeout=RUN_TIMEOUT, user=BOT_USER,
+                                   runtime_dirs=f"{stage_name} {stage_name}/{backup_job.LEDGER_SUBDIR}",
+                                   sandbox=STAGE_SANDBOX)
+    units.update({
+        BACKUP_UNIT: render("backup/hardkit-backup.service.j2", what=what, caps=BACKUP_CAPS,
+                            stage_unit=STAGE_UNIT if bot else None, **common),
         CHECK_UNIT: render("backup/hardkit-backup-check.service.j2", backup_unit=BACKUP_UNIT, caps=CHECK_CAPS,
                            **common),
         BACKUP_TIMER: render("backup/hardkit-backup.timer.j2", minutes=BACKUP_INTERVAL.value(data)),
         CHECK_TIMER: render("backup/hardkit-backup-check.timer.j2", minutes=BACKUP_CHECK_INTERVAL.value(data)),
-    }
+    })
+    return units
 
 
 def credentialed_command(data, *args: str) -> str:
@@ -111,15 +144,19 @@ def backup():
                  content=json.dumps(job_config(data, host.name), indent=2) + "\n",
                  validate=f"python3 {PROGRAM} check-config {{path}}")
     install_file(name="The backup server's host keys", dest=KNOWN_HOSTS, mode="0644", content=known_hosts_text(data))
-    units = [install_file(name=f"Unit: {name}", dest=f"/etc/systemd/system/{name}", mode="0644", content=text,
-                          validate=UNIT_CHECK)
-             for name, text in render_units(data).items()]
-    server.shell(name="Reload systemd for the backup units", _if=any_changed(*units),
+    rendered = render_units(data)
+    units = {name: install_file(name=f"Unit: {name}", dest=f"/etc/systemd/system/{name}", mode="0644", content=text,
+                                validate=UNIT_CHECK)
+             for name, text in rendered.items()}
+    if STAGE_UNIT not in rendered:   # no bot here (any more): no ledger to stage
+        units[STAGE_UNIT] = files.file(name=f"No bot: no {STAGE_UNIT}", path=f"/etc/systemd/system/{STAGE_UNIT}",
+                                       present=False)
+    server.shell(name="Reload systemd for the backup units", _if=any_changed(*units.values()),
                  commands=["systemctl daemon-reload"])
     for timer in (BACKUP_TIMER, CHECK_TIMER):
         systemd.service(name=f"{timer} runs and starts at boot", service=timer, running=True, enabled=True)
-    server.shell(name="Restart the backup timers for a changed schedule", _if=any_changed(units[2], units[3]),
+    server.shell(name="Restart the backup timers for a changed schedule",
+                 _if=any_changed(units[BACKUP_TIMER], units[CHECK_TIMER]),
                  commands=[f"systemctl try-restart {BACKUP_TIMER} {CHECK_TIMER}"])
-
 
 apply = backup

@@ -30,17 +30,27 @@ BACKUP_UNIT = "hardkit-backup.service"
 BACKUP_TIMER = "hardkit-backup.timer"
 CHECK_UNIT = "hardkit-backup-check.service"
 CHECK_TIMER = "hardkit-backup-check.timer"
-#: The backup units' service user on a VPS (no shell, no home): not root. Its capabilities (the backup
-#: unit's ambient set) read the root-only files backed up and switch to the bot's user for the ledger.
+#: Where the bot's ledger is staged before a backup (when the bot runs here): a unit of its own, run as the
+#: bot's user with no capability and no network, that the backup unit requires and runs after. Its
+#: RuntimeDirectory= (LEDGER_STAGE_DIR) holds the copy until the backup unit is done (StopWhenUnneeded=).
+STAGE_UNIT = "hardkit-backup-stage.service"
+LEDGER_STAGE_DIR = "/run/hardkit-backup-stage"
+#: The backup units' service user on a VPS (no shell, no home): not root. Its one capability (the backup
+#: unit's ambient set) reads the root-only files backed up and the ledger the stage unit left.
 #: Not ACCOUNT: that is the backup server's SFTP account, and one host may be both.
 BACKUP_USER = "hardkit-backup-run"
 #: The host-side program and its config (roles/backup_job.py), and the backup server's known host keys.
 PROGRAM = "/usr/local/sbin/hardkit-backup"
 CONFIG_FILE = "/etc/hardkit/backup.json"
 KNOWN_HOSTS = "/etc/hardkit/backup-known-hosts"
-#: restic's cache (CacheDirectory=) and the ledger's staging folder (RuntimeDirectory=, emptied each run).
+#: restic's cache (CacheDirectory=) and the snapshot's staging folder (RuntimeDirectory=, emptied each run):
+#: the ledger as staged and the audit key, at the same paths in every snapshot (`hardkit restore` reads them).
 CACHE_DIR = "/var/cache/hardkit-backup"
 STAGE_DIR = "/run/hardkit-backup"
+#: Written by `hardkit restore` on the host it restored (which snapshot, whose, when; in the deploy's record
+#: folder, backed up with it): until then a host does not back up into a repository that holds only other
+#: hosts' snapshots (roles/backup_job.py).
+RESTORED_MARKER = "/var/lib/hardkit/restored-from.json"
 
 _REPO_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 _TARGET_KEYS = {"address", "port", "host_keys", "repository"}

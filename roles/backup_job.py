@@ -8,15 +8,23 @@ writes (CONFIG_FILE); its secrets from systemd credentials ($CREDENTIALS_DIRECTO
 `restic-password` is handed to restic as a file path, `backup-ssh-key` to ssh as a key file, never a value
 on a command line or in the environment.
 
-    hardkit-backup [--config PATH] run                 stage the ledger, back up, apply the retention
+    hardkit-backup [--config PATH] run                 back up the staged ledger, apply the retention
     hardkit-backup [--config PATH] check               restic check (the repository's structure)
     hardkit-backup [--config PATH] snapshots           the repository's snapshots as JSON
     hardkit-backup [--config PATH] restore ID DIR      restore one snapshot ("latest" too) into DIR
     hardkit-backup check-config PATH                   exit 2 with a one-line error if the config is invalid
 
 Any failure exits non-zero with its first line naming what failed, so the unit fails and the
-notifier alerts on it. The ledger is never copied as a file: the bot's own `hardkit-bot backup` takes
-it through SQLite's online backup API, run as the bot's user (the ledger's owner).
+notifier alerts on it. The live ledger is never copied as a file: the bot's own `hardkit-bot backup` takes
+it through SQLite's online backup API, run as the bot's user (the ledger's owner) by a unit of its own
+(hardkit-backup-stage.service, no network, no capability) before this program's `run`; `run` copies that
+closed, integrity-checked copy into the snapshot's folder, at the path every snapshot has.
+
+Every snapshot is taken as the config's `host` (the host's inventory name, restic's `--host`), so a restore
+can tell whose ledger a snapshot holds. A host that shares a repository with another host's snapshots but
+has none of its own there (a replacement, deployed to take over a lost host's repository) does not back up
+until `hardkit restore` has put the lost host's ledger on it (and left `restored_marker`): its fresh ledger
+must not land next to the lost one's, where a restore could take it for the newest backup.
 """
 
 import argparse
@@ -24,15 +32,17 @@ import json
 import os
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import time
 
 CONFIG_FILE = "/etc/hardkit/backup.json"
 #: The config's keys: where the repository is and how to reach it, what to back up, what to keep.
-CONFIG_KEYS = {"repository": str, "port": int, "known_hosts": str, "cache_dir": str, "stage_dir": str,
-               "paths": list, "retention": dict, "ledger": (dict, type(None))}
-LEDGER_KEYS = ("state_dir", "cli", "user")
+CONFIG_KEYS = {"repository": str, "host": str, "restored_marker": str, "port": int, "known_hosts": str,
+               "cache_dir": str, "stage_dir": str, "paths": list, "retention": dict, "ledger": (dict, type(None))}
+#: The ledger's key: the folder the stage unit (hardkit-backup-stage.service) wrote the bot's copy into.
+LEDGER_KEYS = ("staged",)
 #: Credential names ($CREDENTIALS_DIRECTORY/<name>): the repository password, the SSH key, the audit key.
 PASSWORD_CRED = "restic-password"
 SSH_KEY_CRED = "backup-ssh-key"
@@ -166,7 +176,7 @@ def repository_exists(config):
 
 
 def stage(config):
-    """Prepare the staging folder: the ledger through the bot's online backup, the audit key. Returns its path."""
+    """Prepare the staging folder: the ledger as the stage unit copied it, the audit key. Returns its path."""
     root = config["stage_dir"]
     shutil.rmtree(os.path.join(root, "snapshot"), ignore_errors=True)
     snap = os.path.join(root, "snapshot")
@@ -174,31 +184,39 @@ def stage(config):
     ledger = config["ledger"]
     if ledger is None:
         return snap
-    if not os.path.exists(os.path.join(ledger["state_dir"], "ledger.sqlite")):
-        raise Failed(f"no ledger in {ledger['state_dir']}: nothing of the bot to back up")
-    out = os.path.join(snap, LEDGER_SUBDIR)
-    os.makedirs(out, mode=0o700)
-    shutil.chown(out, ledger["user"], ledger["user"])
-    os.chmod(snap, 0o711)  # the bot's user may enter to write its folder, not list
-    # The unit's user holds ambient capabilities, which a change between two non-root users keeps: the bot's
-    # CLI gets none (inheritable and ambient sets emptied; the bounding set is the unit's).
-    cmd = ["setpriv", f"--reuid={ledger['user']}", f"--regid={ledger['user']}", "--clear-groups",
-           "--inh-caps=-all", "--ambient-caps=-all", "--",
-           ledger["cli"], "backup", "--state-dir", ledger["state_dir"], "--to", out]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
-    if res.returncode != 0:
-        raise Failed(f"ledger backup failed: {(res.stderr.strip().splitlines() or ['exit ' + str(res.returncode)])[-1]}")
-    os.chmod(snap, 0o700)
+    staged = ledger["staged"]
+    if not os.path.isfile(os.path.join(staged, "ledger.sqlite")):
+        raise Failed(f"no staged ledger in {staged}: the stage unit (hardkit-backup-stage.service) did not "
+                     "leave one")
+    shutil.copytree(staged, os.path.join(snap, LEDGER_SUBDIR))
     keys = os.path.join(snap, KEYS_SUBDIR)
     os.makedirs(keys, mode=0o700)
     shutil.copyfile(credential(AUDIT_KEY_CRED), os.path.join(keys, AUDIT_KEY_CRED))
     os.chmod(os.path.join(keys, AUDIT_KEY_CRED), 0o600)
-    log(f"ledger staged: {res.stdout.strip()}")
+    log(f"ledger staged: {', '.join(sorted(os.listdir(staged)))} from {staged}")
     return snap
 
 
 def log(message):
     print(message, flush=True)
+
+
+def list_snapshots(config):
+    return json.loads(restic(config, "snapshots", "--json", "--tag", TAG, what="snapshot listing").strip() or "[]")
+
+
+def refuse_to_back_up_over_another_host(config):
+    """Failed when the repository holds snapshots of other hosts, none of this one, and this host was not
+    restored from it: a replacement not restored yet would put its fresh ledger next to the lost host's."""
+    if os.path.exists(config["restored_marker"]):
+        return
+    own = {config["host"], socket.gethostname()}   # snapshots taken before `host` was set carry the hostname
+    hosts = {s.get("hostname") for s in list_snapshots(config)}
+    if hosts and not hosts & own:
+        raise Failed(f"not backing up: the repository {config['repository']} holds snapshots of "
+                     f"{', '.join(sorted(h or '?' for h in hosts))}, none of {config['host']}, and this host was not "
+                     f"restored from it (no {config['restored_marker']}): run `hardkit restore` onto it first, or "
+                     "point backup_to at a repository of its own")
 
 
 def cmd_run(config):
@@ -207,8 +225,10 @@ def cmd_run(config):
         if not repository_exists(config):
             restic(config, "init", what="repository init")
             log(f"repository {config['repository']} created")
+        else:
+            refuse_to_back_up_over_another_host(config)
         paths = [snap] + [p for p in config["paths"] if os.path.exists(p)]
-        out = restic(config, "backup", "--json", "--tag", TAG, *paths, what="backup")
+        out = restic(config, "backup", "--json", "--tag", TAG, "--host", config["host"], *paths, what="backup")
         summary = [json.loads(ln) for ln in out.splitlines() if ln.startswith("{")]
         done = [s for s in summary if s.get("message_type") == "summary"]
         if not done:
@@ -230,7 +250,7 @@ def cmd_check(config):
 
 
 def cmd_snapshots(config):
-    print(restic(config, "snapshots", "--json", "--tag", TAG, what="snapshot listing").strip() or "[]")
+    print(json.dumps(list_snapshots(config)))
     return 0
 
 

@@ -40,6 +40,11 @@ def is_bool(v) -> str | None:
     return None if isinstance(v, bool) else f"must be true or false, not {v!r}"
 
 
+def is_count(v) -> str | None:
+    ok = isinstance(v, int) and not isinstance(v, bool) and v >= 0
+    return None if ok else f"must be a whole number >= 0, not {v!r}"
+
+
 def is_port(v) -> str | None:
     if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 65535:
         return f"must be a TCP port number 1-65535, not {v!r}"

@@ -8,6 +8,13 @@ skips them without error in a container). Both are key-checked against `/proc/sy
 go live and applied at once with systemd-sysctl, which also applies them at every boot (and,
 for the `*` interface patterns, to every interface udev adds later).
 
+A host declared a container (`container: True`) that systemd-detect-virt also finds to be one carries
+no kernel image: it never boots its own kernel (the provider's runs it), so an installed one is only
+weight to patch, /boot files and initramfs rebuilds at each upgrade, and a standing "a newer kernel
+is installed, reboot" signal (needrestart, Lynis KRNL-5830) that a reboot can never clear, which
+trains people to ignore that signal. Both conditions are required: removing the kernel of a VM
+declared a container by mistake would leave it unbootable.
+
 IPv6 router advertisements are conditional (`ipv6_accept_ra`): the baseline turns them off,
 but some providers hand out the IPv6 default route by RA only. systemd-networkd handles RAs in
 user space and needs none of the kernel's settings, ifupdown/SLAAC setups do.
@@ -19,11 +26,12 @@ from __future__ import annotations
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.operations import files, server, systemd
+from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
 from roles.data import DataKey, is_bool
 from roles.ops import Lines, install_file, quiet_or_fail, render
+from roles.platform_data import CONTAINER
 
 # --- inventory ----------------------------------------------------------------------------------
 
@@ -164,6 +172,18 @@ MODPROBE_CHECK = quiet_or_fail("modprobe -C {path} --showconfig >/dev/null")
 SYSTEMD_SYSCTL = "/lib/systemd/systemd-sysctl"
 
 
+#: Installed kernel image packages (the versioned ones and the linux-image-* metapackage), one a line.
+KERNEL_IMAGES_COMMAND = ("dpkg-query -W -f='${db:Status-Abbrev} ${Package}\\n' 'linux-image-*' 2>/dev/null "
+                         "| awk '$1 ~ /^.i/ {print $2}' || true")
+#: Prints "container" only when the host really is one (the declaration alone is not enough to remove a kernel).
+DETECTED_CONTAINER_COMMAND = "systemd-detect-virt --container --quiet && echo container || true"
+
+
+def kernel_images_to_remove(data, images: list[str], detected_container: bool) -> list[str]:
+    """The kernel image packages to purge: all of them on a declared container that is one, else none."""
+    return sorted(images) if CONTAINER.value(data) and detected_container else []
+
+
 def network_sysctls(data) -> dict[str, int]:
     """The `net.*` values this host must have in force, from its inventory data."""
     values = dict(NETWORK_BASE)
@@ -221,6 +241,11 @@ def kernel():
                  commands=["systemctl daemon-reexec"])
 
     _modules_lock(MODULES_LOCKED.value(data))
+    images = kernel_images_to_remove(data, host.get_fact(Lines, command=KERNEL_IMAGES_COMMAND),
+                                     bool(host.get_fact(Lines, command=DETECTED_CONTAINER_COMMAND)))
+    if images:
+        apt.packages(name="A container boots no kernel of its own: no kernel image", packages=images,
+                     present=False, extra_uninstall_args="--purge")
 
 
 def _modules_lock(locked: bool) -> None:

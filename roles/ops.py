@@ -100,12 +100,20 @@ def install_commands(content: str, dest: str, mode: str, user: str = "root", gro
     parent = shlex.quote(posixpath.dirname(dest))
     yield f"install -d -m 0700 -o root -g root {STAGING_DIR} && {{ [ -d {parent} ] || install -d -m 0755 {parent}; }}"
     yield FileUploadCommand(BytesIO(data), staged, remote_temp_filename=host.get_temp_filename(staged))
-    yield f"chown {shlex.quote(user)}:{shlex.quote(group)} {q_staged} && chmod {mode} {q_staged}"
+    # Owner and mode, validation and the rename in one command (one SSH round-trip, each a second or
+    # more on a slow host): each step runs only if the one before succeeded, as separate commands did.
+    steps = [f"chown {shlex.quote(user)}:{shlex.quote(group)} {q_staged} && chmod {mode} {q_staged}"]
     if validate:
         check = validate.replace("{path}", q_staged)
-        yield (f"if ! ( {check} ); then rm -f {q_staged}; "
-               f"echo 'hardkit: {dest} failed validation, the live file was left unchanged' >&2; exit 1; fi")
-    yield f"mv -f {q_staged} {q_dest}"
+        steps.append(f"if ! ( {check} ); then rm -f {q_staged}; "
+                     f"echo 'hardkit: {dest} failed validation, the live file was left unchanged' >&2; exit 1; fi")
+    steps.append(f"mv -f {q_staged} {q_dest}")
+    yield _all_or_stop(steps)
+
+
+def _all_or_stop(steps: list[str]) -> str:
+    """One shell command running `steps` in order, stopping at the first that fails (its exit status)."""
+    return "\n".join(f"{{ {step}\n}} || exit $?" for step in steps)
 
 
 def quiet_or_fail(command: str) -> str:

@@ -43,7 +43,7 @@ def pam_sshd_text() -> str:
 
 
 def person_keys_text(entry: dict) -> str:
-    """A person's authorized_keys; a FIDO2 key is only accepted with the user verified (PIN or touch)."""
+    """A person's authorized_keys; a FIDO2 key is only accepted with the user verified (PIN or fingerprint)."""
     return authorized_keys_text(entry["keys"], "verify-required" if entry.get("second_factor") == FIDO2 else "")
 
 
@@ -80,8 +80,8 @@ def match_rules(data) -> list[MatchRule]:
                        [("AuthenticationMethods", "publickey")])]
     fido2 = users_with(data, FIDO2)
     if fido2:
-        rules.append(MatchRule("FIDO2 admins: only security-key keys, and only with the user verified (PIN or "
-                               "touch).", fido2, None,
+        rules.append(MatchRule("FIDO2 admins: only security-key keys, and only with the user verified by the key "
+                               "(PIN or fingerprint).", fido2, None,
                                [("PubkeyAcceptedAlgorithms", ",".join(FIDO2_ALGORITHMS)),
                                 ("PubkeyAuthOptions", "verify-required"), ("AuthenticationMethods", "publickey")]))
     return rules

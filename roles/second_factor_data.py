@@ -2,11 +2,12 @@
 and the checks share.
 
 People who log in by hand are listed in `second_factor_admins`, each with their own account and a
-second factor: a TOTP code (pam_oath) after their key, or a FIDO2 security key that itself asks for
-a PIN or touch (`verify-required`). The `admin_user` stays the automation account `hardkit deploy`
-and `verify` log in as: its keys work only from `automation_from` (`from=` in authorized_keys) and
-one sshd `Match` block lets that account, from those addresses only, in with the key alone. When
-the list is empty (the default) nothing of this is in force and sshd stays key-only for the admin.
+second factor: a TOTP code (pam_oath) after their key, or a FIDO2 security key that itself verifies
+its user, by PIN or fingerprint (`verify-required`; a touch alone is not enough). The `admin_user`
+stays the automation account `hardkit deploy` and `verify` log in as: its keys work only from
+`automation_from` (`from=` in authorized_keys) and one sshd `Match` block lets that account, from
+those addresses only, in with the key alone. When the list is empty (the default) nothing of this
+is in force and sshd stays key-only for the admin.
 """
 
 from __future__ import annotations
@@ -76,8 +77,9 @@ SECOND_FACTOR_ADMINS = DataKey(
     "password) and a second factor: {name: {'second_factor': 'totp' or 'fido2', 'keys': [public keys or "
     ".pub paths]}}. totp: key, then a code from an authenticator app (seed made by `hardkit users add-totp "
     "NAME --env ENV`, stored in secrets_env). fido2: only sk-ssh-ed25519 keys, used with the key's PIN or "
-    "touch (verify-required). Not empty: every login needs two factors, except the admin_user's (the "
-    "automation account) from automation_from. Empty (default): sshd stays key-only.",
+    "fingerprint, a touch alone is not enough (verify-required). Not empty: every login needs two factors, "
+    "except the admin_user's (the automation account) from automation_from. Empty (default): sshd stays "
+    "key-only.",
     _check_admins)
 
 AUTOMATION_FROM = DataKey(

@@ -91,7 +91,9 @@ def settings(data, ports: list[int] | None = None) -> list[tuple[str, str]]:
         ("X11Forwarding", "no"),
         ("X11UseLocalhost", "yes"),
         ("PrintMotd", "no"),
-        ("PrintLastLog", "no"),
+        # Yes, unlike dev-sec's sshd-45 ("no"): each login shows when and from where the account last
+        # logged in, so its owner notices a login that was not theirs (Lynis SSH-7408 asks for it too).
+        ("PrintLastLog", "yes"),
         ("TCPKeepAlive", "no"),
         ("ClientAliveInterval", "300"),
         ("ClientAliveCountMax", "2"),  # a dead client is dropped after 10 minutes

@@ -55,7 +55,7 @@ def up(count: int = 1, tier: str = "nspawn", prefix: str = "lab", log=print) -> 
         existing = load(prefix, name)
         if existing and existing.tier != tier:
             raise LabError(f"{name} exists on the {existing.tier} tier; run `hardkit sandbox down --name {prefix}` first")
-        if existing and is_running(existing):
+        if existing and _still_running(existing):
             log(f"{name}: already running ({existing.tier}, ssh 127.0.0.1:{existing.ssh_port})")
             targets.append(existing)
             continue
@@ -82,10 +82,24 @@ def up(count: int = 1, tier: str = "nspawn", prefix: str = "lab", log=print) -> 
     return lab_inventory.write(prefix, sorted(targets + extra, key=lambda t: t.index), net)
 
 
-def is_running(t: Target) -> bool:
+#: Seconds a target whose main process lives has to greet before `up` takes it for dead and remakes
+#: it: a VM on a software CPU at load took longer than 2 s, and remaking it costs minutes.
+KEEP_PROOF_SECONDS = 30.0
+
+
+def _still_running(t: Target) -> bool:
+    """Whether `up` keeps an existing target: a dead main process says no at once; a live one gets
+    KEEP_PROOF_SECONDS to greet, since a remake destroys a target that was only slow."""
+    return is_running(t, banner_timeout=KEEP_PROOF_SECONDS)
+
+
+def is_running(t: Target, banner_timeout: float = 2.0) -> bool:
+    """The target's main process lives and sshd greets on one of its forwarded ports within `banner_timeout`
+    (a software-CPU VM just after boot can take longer than the default to greet)."""
     main_role = "supervisor" if t.tier == "nspawn" else "qemu"
     # sshd may have been moved to another forwarded port (roles/ssh.py): any of them answering will do.
-    return t.alive(main_role) and any(ssh_banner("127.0.0.1", p) is not None for p in t.ssh_forwards().values())
+    return t.alive(main_role) and any(ssh_banner("127.0.0.1", p, timeout=banner_timeout) is not None
+                                      for p in t.ssh_forwards().values())
 
 
 def down(prefix: str | None = None, log=print) -> int:

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from sandbox import image, keys, network
+from sandbox import image, keys, network, target_cpu
 from sandbox.errors import LabError
 from sandbox.guest_ssh import run_script, ssh_argv
 from sandbox.host import raise_inotify_limit, require_root, require_tools, run
@@ -187,6 +187,7 @@ def destroy(t: Target, net: network.LabNet) -> None:
     network.detach_target(net, t.index)
     if network.netns_exists(t.netns):
         run(["ip", "netns", "del", t.netns], check=False)
+    target_cpu.untrack(t)  # a bench's CPU account of it, if any (empty now)
     root = t.dir / "root"
     if os.path.ismount(root):
         run(["umount", str(root)], check=False)

@@ -1,8 +1,10 @@
 """pyinfra entry for bench/noop_profile.py: deploy/site.py with its time taken apart.
 
-- every SSH round-trip is timed and filed under (role, kind): kind `fact`, `op` (an operation's
-  own command), `upload` or `connect`; the role from the operation's name (``Role | op``) or, for
-  facts read while the deploy is planned, from the roles module on the stack;
+- every SSH round-trip is timed and filed under (role, kind): kind `fact`, `fact batch` (the one
+  command of deploy/fact_batch.py), `op` (an operation's own command), `upload` or `connect`, with
+  the target's CPU seconds meanwhile when $HARDKIT_PROFILE_TARGET_CPU names its cpuacct.usage file
+  (sandbox/target_cpu.py); the role from the operation's name (``Role | op``) or, for facts read
+  while the deploy is planned, from the roles module on the stack;
 - each role's wall time: planning (its `apply()`) plus running its operations.
 The figures go to the JSON file named by $HARDKIT_PROFILE_OUT when pyinfra exits.
 """
@@ -21,9 +23,12 @@ from pyinfra.api import facts as _facts
 from pyinfra.api import operations as _operations
 from pyinfra.api.host import Host
 
+from deploy.fact_batch import BATCH_TAIL as _BATCH_TAIL
 from roles import ROLE_MODULES
 
-_trips: dict = defaultdict(lambda: [0, 0.0])  # (role, kind) -> [count, seconds]
+_trips: dict = defaultdict(lambda: [0, 0.0, 0.0])  # (role, kind) -> [count, seconds, target CPU seconds]
+#: The target's cpuacct.usage file (sandbox/target_cpu.py), when the bench tracks one target's CPU.
+_TARGET_CPU = os.environ.get("HARDKIT_PROFILE_TARGET_CPU")
 _roles: dict = defaultdict(float)  # role -> wall seconds (plan + run)
 _in_fact = [False]
 _started = time.perf_counter()
@@ -47,19 +52,32 @@ def _role_of(host) -> str:
     return "(outside roles)"
 
 
+def _target_cpu() -> float:
+    try:
+        with open(_TARGET_CPU) as f:
+            return int(f.read()) / 1e9
+    except (OSError, TypeError, ValueError):
+        return 0.0
+
+
 def _wrap_trip(method: str, kind_of):
     orig = getattr(Host, method)
 
     def timed(self, *args, **kwargs):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), _target_cpu()
         try:
             return orig(self, *args, **kwargs)
         finally:
-            row = _trips[(_role_of(self), kind_of())]
+            kind = kind_of()
+            if kind == "fact" and args and str(args[0]).endswith(_BATCH_TAIL):
+                kind = "fact batch"
+            row = _trips[(_role_of(self), kind)]
             row[0] += 1
             row[1] += time.perf_counter() - start
+            row[2] += _target_cpu() - cpu
 
     setattr(Host, method, timed)
+
 
 
 _orig_get_fact = _facts._get_fact
@@ -116,7 +134,8 @@ def _dump() -> None:
     if out:
         with open(out, "w") as f:
             json.dump({"pyinfra_seconds": time.perf_counter() - _started,
-                       "trips": [{"role": r, "kind": k, "count": c, "seconds": s} for (r, k), (c, s) in _trips.items()],
+                       "trips": [{"role": r, "kind": k, "count": c, "seconds": s, "target_cpu": t}
+                                 for (r, k), (c, s, t) in _trips.items()],
                        "roles": _roles}, f)
 
 

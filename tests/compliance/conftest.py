@@ -49,20 +49,24 @@ def _inventory(config):
     return config._hardkit_inv
 
 
+def _hosts(config):
+    """The inventory's hosts this run checks (--hardkit-limit: `hardkit verify` runs one per host)."""
+    hosts = _inventory(config).hosts
+    limit = config.getoption("--hardkit-limit")
+    return [h for h in hosts if h.name in limit.split(",")] if limit else hosts
+
+
 def pytest_generate_tests(metafunc):
     if "target" in metafunc.fixturenames:
-        names = [h.name for h in _inventory(metafunc.config).hosts]
-        limit = metafunc.config.getoption("--hardkit-limit")
-        if limit:
-            names = [n for n in names if n in limit.split(",")]
-        metafunc.parametrize("target", names, indirect=True, scope="session")
+        metafunc.parametrize("target", [h.name for h in _hosts(metafunc.config)], indirect=True, scope="session")
 
 
 @pytest.fixture(scope="session")
 def _ssh_setup(request):
     inv = _inventory(request.config)
+    hosts = _hosts(request.config)  # only these: another host's login is another run's business
     logins, errors = {}, {}
-    for h in inv.hosts:
+    for h in hosts:
         try:
             logins[h.name] = connect.resolve(h)
         except connect.LoginError as e:
@@ -71,7 +75,7 @@ def _ssh_setup(request):
     tmp = Path(tempfile.mkdtemp(prefix="hardkit-verify-"))
     os.chmod(tmp, 0o700)
     cfg = tmp / "ssh_config"
-    cfg.write_text(ssh_config.render(inv.hosts, logins, tmp))
+    cfg.write_text(ssh_config.render(hosts, logins, tmp))
     yield inv, logins, errors, cfg
     for sock in tmp.iterdir():
         if sock.is_socket():

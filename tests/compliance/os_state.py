@@ -12,6 +12,8 @@ import shlex
 
 import pytest
 
+from roles.filesystem import MOUNT_FLAGS_COMMAND, mount_flags
+
 
 def register_checks(namespace: dict, table: dict, make) -> None:
     """One check per control of `table` ({id: (title, arg)}), built by `make(id, arg)`, added to a
@@ -37,14 +39,9 @@ def sysctl(target) -> dict[str, str]:
 
 
 def mounts(target) -> dict[str, set[str]]:
-    """Per-mount flags of the top-most mount at each mount point (`findmnt`)."""
+    """Per-mount flags and file system options of the top-most mount at each mount point (`findmnt`)."""
     def produce(t):
-        result = {}
-        for line in t.check_output("findmnt -rn -o TARGET,VFS-OPTIONS").splitlines():
-            parts = line.split()
-            if len(parts) == 2:
-                result[parts[0]] = set(parts[1].split(","))
-        return result
+        return mount_flags(t.check_output(MOUNT_FLAGS_COMMAND).splitlines())
     return target.fact("os:mounts", produce)
 
 

@@ -11,6 +11,7 @@ import pytest
 from roles import backup as role
 from roles import backup_data, backup_server
 from roles.bot_config import BOT_ENABLED
+from roles.bot_paths import BOT_USER
 from tests.compliance import os_state
 
 UNITS = [backup_data.BACKUP_UNIT, backup_data.BACKUP_TIMER, backup_data.CHECK_UNIT, backup_data.CHECK_TIMER]
@@ -74,6 +75,42 @@ def test_last_backup_succeeded_in_time(target):
     age = uptime - ended / 1e6
     limit = 2 * backup_data.BACKUP_INTERVAL.value(target.data) * 60
     assert age <= limit, f"the last backup ended {age:.0f} s ago (> {limit} s)"
+
+
+#: What `systemctl show` says of each unit's privileges (roles/backup.py: BACKUP_CAPS, STAGE_SANDBOX).
+PRIVILEGES = ("User", "CapabilityBoundingSet", "AmbientCapabilities", "PrivateNetwork", "PrivateUsers",
+              "RestrictAddressFamilies", "Requires")
+
+
+def _privileges(target) -> dict[str, dict[str, str]]:
+    def read(t):
+        units = (backup_data.BACKUP_UNIT, backup_data.STAGE_UNIT)
+        out = t.check_output(f"systemctl show -p Id -p LoadState {' '.join(f'-p {p}' for p in PRIVILEGES)} "
+                             + " ".join(units))
+        blocks = [os_state.key_values(b, "=") for b in out.split("\n\n") if b.strip()]
+        return {b.get("Id"): b for b in blocks}
+    return target.fact("backup-privileges", read)
+
+
+@pytest.mark.control("hk-bak-05")
+def test_backup_privileges_in_force(target):
+    """The backup unit holds one capability (to read what it backs up) and switches no user; the bot's ledger
+    is staged before it by the bot's user, with no capability, no network and no other user in view"""
+    _client(target)
+    shown = _privileges(target)
+    run, stage = shown[backup_data.BACKUP_UNIT], shown[backup_data.STAGE_UNIT]
+    caps = role.BACKUP_CAPS.lower()
+    assert run.get("User") == backup_data.BACKUP_USER, run
+    assert run.get("CapabilityBoundingSet") == caps and run.get("AmbientCapabilities") == caps, run
+    if not BOT_ENABLED.value(target.data):
+        assert stage.get("LoadState") == "not-found", f"{backup_data.STAGE_UNIT} without a bot: {stage}"
+        return
+    assert backup_data.STAGE_UNIT in run.get("Requires", "").split(), run
+    assert stage.get("User") == BOT_USER, stage
+    assert stage.get("CapabilityBoundingSet", "") == "" and stage.get("AmbientCapabilities", "") == "", stage
+    assert stage.get("PrivateNetwork") == "yes" and stage.get("PrivateUsers") == "yes", stage
+    # `none` is an empty allow-list, shown empty (no restriction at all shows as "~").
+    assert stage.get("RestrictAddressFamilies", "") == "", stage
 
 
 @pytest.mark.control("hk-bak-04")

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from roles import bot as bot_role
+from deploy.waivers import load_lynis_waivers
 from roles.auditors_data import SSH_AUDIT_MAX_WARNINGS, SSH_AUDIT_POLICY, UNIT_MAX_EXPOSURE, lynis_min_index
 from roles.bot_paths import UNIT as BOT_UNIT
 from roles.filesystem import MOUNT_UNIT
@@ -117,20 +118,77 @@ def test_host_mount_units_within_the_limit(target):
 #: Lynis runs with its own defaults (no custom profile: the score is not tuned, the host is).
 LYNIS_RUN = ("DEBIAN_FRONTEND=noninteractive apt-get install -y -q lynis >/dev/null && "
              "lynis audit system --quick --no-colors --cronjob >/dev/null 2>&1; "
-             "grep -E '^hardening_index=' /var/log/lynis-report.dat")
+             "grep -E '^(hardening_index|warning\\[\\]|suggestion\\[\\])=' /var/log/lynis-report.dat")
 LYNIS_REMOVE = "DEBIAN_FRONTEND=noninteractive apt-get purge -y -q lynis >/dev/null; rm -f /var/log/lynis.log " \
                "/var/log/lynis-report.dat"
+
+
+#: Lynis' details for a setting it would change ("MaxSessions (set 10 to 2)"): such findings are told
+#: apart by the setting, so declining one (SSH-7408:MaxSessions) does not decline its neighbours.
+SETTING_DETAIL = re.compile(r"^([A-Za-z0-9_]+) \(set ")
+
+
+def lynis_findings(report: list[str]) -> tuple[int | None, dict[str, str]]:
+    """(hardening index, {finding: 'warning|suggestion: text'}) from the lines of Lynis' report file. A
+    finding is its test id, or 'TEST-ID:Setting' where Lynis names a setting; a test that both warns
+    and suggests keeps its warning (the stronger finding)."""
+    index, found = None, {}
+    for line in report:
+        key, _, value = line.partition("=")
+        if key == "hardening_index" and value.strip().isdigit():
+            index = int(value)
+        elif key in ("warning[]", "suggestion[]"):
+            test, text, details = (value.split("|") + ["", ""])[:3]
+            setting = SETTING_DETAIL.match(details)
+            finding = f"{test}:{setting.group(1)}" if setting else test
+            kind = key[:-2]
+            if not (found.get(finding, "").startswith("warning") and kind == "suggestion"):
+                found[finding] = f"{kind}: {text}" + (f" ({details})" if setting else "")
+    return index, found
+
+
+def _lynis(target, keep: bool) -> tuple[int | None, dict[str, str]]:
+    """One Lynis run per host for both Lynis checks; Lynis is removed again unless it was there or `keep`."""
+    had = target.run("dpkg-query -W -f='${Status}' lynis 2>/dev/null").stdout.startswith("install ok")
+    try:
+        out = target.run(LYNIS_RUN).stdout
+    finally:
+        if not had and not keep:
+            target.run(LYNIS_REMOVE)
+    return lynis_findings(out.splitlines())
+
+
+def _lynis_fact(target, request):
+    keep = request.config.getoption("--hardkit-keep-lynis")
+    return target.fact("ext:lynis", lambda t: _lynis(t, keep))
 
 
 @pytest.mark.control("ext-lynis-01")
 def test_lynis_hardening_index(target, request):
     """Lynis: the hardening index reaches the inventory's minimum (85 on a container, 90 otherwise)"""
-    had = target.run("dpkg-query -W -f='${Status}' lynis 2>/dev/null").stdout.startswith("install ok")
-    try:
-        out = target.check_output(LYNIS_RUN)
-    finally:
-        if not had and not request.config.getoption("--hardkit-keep-lynis"):
-            target.run(LYNIS_REMOVE)
-    index = int(out.strip().split("=", 1)[1])
+    index, _ = _lynis_fact(target, request)
+    assert index is not None, "Lynis wrote no hardening_index (did it run?)"
     minimum = lynis_min_index(target.data)
     assert index >= minimum, f"Lynis hardening index {index}, minimum {minimum}"
+
+
+def undeclined(found: dict[str, str], waivers: dict, host: str) -> list[str]:
+    """Lynis findings on `host` that no current waiver declines (a waiver of TEST-ID:Setting, else of
+    the whole TEST-ID): each 'FINDING warning|suggestion: text', saying so where a waiver has expired."""
+    out = []
+    for finding, what in sorted(found.items()):
+        waiver = next((w for w in (waivers.get(finding), waivers.get(finding.split(":")[0]))
+                       if w is not None and w.applies_to(host)), None)
+        if waiver is None:
+            out.append(f"{finding} {what}")
+        elif waiver.expired():
+            out.append(f"{finding} {what} (its waiver expired on {waiver.expires}, owner: {waiver.owner})")
+    return out
+
+
+@pytest.mark.control("ext-lynis-02")
+def test_lynis_findings_fixed_or_declined(target, request):
+    """Lynis: every warning and suggestion is fixed, or declined with a current reason ([lynis] in waivers.toml)"""
+    _, found = _lynis_fact(target, request)
+    left = undeclined(found, load_lynis_waivers(), target.name)
+    assert not left, f"{len(left)} Lynis findings neither fixed nor declined: " + "; ".join(left)

@@ -199,10 +199,27 @@ def test_idle_shells_exit_and_dump_no_core(target):
         f"TMOUT, core size limit, TMOUT readonly: {got}"
 
 
-@pytest.mark.control("hk-os-acct-10")
-def test_password_quality_in_force(target):
-    """PAM: every password set is checked for quality (pam_pwquality)"""
-    for stack, fragments in role.PWQUALITY_EXPECTED.items():
+def _assert_stacks(target, expected: dict[str, list[str]]) -> None:
+    """Each PAM stack file has each fragment on a line that is not a comment."""
+    for stack, fragments in expected.items():
         text = os_state.text(target, f"/etc/pam.d/{stack}") or ""
         active = [ln for ln in text.splitlines() if not ln.lstrip().startswith("#")]
         assert all(any(f in ln for ln in active) for f in fragments), f"{stack} lacks {fragments}"
+
+
+@pytest.mark.control("hk-os-acct-10")
+def test_password_quality_in_force(target):
+    """PAM: every password set is checked for quality (pam_pwquality)"""
+    _assert_stacks(target, role.PWQUALITY_EXPECTED)
+
+
+@pytest.mark.control("hk-os-acct-11")
+def test_sessions_get_a_private_tmpdir(target):
+    """PAM: every session gets a private temporary folder (pam_tmpdir: TMPDIR=/tmp/user/UID, 0700)"""
+    _assert_stacks(target, role.TMPDIR_EXPECTED)
+    # In force, not only written: a real PAM session (root's su, which runs common-session) for the admin.
+    admin = ADMIN_USER.value(target.data)
+    got = target.check_output(f"su -s /bin/sh -c 'echo \"$TMPDIR\"; stat -c \"%U %a\" \"$TMPDIR\"; id -u' {admin}")
+    tmpdir, owner, mode, uid = (got.split() + ["", "", "", ""])[:4]
+    assert (tmpdir, owner, mode) == (f"{role.TMPDIR_PARENT}/{uid}", admin, "700"), \
+        f"{admin}'s session: TMPDIR {tmpdir!r}, owner {owner!r}, mode {mode!r}"

@@ -103,6 +103,17 @@ def test_mount_options_survive_boot(target):
     assert unit.get("UnitFileState") == "enabled" and unit.get("ActiveState") == "active", unit
 
 
+@pytest.mark.control("hk-os-fs-06")
+def test_proc_hides_other_users_processes(target):
+    """/proc shows each user only their own processes (hidepid=invisible)"""
+    have = os_state.mounts(target).get("/proc", set())
+    assert role.PROC_HIDEPID in have, f"/proc is mounted {','.join(sorted(have))}"
+    # In force: an unprivileged process (nobody, no groups, no capabilities) lists only its own.
+    owners = target.check_output("setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all "
+                                 "sh -c 'for p in /proc/[0-9]*; do stat -c %u \"$p\"; done' | sort -u").split()
+    assert owners == ["65534"], f"nobody sees processes of the users {owners}"
+
+
 #: package-0x -> (title, packages that must be absent)
 ABSENT = {
     "package-01": ("No inetd or xinetd", ["inetutils-inetd", "openbsd-inetd", "rlinetd", "xinetd", "inetd"]),

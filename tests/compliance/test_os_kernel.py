@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 
 from roles import kernel as role
+from roles.platform_data import CONTAINER
 from tests.compliance import os_state
 
 #: control id -> (title, sysctl keys the role sets for it). Expected values come from the role.
@@ -147,6 +148,16 @@ def test_no_core_dumps(target):
     assert login == "0", f"a login session may dump {login} blocks of core"
     if not target.in_container:
         assert os_state.sysctl(target).get("kernel.core_pattern") == role.KERNEL["kernel.core_pattern"]
+
+
+@pytest.mark.control("hk-os-kern-05")
+def test_a_container_carries_no_kernel_image(target):
+    """A declared container carries no kernel image: it never boots one of its own"""
+    if not CONTAINER.value(target.data):
+        pytest.skip("the host is not declared a container: it boots its own kernel, which stays installed")
+    assert target.in_container, "declared a container, but systemd-detect-virt finds none: its kernel stays"
+    images = target.check_output(role.KERNEL_IMAGES_COMMAND).split()
+    assert not images, f"kernel image packages installed on a container: {', '.join(images)}"
 
 
 @pytest.mark.control("os-10")

@@ -95,7 +95,7 @@ def test_totp_seeds_are_root_only(target):
 
 @pytest.mark.control("hk-2fa-03")
 def test_fido2_admins_need_a_verified_security_key(target):
-    """FIDO2 admins: only sk-ssh-ed25519 keys, accepted only with the user verified (PIN or touch)"""
+    """FIDO2 admins: only sk-ssh-ed25519 keys, accepted only with the user verified by the key (PIN or fingerprint)"""
     for name in _users_of(target, FIDO2):
         _person_account(target, name, people(target.data)[name])
         got = _login_rules(target, name, _outside_address(target.data), "PubkeyAcceptedAlgorithms",

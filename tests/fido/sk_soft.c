@@ -7,13 +7,16 @@
  * client, ssh-sk-helper and sshd run unchanged and do the real protocol; only the device is software.
  * OpenSSH loads this file through SecurityKeyProvider= (or SSH_SK_PROVIDER, ssh-keygen -w).
  *
- * The device's behaviour is set by one environment variable, read at each call:
+ * User presence (flag 0x01) is reported exactly when the key asks for it, as a device does when
+ * it waits for a touch: OpenSSH passes the flags the key was enrolled with, and a key enrolled with
+ * `-O no-touch-required` does not ask, so its signatures carry no presence flag.
+ * User verification (flag 0x04) is set by one environment variable, read at each call:
  *   SK_SOFT_PIN set     the device has this PIN. When OpenSSH asks for user verification
  *                       (flag 0x04) without a PIN, it answers "PIN required" (the ssh client then
- *                       prompts, via SSH_ASKPASS); with the right PIN it signs with user presence
- *                       and user verified (flags 0x01|0x04); a wrong PIN is refused.
+ *                       prompts, via SSH_ASKPASS); with the right PIN the signature carries user
+ *                       verified (0x04); a wrong PIN is refused.
  *   SK_SOFT_PIN unset   a device that cannot verify its user (a U2F-only key, or a stolen one
- *                       whose owner's PIN is unknown): it signs with user presence only (0x01).
+ *                       whose owner's PIN is unknown): its signatures never carry 0x04.
  *
  * Keys are ed25519, not resident. The key handle is the 32-byte private seed itself: a real
  * device wraps it with a secret of its own; a test device has nothing to protect it with.
@@ -101,15 +104,15 @@ options_supported(struct sk_option **options)
 }
 
 /*
- * The flags a signature will carry, or an error: user presence always (the "touch" is implied);
- * user verified only when the device has a PIN and was given it.
+ * The flags a signature will carry, or an error: user presence when the key asks for it (the
+ * "touch" is implied); user verified only when the device has a PIN and was given it.
  */
 static int
 verification(uint8_t wanted, const char *pin, uint8_t *flags)
 {
 	const char *device_pin = getenv("SK_SOFT_PIN");
 
-	*flags = SK_USER_PRESENCE;
+	*flags = wanted & SK_USER_PRESENCE;
 	if (device_pin == NULL)
 		return 0;
 	if (pin == NULL || *pin == '\0')

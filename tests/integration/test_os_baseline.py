@@ -75,6 +75,31 @@ def test_an_undeclared_container_fails_its_kernel_controls(lab, deployed, tmp_pa
     assert all("does not declare it (container: True)" in " ".join(r["details"]) for r in rows), rows
 
 
+#: A package a role installs that nothing else needs (the test removes it so that the deploy must run apt).
+APT_PACKAGE = "needrestart"
+
+
+def test_a_deploy_waits_for_another_apt_instead_of_failing(lab, deployed):
+    """A fresh VPS often runs unattended-upgrades at first boot, holding dpkg's lock for minutes: a deploy that
+    needs apt then waits for the lock (roles/baseline.py) and converges, instead of failing at its first package
+    (the vm tier's first deploy failed so in a CI run)."""
+    n = name(lab)
+    released = "/run/hardkit-test-dpkg-lock-released"
+    hold = ("import fcntl, time; f = open('/var/lib/dpkg/lock-frontend', 'w'); fcntl.lockf(f, fcntl.LOCK_EX); "
+            f"open('{released}.held', 'w').close(); time.sleep(25); open('{released}', 'w').write(str(time.time()))")
+    setup = root(lab, n, f"apt-get -y -q purge {APT_PACKAGE} >/dev/null 2>&1 && rm -f {released} {released}.held && "
+                         f"systemd-run --quiet --unit=hardkit-test-dpkg-lock python3 -c \"{hold}\" && "
+                         f"for i in $(seq 50); do [ -e {released}.held ] && break; sleep 0.2; done; "
+                         f"[ -e {released}.held ] && [ ! -e {released} ]")
+    assert setup.returncode == 0, setup.stdout + setup.stderr  # removed, and the lock is held as the deploy starts
+    deploy_ok(lab)
+    after = root(lab, n, f"cat {released}; echo; stat -c %Y /var/lib/dpkg/info/{APT_PACKAGE}.list")
+    lines = after.stdout.split()
+    assert after.returncode == 0 and len(lines) == 2, after.stdout + after.stderr
+    # Installed again, and only once the holder had let go of the lock.
+    assert int(lines[1]) >= int(float(lines[0])), f"installed at {lines[1]}, lock released at {lines[0]}"
+
+
 def test_admin_keeps_key_login_and_sudo(lab, deployed):
     n = name(lab)
     admin = lab.host_data(n)["admin_user"]
@@ -230,5 +255,3 @@ def test_every_control_holds_after_reboot(lab, deployed, tmp_path):
     again = lab.deploy(inventory_path=lab.os_inventory)
     assert again.ok and not os_changes(again), os_changes(again)
 
-
-# --- the vm tier: a real kernel --------------------------------------------------------------------

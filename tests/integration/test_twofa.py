@@ -5,7 +5,9 @@ FIDO2 admin; the second re-enrols the TOTP admin (a lost phone) while the automa
 locked by faillock, and must still run unattended. TOTP logins are driven with paramiko from the
 lab's allowed and attacker client namespaces; codes are computed here with cryptography's TOTP.
 The FIDO2 admin logs in with the real ssh client and a software security key (tests/fido): OpenSSH
-does the whole protocol, only the authenticator is software.
+does the whole protocol, only the authenticator is software. A negative control runs a second sshd on
+the target (inetd mode, over the automation account's session) with the live config minus
+`verify-required`, to show that this option alone is what refuses a key that only saw a touch.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ from cryptography.hazmat.primitives.twofactor.totp import TOTP
 from deploy import connect, credentials, totp_seeds
 from deploy.inventory import load
 from roles.second_factor import USERS_FILE
+from roles.ssh import SSHD_CONFIG
 from roles.second_factor_data import TOTP_DIGITS, TOTP_STEP_SECONDS
-from sandbox import keys, network
+from sandbox import keys, lab as sandbox_lab, network
 from tests.fido import soft_key
 from tests.integration.labkit import REPO_ROOT, boot, hardkit
 
@@ -36,6 +39,9 @@ ENV = "tf2fa"
 PERSON, FIDO_PERSON = "alice", "bob"
 #: The PIN of bob's software security key.
 FIDO_PIN = "2468"
+#: Where the negative control's sshd_config and authorized_keys live on the target (root-owned, not /tmp:
+#: sshd's StrictModes refuses a world-writable parent).
+CONTROL_DIR = "/run/hardkit-fido-control"
 
 
 def code_at(seed: str, when: float) -> str:
@@ -64,6 +70,9 @@ def lab(tmp_path_factory):
         seed = enrol()
         sk_lib = soft_key.build(tmp)
         sk_pub = soft_key.enrol(sk_lib, tmp / "bob_ed25519_sk", FIDO_PIN, comment="bob@soft-fido2")
+        # bob's second key never asks for a touch: his authorized_keys lacks no-touch-required, so sshd refuses it.
+        no_touch_pub = soft_key.enrol(sk_lib, tmp / "bob_ed25519_sk_notouch", FIDO_PIN, comment="bob@soft-notouch",
+                                      touch=False)
         handle = boot(PREFIX, count=1)
         data = handle.host_data(handle.names[0])
         attacker = data["lab"]["clients"]["attacker"]
@@ -73,11 +82,12 @@ def lab(tmp_path_factory):
             ssh_allow_from=data["ssh_allow_from"] + [f"{attacker['v4']}/32", f"{attacker['v6']}/128"],
             automation_from=data["ssh_allow_from"],
             second_factor_admins={PERSON: {"second_factor": "totp", "keys": [str(person_key) + ".pub"]},
-                                  FIDO_PERSON: {"second_factor": "fido2", "keys": [str(sk_pub)]}})
+                                  FIDO_PERSON: {"second_factor": "fido2", "keys": [str(sk_pub), str(no_touch_pub)]}})
         first = hardkit("deploy", str(inv), "--json")
         assert first.returncode == 0, first.stderr[-4000:]
         yield {"lab": handle, "name": handle.names[0], "inv": inv, "seed": seed, "key": str(person_key),
-               "first": first, "tmp": tmp, "sk_lib": sk_lib, "sk_key": str(tmp / "bob_ed25519_sk")}
+               "first": first, "tmp": tmp, "sk_lib": sk_lib, "sk_key": str(tmp / "bob_ed25519_sk"),
+               "sk_notouch": str(tmp / "bob_ed25519_sk_notouch")}
     finally:
         if handle:
             handle.down()
@@ -99,8 +109,8 @@ def login(lab, client: str, user: str, **how) -> dict:
     return json.loads(res.stdout)
 
 
-def root(lab, command: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return lab["lab"].ssh(lab["name"], command, timeout=timeout)
+def root(lab, command: str, timeout: float = 120, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return lab["lab"].ssh(lab["name"], command, timeout=timeout, stdin=stdin)
 
 
 def test_seed_reaches_the_root_only_file_and_no_output(lab):
@@ -156,12 +166,24 @@ def test_password_or_code_without_a_key_never_works(lab):
     assert not got["authenticated"] and "['publickey']" in got["refused"], got
 
 
-def fido_login(lab, device_pin: str | None) -> subprocess.CompletedProcess:
+def fido_login(lab, device_pin: str | None, key: str | None = None) -> subprocess.CompletedProcess:
     """bob logs in with the real ssh client and his security key; he types the right PIN when asked."""
     h = lab["lab"]
     return h.client_ssh("allowed", FIDO_PERSON, h.lab_address(lab["name"]), *soft_key.ssh_options(lab["sk_lib"]),
-                        key=lab["sk_key"], command="id -un", timeout=30,
+                        key=key or lab["sk_key"], command="id -un", timeout=30,
                         env=soft_key.env(lab["sk_lib"], device_pin, typed_pin=FIDO_PIN))
+
+
+def fingerprint(private_key: str) -> str:
+    """The SHA256 fingerprint sshd logs for this key."""
+    out = subprocess.run(["ssh-keygen", "-l", "-f", private_key + ".pub"], capture_output=True, text=True, check=True)
+    return out.stdout.split()[1]
+
+
+def sshd_lines(text: str, private_key: str) -> list[str]:
+    """The log lines about one key (by fingerprint)."""
+    fp = fingerprint(private_key)
+    return [line for line in text.splitlines() if fp in line]
 
 
 def test_fido2_key_that_verified_the_user_logs_in(lab):
@@ -177,6 +199,62 @@ def test_fido2_key_that_did_not_verify_the_user_is_refused(lab):
     assert got.returncode == 255 and "Permission denied" in got.stderr, (got.stdout, got.stderr)
     journal = root(lab, "journalctl -u ssh --no-pager -n 300 -g 'signature for bob'").stdout
     assert "ED25519-SK" in journal and "user verification requirement not met" in journal, journal
+
+
+def test_fido2_key_that_skips_the_touch_is_refused(lab):
+    """bob's key enrolled with no-touch-required signs with his PIN but without user presence: refused."""
+    got = fido_login(lab, device_pin=FIDO_PIN, key=lab["sk_notouch"])
+    assert got.returncode == 255 and "Permission denied" in got.stderr, (got.stdout, got.stderr)
+    lines = sshd_lines(root(lab, "journalctl -u ssh --no-pager -n 300 -g 'signature for bob'").stdout,
+                       lab["sk_notouch"])
+    assert lines and all("user presence (authenticator touch) requirement not met" in line for line in lines), lines
+
+
+def control_login(lab, device_pin: str | None, key: str) -> subprocess.CompletedProcess:
+    """bob logs in to the control sshd: `sshd -i` on the target, reached through the admin's SSH session
+    (ProxyCommand), reading CONTROL_DIR/sshd_config and logging to CONTROL_DIR/log."""
+    h = lab["lab"]
+    login = h.login(lab["name"])
+    sshd = f"/usr/sbin/sshd -i -f {CONTROL_DIR}/sshd_config -E {CONTROL_DIR}/log"
+    proxy = shlex.join(sandbox_lab.ssh_command(lab["name"], [f"sudo -n {sshd}" if login.sudo else sshd],
+                                               user=login.user, port=login.port)).replace("%", "%%")
+    cmd = ["ssh", "-F", "/dev/null", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+           "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", f"ProxyCommand={proxy}",
+           *soft_key.ssh_options(lab["sk_lib"]), "-i", key, "-o", "IdentitiesOnly=yes",
+           f"{FIDO_PERSON}@control", "id -un"]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60,
+                          env=soft_key.env(lab["sk_lib"], device_pin, typed_pin=FIDO_PIN))
+
+
+def test_verify_required_alone_refuses_the_key_that_only_saw_a_touch(lab):
+    """Negative control: a second sshd on the target with the live sshd_config and bob's authorized_keys,
+    each minus `verify-required` and nothing else, lets the presence-only signature in; the same sshd still
+    refuses the key that skips the touch. So the refusal above is verify-required's doing."""
+    live = root(lab, f"cat {SSHD_CONFIG}").stdout
+    keys_now = root(lab, f"cat /home/{FIDO_PERSON}/.ssh/authorized_keys").stdout
+    rule = [line for line in live.splitlines() if line.split() == ["PubkeyAuthOptions", "verify-required"]]
+    assert len(rule) == 1 and all(line.startswith("verify-required sk-ssh-ed25519@openssh.com ")
+                                  for line in keys_now.splitlines() if line.strip()), (rule, keys_now)
+    config = "\n".join([f"AuthorizedKeysFile {CONTROL_DIR}/%u"] +
+                       [line for line in live.splitlines() if line not in rule]) + "\n"
+    control_keys = "".join(line.removeprefix("verify-required ") + "\n" for line in keys_now.splitlines())
+    try:
+        made = root(lab, f"install -d -o root -g root -m 0755 {CONTROL_DIR} && "
+                         f"cat > {CONTROL_DIR}/sshd_config && sshd -t -f {CONTROL_DIR}/sshd_config", stdin=config)
+        assert made.returncode == 0, made.stderr
+        made = root(lab, f"cat > {CONTROL_DIR}/{FIDO_PERSON} && chmod 0644 {CONTROL_DIR}/{FIDO_PERSON}",
+                    stdin=control_keys)
+        assert made.returncode == 0, made.stderr
+        touch_only = control_login(lab, device_pin=None, key=lab["sk_key"])
+        no_touch = control_login(lab, device_pin=FIDO_PIN, key=lab["sk_notouch"])
+        log = root(lab, f"cat {CONTROL_DIR}/log").stdout
+        assert touch_only.returncode == 0 and touch_only.stdout.split() == [FIDO_PERSON], (touch_only.stderr, log)
+        assert any("Accepted publickey for bob" in line for line in sshd_lines(log, lab["sk_key"])), log
+        assert no_touch.returncode == 255 and "Permission denied" in no_touch.stderr, (no_touch.stderr, log)
+        assert any("user presence (authenticator touch) requirement not met" in line
+                   for line in sshd_lines(log, lab["sk_notouch"])), log
+    finally:
+        root(lab, f"rm -rf {CONTROL_DIR}")
 
 
 def test_automation_key_is_refused_from_the_attacker_even_with_the_right_key(lab):

@@ -64,6 +64,7 @@ def test_other_bot_lines_and_non_utf8_messages_are_no_events():
 @pytest.mark.parametrize("unit,kind", [
     ("hardkit-aide-check.service", "integrity"), ("hardkit-rkhunter.service", "rootkit"),
     ("hardkit-backup.service", "backup"), ("hardkit-backup-check.service", "backup-check"),
+    ("hardkit-backup-stage.service", "backup"),
     ("hardkit-restic-check.service", "backup-check"), ("hardkit-bot.service", "unit-failed")])
 def test_a_failed_units_kind_comes_from_its_name(unit, kind):
     event = an.unit_failed_event(unit, "exit-code", ["changed: /etc/passwd"])

@@ -22,6 +22,8 @@ import pytest
 
 from deploy import inventory
 from roles import backup, backup_data, backup_job, backup_server, firewall
+from roles.auditors_data import UNIT_MAX_EXPOSURE
+from roles.bot_paths import BOT_USER
 from tests.unit.inventory_files import one_host_inventory
 
 BOT_SRC = Path(__file__).resolve().parents[2] / "bot" / "src"
@@ -84,9 +86,10 @@ def sftp_server(tmp_path):
     shutil.rmtree(chroot)
 
 
-def _client(tmp_path, server, port=None, with_ledger=True):
-    """A VPS's side: config, credentials folder, a live ledger holding a latched state, a bot CLI."""
-    c = tmp_path / "client"
+def _client(tmp_path, server, port=None, with_ledger=True, host="vps1", name="client"):
+    """A VPS's side: config, credentials folder, a live ledger holding a latched state, a bot CLI; `host` is
+    its name in the repository (snapshots are taken as it)."""
+    c = tmp_path / name
     (c / "creds").mkdir(parents=True)
     (c / "creds" / "restic-password").write_text("correct horse battery staple")
     # As the secrets store keeps it (`hardkit secrets set` drops one final newline).
@@ -107,10 +110,17 @@ def _client(tmp_path, server, port=None, with_ledger=True):
     cli.chmod(0o755)
     (c / "known_hosts").write_text(f"[127.0.0.1]:{server['port']} {server['host_key']}\n")
     (c / "stage").mkdir()
-    config = {"repository": "sftp:root@127.0.0.1:/repos/vps1", "port": port or server["port"],
+    staged = c / "staged" / backup_job.LEDGER_SUBDIR
+    if with_ledger:   # what the stage unit does before each run, as the bot's user: here the test's
+        staged.mkdir(parents=True)
+        res = subprocess.run(backup.stage_command(str(cli), str(state), str(staged)), capture_output=True, text=True,
+                             timeout=120)
+        assert res.returncode == 0, res.stderr
+    config = {"repository": "sftp:root@127.0.0.1:/repos/vps1", "host": host,
+              "restored_marker": str(c / "restored-from.json"), "port": port or server["port"],
               "known_hosts": str(c / "known_hosts"), "cache_dir": str(c / "cache"), "stage_dir": str(c / "stage"),
               "paths": [str(c / "etc")], "retention": {"last": 2},
-              "ledger": {"state_dir": str(state), "cli": str(cli), "user": "root"} if with_ledger else None}
+              "ledger": {"staged": str(staged)} if with_ledger else None}
     (c / "backup.json").write_text(json.dumps(config))
     return c, store
 
@@ -177,9 +187,9 @@ def test_wrong_host_key_is_refused(tmp_path, sftp_server):
 
 def test_check_config_lists_every_problem(tmp_path):
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"repository": "local:/x", "port": 22, "known_hosts": "/k", "cache_dir": "/c",
-                               "stage_dir": "/s", "paths": ["relative"], "retention": {"yearly": 1},
-                               "ledger": None, "extra": 1}))
+    bad.write_text(json.dumps({"repository": "local:/x", "host": "h", "restored_marker": "/m", "port": 22,
+                               "known_hosts": "/k", "cache_dir": "/c", "stage_dir": "/s", "paths": ["relative"],
+                               "retention": {"yearly": 1}, "ledger": None, "extra": 1}))
     res = subprocess.run([sys.executable, "-I", str(backup.PROGRAM_SOURCE), "check-config", str(bad)],
                          capture_output=True, text=True)
     assert res.returncode == 2 and len(res.stderr.splitlines()) == 1 and "unknown key 'extra'" in res.stderr
@@ -205,28 +215,53 @@ def unit_dir(tmp_path):
     program = tmp_path / "hardkit-backup"
     program.write_text(backup.PROGRAM_SOURCE.read_text())
     program.chmod(0o755)
-    for name, text in backup.render_units(VPS, program=str(program)).items():
+    cli = tmp_path / "hardkit-bot"   # the bot's CLI as systemd-analyze verify needs it: an executable
+    cli.write_text("#!/bin/sh\n")
+    cli.chmod(0o755)
+    for name, text in backup.render_units(VPS, program=str(program), cli=str(cli)).items():
         (tmp_path / name).write_text(text)
     return tmp_path
 
 
 @pytest.mark.parametrize("unit", [backup_data.BACKUP_UNIT, backup_data.BACKUP_TIMER, backup_data.CHECK_UNIT,
-                                  backup_data.CHECK_TIMER])
+                                  backup_data.CHECK_TIMER, backup_data.STAGE_UNIT])
 def test_units_pass_systemd_analyze_verify(unit_dir, unit):
     res = subprocess.run(["systemd-analyze", "verify", str(unit_dir / unit)], capture_output=True, text=True)
     assert res.returncode == 0 and not res.stderr.strip(), res.stderr
 
 
-@pytest.mark.parametrize("unit", [backup_data.BACKUP_UNIT, backup_data.CHECK_UNIT])
+def test_each_unit_verifies_with_only_the_units_installed_before_it(tmp_path):
+    """The deploy installs the units one by one, each checked by `systemd-analyze verify` first: a unit that
+    requires one not installed yet fails its check (the backup's Requires= of the stage unit did, on a new host)."""
+    need("systemd-analyze")
+    cli = tmp_path / "hardkit-bot"
+    cli.write_text("#!/bin/sh\n")
+    cli.chmod(0o755)
+    installed = tmp_path / "system"
+    installed.mkdir()
+    for name, text in backup.render_units(VPS, program=str(cli), cli=str(cli)).items():
+        (installed / name).write_text(text)
+        res = subprocess.run(["systemd-analyze", "verify", str(installed / name)], capture_output=True, text=True)
+        assert res.returncode == 0 and not res.stderr.strip(), f"{name}: {res.stderr}"
+
+
+@pytest.mark.parametrize("unit", [backup_data.BACKUP_UNIT, backup_data.CHECK_UNIT, backup_data.STAGE_UNIT])
 def test_units_are_sandboxed_and_load_their_secrets_as_credentials(unit_dir, unit):
     text = (unit_dir / unit).read_text()
     for cred in backup_data.BACKUP_CREDENTIALS:
-        assert f"LoadCredentialEncrypted={cred}:" in text
+        assert (f"LoadCredentialEncrypted={cred}:" in text) == (unit != backup_data.STAGE_UNIT)
     assert "Environment=" not in text and "password" not in text.split("ExecStart=")[1].splitlines()[0]
     res = subprocess.run(["systemd-analyze", "security", "--offline=true", "--threshold=100", str(unit_dir / unit)],
                          capture_output=True, text=True)
     score = re.search(r"Overall exposure level for \S+: ([\d.]+)", res.stdout)
     assert score and float(score.group(1)) <= backup.EXPOSURE_MAX[unit], res.stdout[-800:]
+
+
+def test_backup_units_are_held_to_the_kits_exposure_limit():
+    """ext-units-01 holds every hardkit unit to audit_unit_max_exposure (2.0 by default): the backup's own
+    limits (checked offline above) may not be looser, or a backed-up host fails the audit."""
+    over = {u: m for u, m in backup.EXPOSURE_MAX.items() if m > UNIT_MAX_EXPOSURE.default}
+    assert not over, f"above the kit's {UNIT_MAX_EXPOSURE.default}: {over}"
 
 
 def test_firewall_lets_the_vps_reach_the_backup_server_ssh_only():
@@ -283,39 +318,90 @@ def test_restore_lists_every_problem_of_the_request_before_touching_a_host(tmp_p
     assert "deployed" not in res.stderr
 
 
-@pytest.fixture
-def shared_tmp():
-    """A folder other users may enter (pytest's own tmp_path is root's only)."""
-    with tempfile.TemporaryDirectory(prefix="hardkit-backup-test-") as d:
-        os.chmod(d, 0o755)
-        yield Path(d)
+def _settings(text: str) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if "=" in line and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            out.setdefault(key, []).append(value)
+    return out
 
 
-def test_the_bots_cli_runs_without_the_units_capabilities(shared_tmp):
-    """The units run as their own user with ambient capabilities; a switch between two non-root users keeps
-    ambient capabilities, so the program must drop them for the bot's CLI (which gets the ledger only)."""
-    need("setpriv", "/usr/bin/python3")
-    if os.geteuid() != 0:
-        pytest.skip("needs root: it switches users as the unit does")
-    tmp_path = shared_tmp
-    stage_dir, state, creds = tmp_path / "stage", tmp_path / "state", tmp_path / "creds"
-    for d in (stage_dir, state, creds):
-        d.mkdir()
-    shutil.chown(stage_dir, "nobody")
-    (state / "ledger.sqlite").write_text("")
-    (creds / backup_job.AUDIT_KEY_CRED).write_bytes(b"k" * 32)
-    cli = tmp_path / "bot-cli"   # stands in for the bot's CLI: shows what it may do
-    cli.write_text("#!/bin/sh\ngrep -E '^Cap(Prm|Eff|Amb):' /proc/self/status | tr '\\n' ' '\n")
-    cli.chmod(0o755)
-    config = {"stage_dir": str(stage_dir), "ledger": {"state_dir": str(state), "cli": str(cli), "user": "daemon"}}
-    caps = ",".join("+" + c.removeprefix("CAP_").lower() for c in backup.BACKUP_CAPS.split())  # the unit's
-    code = (f"import sys; sys.path.insert(0, {str(Path(backup_job.__file__).parent)!r}); import backup_job; "
-            f"backup_job.stage({config!r})")
-    res = subprocess.run(["setpriv", "--securebits=+no_setuid_fixup", "--reuid=nobody", "--regid=nogroup",
-                          "--clear-groups", f"--inh-caps={caps}", f"--ambient-caps={caps}", "--",
-                          "/usr/bin/python3", "-I", "-c", code],
-                         env={"CREDENTIALS_DIRECTORY": str(creds), "PATH": "/usr/bin:/bin"},
-                         capture_output=True, text=True, timeout=60)
+def test_the_ledger_is_staged_by_the_bots_user_offline_and_the_backup_holds_one_capability(unit_dir):
+    """The ledger's copy is taken by its owner in a unit of its own (no capability, no network, no other user
+    in view) that the backup requires and runs after; the backup unit keeps one capability, to read, and
+    switches no user (it had SETUID, SETGID and CHOWN for that, and scored 2.1)."""
+    stage = _settings((unit_dir / backup_data.STAGE_UNIT).read_text())
+    assert stage["User"] == [BOT_USER] and stage["CapabilityBoundingSet"] == [""]
+    assert stage["AmbientCapabilities"] == [""] and stage["PrivateNetwork"] == ["yes"]
+    assert stage["RestrictAddressFamilies"] == ["none"] and stage["PrivateUsers"] == ["yes"]
+    assert stage["ExecStart"][0].endswith(f" --to {backup.STAGED_LEDGER}")
+    assert stage["StopWhenUnneeded"] == ["yes"] and stage["RemainAfterExit"] == ["yes"]   # the copy goes with it
+    run = _settings((unit_dir / backup_data.BACKUP_UNIT).read_text())
+    assert run["Requires"] == [backup_data.STAGE_UNIT] and run["After"][-1] == backup_data.STAGE_UNIT
+    assert run["CapabilityBoundingSet"] == run["AmbientCapabilities"] == ["CAP_DAC_READ_SEARCH"]
+    assert "setpriv" not in backup.PROGRAM_SOURCE.read_text()
+    # Without the bot there is no ledger: no stage unit, nothing required.
+    alone = backup.render_units({**VPS, "bot_enabled": False})
+    assert backup_data.STAGE_UNIT not in alone and "Requires=" not in alone[backup_data.BACKUP_UNIT]
+
+
+def test_a_missing_staged_ledger_fails_the_run_naming_the_stage_unit(tmp_path):
+    stage_dir, creds = tmp_path / "stage", tmp_path / "creds"
+    stage_dir.mkdir()
+    creds.mkdir()
+    config = {"stage_dir": str(stage_dir), "ledger": {"staged": str(tmp_path / "nothing")}}
+    with pytest.raises(backup_job.Failed, match=backup_data.STAGE_UNIT):
+        backup_job.stage(config)
+
+
+# --- which snapshot a restore takes, and who may back up into a repository ----------------------------
+
+def _snap(sid: str, host: str, when: str) -> dict:
+    return {"id": sid * 8, "short_id": sid * 4, "hostname": host, "time": when, "tags": ["hardkit"]}
+
+
+def test_restore_takes_the_lost_hosts_newest_snapshot_not_the_replacements_own():
+    """The replacement (new) backed its fresh ledger up into the lost host's repository after the lost host's
+    last backup: "latest" would be that one. The restore takes the lost host's newest and says which."""
+    from deploy.restore import RestoreError, choose_snapshot, describe
+
+    snaps = [_snap("a", "vps", "2026-12-04T08:00:00.123456789Z"),
+             _snap("b", "vps", "2026-12-04T09:00:00.5+01:00"),          # 08:00:00.5 UTC: after a
+             _snap("c", "vps", "2026-12-04T08:30:00.000000001+00:00"),  # the newest of vps
+             _snap("d", "new", "2026-12-04T09:30:00+00:00")]            # the replacement's fresh ledger
+    assert describe(choose_snapshot(snaps, "new")) == {"id": "cccc", "host": "vps",
+                                                       "time": "2026-12-04T08:30:00.000000001+00:00"}
+    assert choose_snapshot(snaps, "new", from_host="new")["id"] == "d" * 8
+    assert choose_snapshot(snaps, "new", snapshot="aaaa")["id"] == "a" * 8
+    assert choose_snapshot(snaps, "new", snapshot="latest")["id"] == "c" * 8
+    with pytest.raises(RestoreError, match=r"no snapshot of a host other than new .*new: 1"):
+        choose_snapshot(snaps[3:], "new")
+    with pytest.raises(RestoreError, match="no snapshot of ghost .*new: 1, vps: 3"):
+        choose_snapshot(snaps, "new", from_host="ghost")
+    with pytest.raises(RestoreError, match="snapshot ffff: no snapshot"):
+        choose_snapshot(snaps, "new", snapshot="ffff")
+
+
+def test_a_replacement_does_not_back_up_into_a_lost_hosts_repository_until_restored(tmp_path, sftp_server):
+    lost, store = _client(tmp_path, sftp_server, host="vps1")
+    store.close()
+    assert _job(lost, "run").returncode == 0
+    new, store = _client(tmp_path, sftp_server, host="vps2", name="new")   # backup_to.repository: vps1
+    store.close()
+    res = _job(new, "run")
+    assert res.returncode == 1 and "holds snapshots of vps1, none of vps2" in res.stderr.splitlines()[0], res.stderr
+    assert [s["hostname"] for s in json.loads(_job(new, "snapshots").stdout)] == ["vps1"]
+    (new / "restored-from.json").write_text('{"id": "x", "host": "vps1"}\n')   # what `hardkit restore` leaves
+    res = _job(new, "run")
     assert res.returncode == 0, res.stderr
-    shown = dict(re.findall(r"(Cap\w+):\s+([0-9a-f]+)", res.stdout))
-    assert shown and all(int(v, 16) == 0 for v in shown.values()), res.stdout
+    assert sorted(s["hostname"] for s in json.loads(_job(new, "snapshots").stdout)) == ["vps1", "vps2"]
+    (new / "restored-from.json").unlink()
+    assert _job(new, "run").returncode == 0   # it has snapshots of its own there now
+
+
+def test_the_first_backup_waits_for_the_timer_not_the_boot():
+    """OnBootSec= elapses at once when the timer starts after it (a deploy on a host up for 5 min): the first
+    run would land in the middle of the deploy, or of `hardkit restore` before the ledger is back."""
+    timer = _settings(backup.render_units(VPS)[backup_data.BACKUP_TIMER])
+    assert timer["OnActiveSec"] == ["5min"] and "OnBootSec" not in timer

@@ -96,12 +96,16 @@ def test_rkhunter_exceptions_each_carry_a_reason_and_no_test_is_switched_off():
     assert 'WEB_CMD=/bin/false' in lines and "UPDATE_MIRRORS=0" in lines and 'MAIL-ON-WARNING=""' in lines
 
 
-def test_on_a_declared_container_only_the_loaded_modules_test_is_off():
-    """A container has no /proc/modules (the kernel is the provider's): that one test, with its reason, nothing else."""
+def test_on_a_declared_container_only_the_kernel_module_tests_are_off():
+    """A container has no /proc/modules and, its kernel image purged (hk-os-kern-05), no /lib/modules: the
+    kernel is the provider's. Those two tests, with their reason, nothing else; a VM keeps both."""
     lines = render("integrity/rkhunter.conf.local.j2", container=True).splitlines()
     switched = [line for line in lines if line.startswith(("DISABLE_TESTS", "ENABLE_TESTS"))]
-    assert switched == ["DISABLE_TESTS=loaded_modules"]
-    assert "/proc/modules" in lines[lines.index(switched[0]) - 2], "the exception must say why"
+    assert switched == ["DISABLE_TESTS=loaded_modules avail_modules"]
+    why = " ".join(lines[lines.index(switched[0]) - 5:lines.index(switched[0])])
+    assert "/proc/modules" in why and "/lib/modules" in why, "the exception must say why"
+    vm = render("integrity/rkhunter.conf.local.j2", container=False).splitlines()
+    assert not [line for line in vm if line.startswith(("DISABLE_TESTS", "ENABLE_TESTS"))]
 
 
 def test_rkhunter_defaults_keep_its_cron_jobs_off_and_its_apt_hook_on(tmp_path):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from roles import accounts, audit, filesystem, kernel, time_logs, updates
+from roles import accounting, accounts, audit, filesystem, kernel, time_logs, updates
 from roles import guard as guard_role
 from roles.auditors_data import UNIT_MAX_EXPOSURE
 from roles.ops import render
@@ -107,6 +107,22 @@ def test_fstab_block_verifies_and_replaces_only_itself(tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
     points = [ln.split()[1] for ln in block.splitlines() if ln and not ln.startswith("#")]
     assert points == sorted(points, key=lambda p: p.count("/")) or points[0] == "/dev"
+
+
+def test_mount_flags_join_per_mount_flags_and_file_system_options():
+    found = filesystem.mount_flags(["/proc rw,nosuid,nodev,noexec,relatime rw,hidepid=invisible",
+                                    "/tmp rw,nosuid,nodev,noexec rw", "/run/x rw"])
+    assert filesystem.PROC_HIDEPID in found["/proc"] and "nosuid" in found["/proc"]
+    assert found["/tmp"] == {"rw", "nosuid", "nodev", "noexec"} and found["/run/x"] == {"rw"}
+
+
+@pytest.mark.parametrize("mask, can", [("000001ffffffffff", True), ("00000000fcecbfff", False)])
+def test_process_accounting_follows_cap_sys_pacct(tmp_path, mask, can):
+    """The deploy installs acct only where the bounding set holds CAP_SYS_PACCT (nspawn's lacks it)."""
+    status = write(tmp_path, "status", f"Name:\tsystemd\nCapBnd:\t{mask}\n")
+    res = subprocess.run(["sh", "-c", accounting.CAN_ACCOUNT_COMMAND.replace("/proc/1/status", str(status))],
+                         capture_output=True, text=True)
+    assert res.returncode == 0 and res.stdout.strip() == ("yes" if can else ""), res
 
 
 def test_fstab_check_catches_a_bad_entry(tmp_path):

@@ -65,6 +65,8 @@ def test_a_failed_control_shows_id_evidence_and_references_everywhere(doc):
     case = next(c for c in ET.fromstring(junit).iter("testcase") if c.get("name", "").startswith("sshd-27")
                 and c.find("failure") is not None)
     assert EVIDENCE in case.find("failure").text and "dev-sec ssh-baseline sshd-27" in case.find("failure").text
+    terminal = next(line for line in report_formats.terminal_lines(doc) if "sshd-27" in line and "FAIL" in line)
+    assert EVIDENCE.split(" -> ")[0] in terminal, terminal  # a CI log shows why, not only that
     html = report_formats.to_html(doc)
     assert "sshd-27" in html and "dev-sec ssh-baseline sshd-27" in html
     assert "http://" not in html and "https://" not in html and "<link" not in html and " src=" not in html
@@ -99,3 +101,38 @@ def test_the_html_report_works_in_chromium(doc, tmp_path):
         assert driver.find_element("id", "shown").text == f"1 of {len(ROWS)} shown"
         logs = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert logs == [], logs
+
+
+def _per_host_documents():
+    """What `hardkit verify` gets back from one pytest per host: a whole document each."""
+    by_host = {}
+    for r in ROWS:
+        by_host.setdefault(r["host"], []).append(r)
+    docs = [report_formats.document(rows, catalog.load(), "prod", "2026-12-03T10:00:0%dZ" % i)
+            for i, rows in enumerate(by_host.values())]
+    return docs + [report_formats.document([], catalog.load(), "prod", "2026-12-03T10:00:09Z",
+                                           {"db-1": "cannot log in"})]
+
+
+def test_per_host_documents_merge_into_the_document_one_run_writes(doc):
+    merged = report_formats.merge(_per_host_documents(), "prod", "2026-12-03T10:00:00Z")
+    assert merged == doc
+
+
+def test_merged_counts_agree_across_formats_and_a_host_without_results_is_listed():
+    merged = report_formats.merge(_per_host_documents(), "prod", "2026-12-03T10:00:00Z",
+                                  {"web-3": "its compliance run wrote no report (pytest exit 3)"})
+    assert [(h["name"], h["reachable"], bool(h["error"])) for h in merged["hosts"]] == [
+        ("db-1", False, True), ("web-1", True, False), ("web-2", True, False), ("web-3", True, True)]
+    assert merged["summary"] == {"FAIL": 1, "ERROR": 1, "NOT VERIFIED": 1, "SKIP": 0, "WAIVED": 1, "PASS": 2}
+    assert sum(sum(h["summary"].values()) for h in merged["hosts"]) == len(merged["controls"]) == len(ROWS)
+    md = report_formats.to_markdown(merged)
+    total = next(line for line in md.splitlines() if line.startswith("| **all**"))
+    assert dict(zip(report_formats.STATUSES, map(int, total.split("|")[3:-1]))) == merged["summary"]
+    assert "| web-3 | yes, NOT CHECKED: its compliance run wrote no report (pytest exit 3) |" in md
+    junit = ET.fromstring(report_formats.to_junit(merged))
+    assert int(junit.get("tests")) == len(ROWS)
+    assert sum(int(s.get("failures")) for s in junit) == 1 and sum(int(s.get("errors")) for s in junit) == 1
+    not_checked = next(s for s in junit if s.get("name") == "web-3")
+    assert not_checked.find("testcase/error").get("message").startswith("host not checked: its compliance run")
+    assert "NOT CHECKED: its compliance run wrote no report" in report_formats.to_html(merged)

@@ -42,6 +42,15 @@ def device(tmp_path_factory):
     return lib, folder / "id_sk", pub
 
 
+@pytest.fixture(scope="module")
+def no_touch_device(device, tmp_path_factory):
+    """The same device, another key: enrolled with `-O no-touch-required`, so it never asks for a touch."""
+    lib = device[0]
+    folder = tmp_path_factory.mktemp("softkey-notouch")
+    pub = soft_key.enrol(lib, folder / "id_sk", PIN, touch=False)
+    return lib, folder / "id_sk", pub
+
+
 def sign(device, tmp_path, device_pin, typed_pin) -> subprocess.CompletedProcess:
     lib, key, _ = device
     msg = tmp_path / "msg"
@@ -82,3 +91,9 @@ def test_device_without_user_verification_signs_with_presence_only(device, tmp_p
 def test_wrong_pin_signs_nothing(device, tmp_path):
     res = sign(device, tmp_path, PIN, "0000")
     assert res.returncode != 0 and not (tmp_path / "msg.sig").exists(), res
+
+
+def test_key_enrolled_without_touch_signs_without_user_presence(no_touch_device, tmp_path):
+    res = sign(no_touch_device, tmp_path, PIN, PIN)
+    assert res.returncode == 0, res.stderr
+    assert checked_flags(no_touch_device, tmp_path) == USER_VERIFIED

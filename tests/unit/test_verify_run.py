@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -65,3 +66,68 @@ def test_drift_reads_the_dry_run_plan_not_its_empty_results():
            "results": None}
     assert planned_changes(raw) == {"a": ["Firewall | nftables ruleset"]}
     assert planned_changes(None) == {}
+
+
+def test_the_exit_code_comes_from_the_merged_document():
+    from deploy import catalog, report_formats
+
+    def one(host, status=None, unreachable=None):
+        rows = [{"host": host, "control": "sshd-27", "title": "t", "status": status, "details": []}] if status else []
+        return report_formats.document(rows, catalog.load(), "i", "2026-12-03T10:00:00Z", unreachable)
+
+    merged = lambda *docs, unchecked=None: report_formats.merge(list(docs), "i", "t", unchecked)  # noqa: E731
+    assert verify_run.exit_code(merged(one("a", "PASS"), one("b", "PASS")), 0) == 0
+    assert verify_run.exit_code(merged(one("a", "PASS"), one("b", "FAIL")), 1) == 1
+    assert verify_run.exit_code(merged(one("a", "FAIL"), one("b", unreachable={"b": "cannot log in"})), 1) == 3
+    assert verify_run.exit_code(merged(one("a", "PASS"), unchecked={"b": "no report (pytest exit 3)"}), 3) == 1
+
+
+def _two_unreachable_hosts(folder: Path) -> Path:
+    """Two hosts where nothing listens (127.0.0.9, port 9): every login fails fast, no host is touched."""
+    key = folder / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    data = (f'"ssh_hostname": "127.0.0.9", "ssh_port": 9, "ssh_key": "{key}", "admin_user": "ops", '
+            f'"admin_keys": ["{key}.pub"], "ssh_allow_from": ["10.0.2.2/32"]')
+    inv = folder / "inv.py"
+    inv.write_text(f'hosts = [("one", {{{data}}}), ("two", {{{data}}})]\n')
+    return inv
+
+
+#: A few checks only: the hosts' logins are what these tests look at, not the whole suite.
+LIGHT = ("-k", "root_only")
+
+
+def _verify(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """This tree's `hardkit verify` (the venv's `hardkit` script may import another checkout's)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", "deploy.cli", "verify", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_hosts_are_verified_one_pytest_each_into_one_report(tmp_path):
+    inv = _two_unreachable_hosts(tmp_path)
+    res = _verify(str(inv), "--report-dir", str(tmp_path / "r"), "--parallel", "2", *LIGHT, cwd=tmp_path)
+    assert res.returncode == 3, res.stdout + res.stderr
+    assert "== one (pytest exit" in res.stdout and "== two (pytest exit" in res.stdout, res.stdout
+    doc = json.loads((tmp_path / "r" / "compliance.json").read_text())
+    assert [(h["name"], h["reachable"]) for h in doc["hosts"]] == [("one", False), ("two", False)]
+    assert all("cannot log in" in h["error"] for h in doc["hosts"])
+    junit = (tmp_path / "r" / "compliance.xml").read_text()
+    assert junit.count("host unreachable: one: cannot log in") == 1 and junit.count("host unreachable: two") == 1
+
+
+def test_a_limited_verify_reports_only_its_own_hosts(tmp_path):
+    """The suite logged in to every host of the inventory whatever --limit said, so one host's run
+    listed the others' logins too (and one host down made every host's verify exit 3). A relative
+    --report-dir is the caller's folder (the suite, run from the repository, wrote it there)."""
+    inv = _two_unreachable_hosts(tmp_path)
+    res = _verify(str(inv), "--limit", "one", "--report-dir", "r", *LIGHT, cwd=tmp_path)  # relative: to cwd
+    assert res.returncode == 3, res.stdout + res.stderr
+    doc = json.loads((tmp_path / "r" / "compliance.json").read_text())
+    assert [h["name"] for h in doc["hosts"]] == ["one"], doc["hosts"]
+
+
+def test_verify_refuses_a_parallel_below_one(tmp_path):
+    inv = _two_unreachable_hosts(tmp_path)
+    res = _verify(str(inv), "--parallel", "0", cwd=tmp_path)
+    assert res.returncode == 2 and "--parallel must be 1 or more, not 0" in res.stderr, res.stderr

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from deploy import catalog
-from deploy.waivers import WaiverError, load_waivers, parse
+from deploy.waivers import WaiverError, load_lynis_waivers, load_waivers, parse, parse_all
 from tests.unit.inventory_files import one_host_inventory
 
 REPO = Path(__file__).resolve().parents[2]
@@ -58,3 +58,31 @@ def test_verify_refuses_a_bad_waiver_file_before_contacting_any_host(tmp_path):
     assert res.returncode == 2, res.stdout + res.stderr
     assert "hk-nope-01: no control has this id" in res.stderr and "sshd-09: no owner" in res.stderr
     assert "Traceback" not in res.stderr and not (tmp_path / "r").exists()
+
+
+LYNIS = ('[lynis."KRNL-5830"]\nreason = "no kernel of its own"\nowner = "o"\nexpires = 2027-06-30\nhosts = ["a"]\n'
+         '[lynis."SSH-7408:MaxSessions"]\nreason = "r"\nowner = "o"\nexpires = 2027-06-30\n'
+         '[lynis."LYNIS"]\nreason = "r"\nowner = "o"\nexpires = 2027-06-30\n')
+
+
+def test_a_lynis_finding_waiver_loads_beside_control_waivers():
+    both = parse_all(GOOD + LYNIS, set(catalog.load()))
+    assert set(both["waiver"]) == {"sshd-09"} and set(both["lynis"]) == {"KRNL-5830", "SSH-7408:MaxSessions", "LYNIS"}
+    w = both["lynis"]["KRNL-5830"]
+    assert (w.reason, w.hosts) == ("no kernel of its own", ("a",))
+
+
+def test_a_bad_lynis_waiver_is_listed_with_every_other_problem():
+    text = (GOOD.replace("ops team", "") + '[lynis."not-an-id"]\nreason = "r"\nowner = "o"\nexpires = 2027-06-30\n'
+            '[lynis."FILE-6310"]\nreason = "r"\nexpires = 2027-06-30\n[lynsi."X"]\n')
+    with pytest.raises(WaiverError) as e:
+        parse_all(text, set(catalog.load()), "w.toml")
+    lines = str(e.value).splitlines()
+    for words in ("unknown top-level key 'lynsi'", "waiver sshd-09: no owner", "lynis not-an-id: not a Lynis test id",
+                  "lynis FILE-6310: no owner"):
+        assert any(words in line for line in lines), (words, lines)
+    assert len(lines) == 4
+
+
+def test_the_shipped_lynis_waivers_are_current():
+    assert all(not w.expired() for w in load_lynis_waivers().values())

@@ -53,15 +53,23 @@ def key_id(key: bytes) -> str:
     return hmac.new(key, _KEY_ID_LABEL, hashlib.sha256).hexdigest()[:16]
 
 
-#: The two JSON encoders of a record, made once: `json.dumps` with non-default options builds a new
+#: The payload's JSON encoder, made once: `json.dumps` with non-default options builds a new
 #: encoder per call, which was a third of a record's cost. Same options, so the same bytes.
-_BODY = json.JSONEncoder(separators=(",", ":")).encode
 _PAYLOAD = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str).encode
+#: A JSON string literal exactly as `json.JSONEncoder` (ensure_ascii, the default) writes it.
+_STR = json.encoder.encode_basestring_ascii
 _INSERT = "INSERT INTO audit VALUES (?,?,?,?,?,?)"
 
 
+def _body(seq: int, ts: float, kind: str, payload: str) -> str:
+    """The hashed text: `[seq,"repr(ts)","kind","payload"]` as JSON with separators (",", ":"),
+    written directly (what a JSONEncoder writes for that list, byte for byte: an int and three
+    strings) instead of through a JSONEncoder, whose per-call set-up cost more than the text."""
+    return f"[{int(seq)},{_STR(repr(ts))},{_STR(kind)},{_STR(payload)}]"
+
+
 def record_hash(prev: str, seq: int, ts: float, kind: str, payload: str, key: bytes | None = None) -> str:
-    body = (prev + _BODY([seq, repr(ts), kind, payload])).encode()
+    body = (prev + _body(seq, ts, kind, payload)).encode()
     if key is None:
         return hashlib.sha256(body).hexdigest()
     return hmac.new(key, body, hashlib.sha256).hexdigest()
@@ -70,11 +78,21 @@ def record_hash(prev: str, seq: int, ts: float, kind: str, payload: str, key: by
 Row = tuple[int, float, str, str, str, str]
 
 
-def record(last: tuple[int, str], ts: float, kind: str, payload: dict[str, Any], key: bytes | None = None) -> Row:
-    """The next record after head `last`, hashed (or MACed) and ready to insert: (seq, ts, kind, payload, prev, hash)."""
+def encode(payload: dict[str, Any]) -> str:
+    """A payload's text, as a record stores and hashes it."""
+    return _PAYLOAD(payload)
+
+
+def link(last: tuple[int, str], ts: float, kind: str, text: str, key: bytes | None = None) -> Row:
+    """The next record after head `last` for an encoded payload, hashed (or MACed) and ready to insert:
+    (seq, ts, kind, payload, prev, hash)."""
     seq, prev = last
-    text = _PAYLOAD(payload)
     return seq + 1, ts, kind, text, prev, record_hash(prev, seq + 1, ts, kind, text, key)
+
+
+def record(last: tuple[int, str], ts: float, kind: str, payload: dict[str, Any], key: bytes | None = None) -> Row:
+    """The next record after head `last` (see `link`)."""
+    return link(last, ts, kind, _PAYLOAD(payload), key)
 
 
 def append(conn: sqlite3.Connection, ts: float, kind: str, payload: dict[str, Any],

@@ -76,6 +76,11 @@ def derive(positions: Mapping[str, Position], live: Mapping[int, LiveOrder], lim
                      frozenset(o.instrument for o in live.values() if o.unresolved))
 
 
+def _live_order(instrument, side, order_type, qty, filled, limit_price, ref_price, status) -> LiveOrder:
+    return LiveOrder(instrument, Side(side), OrderType(order_type), Decimal(qty) - Decimal(filled),
+                     Decimal(limit_price or ref_price), status in _UNRESOLVED)
+
+
 class LedgerBook:
     def __init__(self, store: Store, limits: RiskLimits, holds: Callable[[str, Decimal], bool]):
         """`holds(symbol, qty)`: a position, not dust (OrderManager.holds)."""
@@ -84,10 +89,14 @@ class LedgerBook:
         self._live: dict[int, LiveOrder] = {}
         self._state = derive({}, {}, limits, holds)
         self._rollbacks = -1                 # forces the first read to load the ledger
+        #: Rebuild the state inside each write (live: the order that reads it pays nothing), or only
+        #: when it is next read (a replay's ledger: five writes per order, one read; see Store).
+        self._eager = store.book_rebuild_on_write
+        self._stale = False                  # a row changed and the state is not rebuilt yet (lazy only)
         fn = f"hk_book_{next(_ids)}"
         cols = {"orders": _ORDER_COLS, "positions": _POSITION_COLS}
         with store._lock:
-            store.conn.create_function(f"{fn}_orders", 9, self._order_row)
+            store.conn.create_function(f"{fn}_orders", 9, self._order_row if self._eager else self._order_row_lazy)
             store.conn.create_function(f"{fn}_positions", 3, self._position_row)
             for table, names in cols.items():
                 new = ", ".join(f"NEW.{c.strip()}" for c in names.split(","))
@@ -99,20 +108,37 @@ class LedgerBook:
                 for op, row in (("INSERT", new), (watched, new), ("DELETE", gone)):
                     store.conn.execute(f"CREATE TEMP TRIGGER {fn}_{table}_{op.split()[0].lower()} AFTER {op}"
                                        f" ON main.{table} BEGIN SELECT {fn}_{table}({row}); END")
+            if store.row_listeners is not None:        # rows kept in memory until the ledger's commit
+                store.row_listeners["orders"].append(self._order_row if self._eager else self._order_row_lazy)
+                store.row_listeners["positions"].append(self._position_row)
 
     # ---- fed by SQLite as rows change (in the writer's thread, under the store's lock) ----
     def _order_row(self, *row) -> None:
         if self._put_order(*row):
-            self._state = derive(self._positions, self._live, self.limits, self.holds)
+            self._changed()
+
+    def _order_row_lazy(self, oid, *row) -> None:
+        """A replay's ledger: the row is kept as SQLite handed it and made a LiveOrder when the state is
+        next read (an order's ~4 writes between two reads convert it once, or never if it closed)."""
+        if row[7] in _LIVE:                             # status
+            self._live[oid] = row
+            self._stale = True
+        elif self._live.pop(oid, None) is not None:
+            self._stale = True
 
     def _position_row(self, *row) -> None:
         self._put_position(*row)
-        self._state = derive(self._positions, self._live, self.limits, self.holds)
+        self._changed()
+
+    def _changed(self) -> None:
+        if self._eager:
+            self._state = derive(self._positions, self._live, self.limits, self.holds)
+        else:
+            self._stale = True
 
     def _put_order(self, oid, instrument, side, order_type, qty, filled, limit_price, ref_price, status) -> bool:
         if status in _LIVE:
-            self._live[oid] = LiveOrder(instrument, Side(side), OrderType(order_type), Decimal(qty) - Decimal(filled),
-                                        Decimal(limit_price or ref_price), status in _UNRESOLVED)
+            self._live[oid] = _live_order(instrument, side, order_type, qty, filled, limit_price, ref_price, status)
             return True
         return self._live.pop(oid, None) is not None   # a closed order that changed leaves the book as it is
 
@@ -128,6 +154,13 @@ class LedgerBook:
         with self.store._lock:
             if self._rollbacks != self.store.rollbacks:
                 self._resync()
+            elif self._stale:
+                live = self._live
+                for oid, o in live.items():             # rows the lazy trigger kept (same keys, same order)
+                    if type(o) is tuple:
+                        live[oid] = _live_order(*o)
+                self._state = derive(self._positions, live, self.limits, self.holds)
+                self._stale = False
             return self._state
 
     def matches_ledger(self) -> bool:
@@ -140,9 +173,11 @@ class LedgerBook:
     def _resync(self) -> None:
         self._rollbacks = self.store.rollbacks
         self._state = self._load()
+        self._stale = False
 
     def _load(self) -> BookState:
         """Read the open book from the ledger into the mirror (through the same row handlers)."""
+        self.store.to_sql()
         self._positions.clear()
         self._live.clear()
         for r in self.store.conn.execute(f"SELECT {_POSITION_COLS} FROM positions"):

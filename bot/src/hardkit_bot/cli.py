@@ -233,10 +233,14 @@ def cmd_status(args) -> int:
     return 0
 
 
+#: Seconds `halt` and `reset` wait for the running bot's answer unless told otherwise (--wait).
+CONTROL_WAIT_S = 60.0
+
+
 def cmd_control(args) -> int:
     kw = {"halt": {"reason": getattr(args, "reason", "")}, "flatten": {"timeout": getattr(args, "timeout", 30.0)},
           "reset": {"note": getattr(args, "note", ""), "new_day": getattr(args, "new_day", False)}}[args.cmd]
-    wait = kw["timeout"] + 30 if args.cmd == "flatten" else 60
+    wait = kw["timeout"] + 30 if args.cmd == "flatten" else args.wait
     resp, why = _ask(args, {"cmd": args.cmd, **kw}, wait)
     if resp is None:
         resp = _offline_state_change(args, kw, why)
@@ -458,14 +462,18 @@ def main(argv: list[str] | None = None) -> int:
     s = common(sub.add_parser("status", help="state, reason, limit usage, positions"))
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_status)
+    wait_help = ("seconds to wait for the running bot's answer (default %(default)s); a reset the bot reads "
+                 "after that is refused, never executed late")
     h = common(sub.add_parser("halt", help="latch HALTED and cancel non-protective orders"))
     h.add_argument("--reason", default="operator request")
+    h.add_argument("--wait", type=float, default=CONTROL_WAIT_S, help=wait_help)
     h.set_defaults(fn=cmd_control, cmd="halt")
     f = common(sub.add_parser("flatten", help="halt, cancel all, sell all positions, verify flat"))
     f.add_argument("--timeout", type=float, default=30.0)
     f.set_defaults(fn=cmd_control, cmd="flatten")
     z = common(sub.add_parser("reset", help="manual reset to ACTIVE (the only way out of HALTED/KILLED)"))
     z.add_argument("--note", default="")
+    z.add_argument("--wait", type=float, default=CONTROL_WAIT_S, help=wait_help)
     z.add_argument("--new-day", action="store_true", help="also re-anchor today's daily loss at the equity now")
     z.add_argument("--config", help="bot config (only needed for --new-day while the bot is not running)")
     z.set_defaults(fn=cmd_control, cmd="reset")

@@ -8,6 +8,10 @@ window with looser permissions) and then set to 0600 or 0660; the caller's uid
 
 Protocol: one JSON object per line each way, e.g. {"cmd": "halt", "reason": "..."};
 `reset` takes `note` and optionally `new_day` (true: re-anchor the daily loss now).
+`deadline` (CLOCK_MONOTONIC seconds, set by `send` from the client's timeout): a `reset` or
+`flatten` read after it is refused, not executed — the client has already told its operator it
+got no answer (e.g. the bot was stopped, SIGSTOP, and woke up later). A late `halt` is still
+executed: it only ever lowers risk, and the operator asked for it.
 """
 from __future__ import annotations
 
@@ -15,12 +19,25 @@ import json
 import logging
 import socket
 import struct
+import time
 from pathlib import Path
 
 from .sockserver import UnixSocketServer
 
 log = logging.getLogger(__name__)
 COMMANDS = ("status", "halt", "flatten", "reset", "metrics", "ping")
+#: Commands refused once their client's deadline has passed (see the module docstring).
+EXPIRING = ("flatten", "reset")
+
+
+def _now() -> float:
+    """The clock of `deadline`: monotonic and the same for every process on the host."""
+    return time.clock_gettime(time.CLOCK_MONOTONIC)
+
+
+def _expired(req: dict) -> bool:
+    deadline = req.get("deadline")
+    return isinstance(deadline, (int, float)) and _now() > deadline
 
 
 class ControlServer(UnixSocketServer):
@@ -49,8 +66,13 @@ class ControlServer(UnixSocketServer):
             return {"ok": False, "error": f"unknown command {cmd!r}; one of {', '.join(COMMANDS)}"}
         e = self.engine
         if cmd in ("halt", "flatten", "reset"):
+            expired = cmd in EXPIRING and _expired(req)
             with e.store.tx():
-                e.store.audit("control", {"cmd": cmd, "uid": uid, "args": {k: v for k, v in req.items() if k != "cmd"}})
+                e.store.audit("control", {"cmd": cmd, "uid": uid, "args": {k: v for k, v in req.items() if k != "cmd"},
+                                          **({"refused": "arrived after its deadline"} if expired else {})})
+            if expired:
+                log.warning("control: %s from uid %s arrived after its client stopped waiting: not executed", cmd, uid)
+                return {"ok": False, "error": f"{cmd} arrived after its client stopped waiting: not executed"}
         if cmd == "ping":
             return {"ok": True}
         if cmd == "status":
@@ -83,12 +105,13 @@ def request(path: str | Path, cmd: str, timeout: float = 120, **args) -> dict:
 
 
 def send(path: str | Path, req: dict, timeout: float = 120) -> dict:
-    """Client side, any request object (e.g. flatten's own `timeout` field)."""
+    """Client side, any request object (e.g. flatten's own `timeout` field); a `deadline` is added
+    from `timeout`, so the bot never executes a reset or flatten this client gave up on."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
     try:
         s.connect(str(path))
-        s.sendall((json.dumps(req) + "\n").encode())
+        s.sendall((json.dumps({"deadline": _now() + timeout, **req}) + "\n").encode())
         return json.loads(_readline(s))
     finally:
         s.close()

@@ -111,6 +111,7 @@ class Engine:
         self.equity_f = 0.0
         self._autoclose: set[str] = set()
         self._stale_flag = False
+        self._equity_checked_at = -1     # the latch severity the equity breakers last ran at (breakers())
         self._bar_seconds = float(getattr(exchange, "bar_seconds", 60.0))
         self._warmup_bars = min(500, max(s["slow"], s["atr_period"], r["vol_window"]) + 5)
         self._last_snapshot = 0.0
@@ -122,6 +123,7 @@ class Engine:
     # ---- lifecycle -----------------------------------------------------------
     def start(self) -> ReconcileReport:
         rep = reconcile(self.om, self.cfg.bot["instance_id"])
+        self.om.has_live = bool(self.om.live_rows())   # reconciliation may have adopted or revived a live order
         if not self.om.book.matches_ledger():   # the risk guard's in-memory book must be the ledger's
             self.sm.escalate(TradingState.HALTED, "the in-memory order book differed from the ledger at start")
         if self.dead_man_on:
@@ -156,7 +158,7 @@ class Engine:
             self._equity_known = True
             self.equity_f = self._equity()
         self.streak.refresh()
-        self.stops.sync(self.positions, self.store.entry_plans, {s: st.atr for s, st in self.strats.items()})
+        self.stops.sync(self.positions, self.store.entry_plan, {s: st.atr for s, st in self.strats.items()})
         if self.live:
             self.update_inhibitor()   # exposure changed: tell the OS now, not at the end of the iteration
 
@@ -249,7 +251,7 @@ class Engine:
     def act(self, sym: str, sig: Signal, bar: Bar) -> None:
         """The strategy's turn: an entry only while ACTIVE, an exit of what we hold."""
         if sig is Signal.ENTER_LONG and sym not in self._pos_f and self.sm.effective is TradingState.ACTIVE \
-                and not any(r["instrument"] == sym for r in self.om.live_rows()):
+                and not (self.om.has_live and any(r["instrument"] == sym for r in self.om.live_rows())):
             self._enter(sym, bar, self.strats[sym])
         elif sig is Signal.EXIT_LONG and sym in self._pos_f:
             self.close_position(sym, "exit", protective=False, key=f"{sym}:{int(bar.ts * 1000)}:exit")
@@ -284,7 +286,7 @@ class Engine:
             if pos is None or pos.qty <= 0:
                 return None
         pending = sum((Decimal(r["qty"]) - Decimal(r["filled"]) for r in self.om.live_rows()
-                       if r["instrument"] == sym and r["side"] == "sell"), ZERO)
+                       if r["instrument"] == sym and r["side"] == "sell"), ZERO) if self.om.has_live else ZERO
         qty = ((pos.qty - pending) / inst.step_size).to_integral_value(rounding=ROUND_DOWN) * inst.step_size
         if qty <= 0 or qty < inst.min_qty:
             return None
@@ -306,15 +308,27 @@ class Engine:
         return eq
 
     def breakers(self, now: float) -> None:
-        """Evaluate every limit and latch what trips (raises only; transient conditions set/clear)."""
+        """Evaluate every limit and latch what trips (raises only; transient conditions set/clear).
+
+        The equity breakers (daily loss, drawdown, floor) are functions of the equity, the day and
+        their stored anchor, peak and epoch. When none of those moved since their last evaluation
+        and the latch is where that evaluation left it, they would trip nothing new (whatever they
+        tripped is latched already), so they are not re-run: a flat book's equity does not move
+        from bar to bar. A reload of their state (`_reload_risk_state`: a reset) or a latch moved
+        by anyone makes the next call evaluate them in full."""
         latched = self.sm.latched.severity
         if self._equity_known:
-            eq = self.equity_f = self._equity()
-            for trips in (self.daily.update(now, eq), self.drawdown.update(now, eq), self.floor.update(now, eq)):
-                for st, why in trips:
-                    if st.severity > latched:
-                        self.sm.escalate(st, why)
-        for st, why in self.streak.update(now, 0.0) + self.activity.update(now, 0.0):
+            eq = self.equity_f = self._equity() if self._pos_f else self._cash_f   # flat: equity is the cash
+            if latched != self._equity_checked_at or not self.daily.unchanged(now, eq):
+                for trips in (self.daily.update(now, eq), self.drawdown.update(now, eq), self.floor.update(now, eq)):
+                    for st, why in trips:
+                        if st.severity > latched:
+                            self.sm.escalate(st, why)
+                self._equity_checked_at = self.sm.latched.severity
+        for st, why in self.streak.update(now, 0.0):
+            if st.severity > latched:
+                self.sm.escalate(st, why)
+        for st, why in self.activity.update(now, 0.0):
             if st.severity > latched:
                 self.sm.escalate(st, why)
         reason = self.stale.check(now, self.market.last_rejection)
@@ -333,6 +347,7 @@ class Engine:
         """Re-read what a reset (ours or another process's) changed: streak, peak, anchor, epoch."""
         for breaker in (self.daily, self.drawdown, self.streak, self.floor):
             breaker.load()
+        self._equity_checked_at = -1    # the next breakers() evaluates them in full (see there)
 
     def enforce(self, now: float) -> None:
         state = self.sm.effective

@@ -33,8 +33,11 @@ def status(store: Store) -> dict:
 
 
 def halt(store: Store, reason: str) -> dict:
-    sm = StateMachine(store, time.time)
-    sm.escalate(TradingState.HALTED, f"operator halt (offline): {reason}")
+    doubt = store.latch_doubt
+    sm = StateMachine(store, time.time)   # a latch in doubt is settled HALTED (or KILLED) here
+    why = f"operator halt (offline): {reason}"
+    if not sm.escalate(TradingState.HALTED, why) and doubt:
+        sm.restate(f"{why} (the latched state was in doubt: {doubt})")
     return {"ok": True, "state": sm.latched.value, "offline": True}
 
 

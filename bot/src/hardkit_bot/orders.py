@@ -71,7 +71,10 @@ class OrderManager:
         self.lock = threading.RLock()
         self.known_keys = store.intent_keys()
         self.account = AccountView()
-        self.has_live = bool(self.live_rows())   # cheap guard for per-bar paths
+        #: False only while the ledger has no live order (set by every intent written here, cleared by a
+        #: sync that found none, recomputed after reconciliation): the per-bar and order paths skip reading
+        #: the live orders when it is False.
+        self.has_live = bool(self.live_rows())
         self.book = LedgerBook(store, limits, self.holds)
         #: What the pre-trade path (snapshot + checks) cost the latest orders, in ns (status: `pretrade_us`).
         self.pretrade_ns: deque[int] = deque(maxlen=PRETRADE_SAMPLES)
@@ -232,9 +235,11 @@ class OrderManager:
 
     def sync_all(self) -> None:
         with self.lock:
-            for row in self.live_rows():
+            rows = self.live_rows()
+            for row in rows:
                 self.sync(row)
-            self.has_live = bool(self.live_rows())
+            # no row to sync: a second read would find what the first did (order writes hold this lock)
+            self.has_live = bool(self.live_rows()) if rows else False
 
     def _pull_fills(self, cid: str, eo: ExchangeOrder) -> OrderStatus | None:
         """Apply the exchange's trades for this order that the ledger lacks (idempotent).

@@ -40,12 +40,11 @@ class TrailingStops:
             self.set(symbol, self._tick(symbol, cand), self.levels[symbol][1])
 
     def sync(self, positions: dict[str, Position], planned, atr: dict[str, float]) -> None:
-        """`planned()` returns {symbol: (stop, take_profit)} of the latest entries; called only when needed."""
-        plans = None
+        """`planned(symbol)` returns (stop, take_profit) of the latest entry on it, or None; called only
+        for a position without a stop (one newest-first lookup, not a pass over the order history)."""
         for sym, pos in positions.items():
             if self._holds(sym, pos.qty) and sym not in self.levels:
-                plans = planned() if plans is None else plans
-                stop, tp = plans.get(sym, (None, None))
+                stop, tp = planned(sym) or (None, None)
                 if stop is None:
                     a = atr.get(sym, 0.0)
                     stop = self._tick(sym, max(float(pos.avg_price) - self.k * a, float(pos.avg_price) * 0.5))

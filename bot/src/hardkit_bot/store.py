@@ -109,6 +109,14 @@ def _d(v: str | None) -> Decimal | None:
 
 
 class Store:
+    #: The in-memory book (book.py) rebuilds its risk aggregates inside every write that changes it,
+    #: so an order reads a finished state; a replay's ledger (backtest.ReplayLedger) defers it to the read.
+    book_rebuild_on_write = True
+    #: {"orders": [...], "positions": [...]}: called with a row's book columns (book.py `_ORDER_COLS`,
+    #: `_POSITION_COLS`) by a ledger that keeps those rows in memory until its commit (a replay's:
+    #: backtest.ReplayLedger) as it changes them; None here: the book's triggers see every write.
+    row_listeners: dict[str, list] | None = None
+
     def __init__(self, path: str | Path, clock=time.time, audit_key: bytes | None = None, *, readonly: bool = False):
         """Open (or create) the ledger. Raises sqlite3.DatabaseError when the file is not a
         database and audit.AuditKeyError when `audit_key` does not fit its chain.
@@ -255,6 +263,16 @@ class Store:
         """Append an audit record; must be called inside tx()."""
         audit.append(self.conn, self.clock(), kind, payload, self._key)
 
+    def _write_behind(self, sql: str, params: tuple) -> None:
+        """A write whose rows the running bot does not read back through SQL (risk decisions; stops, read
+        at start; a fill, its position and the loss streak, which a replay's ledger also keeps in memory):
+        executed now, in the caller's transaction. A replay's ledger queues it for its batch's commit."""
+        self.conn.execute(sql, params)
+
+    def to_sql(self) -> None:
+        """Write what this ledger holds outside SQLite (nothing: a replay's ledger has queued rows) before
+        someone reads the tables through `conn`."""
+
     def audit_head(self) -> tuple[int, str]:
         with self._lock:
             return audit.head(self.conn)
@@ -287,23 +305,27 @@ class Store:
     def set_state(self, state: TradingState, reason: str, since: float, prev: TradingState,
                   meta: dict[str, Any] | None = None, audit_kind: str = "state", note: dict | None = None) -> None:
         """Change the latch (with `meta` changes, None deleting a key, in the same transaction),
-        then make it durable outside the -wal: checkpoint and state file."""
-        with self.tx() as c:
-            c.execute("UPDATE trading_state SET state = ?, reason = ?, since = ? WHERE id = 1",
-                      (state.value, reason, since))
-            for key, value in (meta or {}).items():
-                if value is None:
-                    c.execute("DELETE FROM meta WHERE key = ?", (key,))
-                else:
-                    c.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                              (key, json.dumps(value)))
-            self.audit(audit_kind, {"from": prev.value, "to": state.value, "reason": reason, "since": since,
-                                    **(note or {}), **({"meta": meta} if meta else {})})
-        if self.state_file is not None:
-            with self._lock:
+        then make it durable outside the -wal: checkpoint and state file.
+
+        All of it under the store's lock, so `close()` (a bot shutting down while a control thread
+        halts it) waits for both copies: a commit whose state file is never written would boot
+        the next start in doubt, with the operator's reason lost."""
+        with self._lock:
+            with self.tx() as c:
+                c.execute("UPDATE trading_state SET state = ?, reason = ?, since = ? WHERE id = 1",
+                          (state.value, reason, since))
+                for key, value in (meta or {}).items():
+                    if value is None:
+                        c.execute("DELETE FROM meta WHERE key = ?", (key,))
+                    else:
+                        c.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                                  (key, json.dumps(value)))
+                self.audit(audit_kind, {"from": prev.value, "to": state.value, "reason": reason, "since": since,
+                                        **(note or {}), **({"meta": meta} if meta else {})})
+            if self.state_file is not None:
                 self.conn.execute("PRAGMA wal_checkpoint(FULL)")
-            statefile.write(self.state_file, statefile.Latch(state.value, reason, since))
-        self.latch_doubt = None
+                statefile.write(self.state_file, statefile.Latch(state.value, reason, since))
+            self.latch_doubt = None
 
     # ---- orders ----------------------------------------------------------
     def _session_epoch(self, c: sqlite3.Connection) -> str:
@@ -333,23 +355,22 @@ class Store:
         """
         now = self.clock()
         with self.tx() as c:
-            epoch = self._session_epoch(c)
-            cur = c.execute(
-                "INSERT INTO orders (intent_key, instrument, side, order_type, qty, ref_price, limit_price, stop_price,"
-                " take_profit, reduce_only, protective, reason, status, created_at, updated_at)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (intent.key, intent.instrument, intent.side.value, intent.order_type.value, str(intent.qty),
-                 str(intent.ref_price), _s(intent.limit_price), _s(intent.stop_price), _s(intent.take_profit),
-                 int(intent.reduce_only), int(intent.protective), intent.reason,
-                 OrderStatus.PENDING_SUBMIT.value, now, now))
-            cid = f"{instance_id}-{epoch}-{cur.lastrowid}"
-            if not CLIENT_ID_RE.match(cid):
-                raise ValueError(f"client order id {cid!r} does not fit the exchanges' id rules")
-            c.execute("UPDATE orders SET client_order_id = ? WHERE id = ?", (cid, cur.lastrowid))
+            cid = self._insert_order(c, f"{instance_id}-{self._session_epoch(c)}-", (
+                intent.key, intent.instrument, intent.side.value, intent.order_type.value, str(intent.qty),
+                str(intent.ref_price), _s(intent.limit_price), _s(intent.stop_price), _s(intent.take_profit),
+                int(intent.reduce_only), int(intent.protective), intent.reason,
+                OrderStatus.PENDING_SUBMIT.value, now, now))
             self.audit("intent", {"client_order_id": cid, "key": intent.key, "instrument": intent.instrument,
                                   "side": intent.side.value, "qty": str(intent.qty), "type": intent.order_type.value,
                                   "price": _s(intent.limit_price), "reduce_only": intent.reduce_only,
                                   "protective": intent.protective, "reason": intent.reason})
+        return cid
+
+    def _insert_order(self, c: sqlite3.Connection, prefix: str, cols: tuple) -> str:
+        """Insert an intent's row (`_INTENT_COLS`); its client id is `prefix` + its row id."""
+        cur = c.execute(f"INSERT INTO orders ({_INTENT_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", cols)
+        cid = _client_id(prefix, cur.lastrowid)
+        c.execute("UPDATE orders SET client_order_id = ? WHERE id = ?", (cid, cur.lastrowid))
         return cid
 
     def insert_foreign_order(self, o, status: OrderStatus, note: str) -> None:
@@ -374,12 +395,16 @@ class Store:
                      error: str | None = None, sent: bool = False) -> None:
         now = self.clock()
         with self.tx() as c:
-            c.execute("UPDATE orders SET status = ?, exchange_order_id = COALESCE(?, exchange_order_id),"
-                      " last_error = COALESCE(?, last_error), updated_at = ?,"
-                      " sent_at = CASE WHEN ? THEN ? ELSE sent_at END WHERE client_order_id = ?",
-                      (status.value, exchange_order_id, error, now, int(sent), now, cid))
+            self._update_order(c, cid, status.value, exchange_order_id, error, now, sent)
             self.audit("order", {"client_order_id": cid, "status": status.value,
                                  "exchange_order_id": exchange_order_id, "error": error})
+
+    def _update_order(self, c: sqlite3.Connection, cid: str, status: str, exchange_order_id: str | None,
+                      error: str | None, now: float, sent: bool) -> None:
+        c.execute("UPDATE orders SET status = ?, exchange_order_id = COALESCE(?, exchange_order_id),"
+                  " last_error = COALESCE(?, last_error), updated_at = ?,"
+                  " sent_at = CASE WHEN ? THEN ? ELSE sent_at END WHERE client_order_id = ?",
+                  (status, exchange_order_id, error, now, int(sent), now, cid))
 
     def order(self, cid: str) -> sqlite3.Row | None:
         with self._lock:
@@ -393,14 +418,6 @@ class Store:
     def orders(self) -> list[sqlite3.Row]:
         with self._lock:
             return self.conn.execute("SELECT * FROM orders ORDER BY id").fetchall()
-
-    def entry_plans(self) -> dict[str, tuple[Decimal, Decimal | None]]:
-        """The planned stop and target of the latest entry per instrument."""
-        with self._lock:
-            rows = self.conn.execute(
-                "SELECT instrument, stop_price, take_profit FROM orders WHERE id IN (SELECT MAX(id) FROM orders"
-                " WHERE side = 'buy' AND stop_price IS NOT NULL GROUP BY instrument)").fetchall()
-        return {r[0]: (Decimal(r[1]), _d(r[2])) for r in rows}
 
     def entry_plan(self, instrument: str) -> tuple[Decimal, Decimal | None] | None:
         """The planned stop and target of the latest entry on `instrument`, read newest first
@@ -430,42 +447,72 @@ class Store:
         """
         now = self.clock()
         with self.tx() as c:
-            if c.execute("SELECT 1 FROM fills WHERE trade_id = ?", (fill.trade_id,)).fetchone():
+            if self._fill_known(c, fill.trade_id):
                 return None
-            r = c.execute("SELECT qty, avg_price, realized_pnl, trip_pnl FROM positions WHERE instrument = ?",
-                          (fill.instrument,)).fetchone()
-            pos = Position(fill.instrument, *map(Decimal, r[:3])) if r else Position(fill.instrument)
-            trip = Decimal(r[3]) if r else ZERO
+            pos, trip = self._position(c, fill.instrument)
             fee_quote = fill.fee if fill.fee_in_quote else ZERO   # a third currency (BNB) is not our money
             pnl = pos.apply(fill.side, fill.qty, fill.price, fee_quote, fill.fee if fill.fee_in_base else ZERO)
             trip += pnl  # buy fees sit in the cost basis, so the sell's pnl carries them
-            c.execute("INSERT INTO fills VALUES (?,?,?,?,?,?,?,?,?,?)",
-                      (fill.trade_id, fill.client_order_id, fill.instrument, fill.side.value, str(fill.qty),
-                       str(fill.price), str(fill.fee), fill.ts, str(pnl), fill.fee_asset))
+            self._write_behind("INSERT INTO fills VALUES (?,?,?,?,?,?,?,?,?,?)",
+                               (fill.trade_id, fill.client_order_id, fill.instrument, fill.side.value, str(fill.qty),
+                                str(fill.price), str(fill.fee), fill.ts, str(pnl), fill.fee_asset))
             closed_trip = (pos.qty == ZERO or pos.qty < min_position) and fill.side is Side.SELL
             if closed_trip:
-                streak = json.loads((c.execute("SELECT value FROM meta WHERE key = ?", (LOSS_STREAK,)).fetchone() or ["0"])[0])
-                streak = streak + 1 if trip < ZERO else 0
-                c.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                          (LOSS_STREAK, json.dumps(streak)))
+                streak = self._loss_streak(c) + 1 if trip < ZERO else 0
+                self._write_behind("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                                   (LOSS_STREAK, json.dumps(streak)))
                 self.audit("round_trip", {"instrument": fill.instrument, "pnl": str(trip), "consecutive_losses": streak})
                 trip = ZERO
-            c.execute("INSERT INTO positions VALUES (?,?,?,?,?,?) ON CONFLICT(instrument) DO UPDATE SET"
-                      " qty=excluded.qty, avg_price=excluded.avg_price, realized_pnl=excluded.realized_pnl,"
-                      " trip_pnl=excluded.trip_pnl, updated_at=excluded.updated_at",
-                      (fill.instrument, str(pos.qty), str(pos.avg_price), str(pos.realized_pnl), str(trip), now))
-            row = c.execute("SELECT filled, avg_price FROM orders WHERE client_order_id = ?", (fill.client_order_id,)).fetchone()
+                self._streak_written(streak)
+            self._put_position((fill.instrument, str(pos.qty), str(pos.avg_price), str(pos.realized_pnl), str(trip), now),
+                               pos, trip)
+            row = self._order_fill(c, fill.client_order_id)
             if row is not None:
                 filled = Decimal(row[0]) + fill.qty
                 prev_avg = _d(row[1]) or ZERO
                 avg = (prev_avg * Decimal(row[0]) + fill.price * fill.qty) / filled
-                c.execute("UPDATE orders SET filled = ?, avg_price = ?, updated_at = ? WHERE client_order_id = ?",
-                          (str(filled), str(avg), now, fill.client_order_id))
+                self._set_order_fill(c, fill.client_order_id, str(filled), str(avg), now)
             self.audit("fill", {"trade_id": fill.trade_id, "client_order_id": fill.client_order_id,
                                 "instrument": fill.instrument, "side": fill.side.value, "qty": str(fill.qty),
                                 "price": str(fill.price), "fee": str(fill.fee), "fee_asset": fill.fee_asset,
                                 "realized_pnl": str(pnl)})
+            self._fill_written(fill.trade_id)
         return pnl
+
+    # apply_fill's reads of what earlier fills wrote, and its notes of what it wrote: the live ledger reads
+    # the rows in the fill's transaction (another process may have written them); a replay's ledger, the
+    # only writer of its rows, keeps them in memory (backtest.ReplayLedger)
+    def _fill_known(self, c: sqlite3.Connection, trade_id: str) -> bool:
+        return c.execute("SELECT 1 FROM fills WHERE trade_id = ?", (trade_id,)).fetchone() is not None
+
+    def _position(self, c: sqlite3.Connection, instrument: str) -> tuple[Position, Decimal]:
+        """The position's row as (Position, trip pnl so far)."""
+        r = c.execute("SELECT qty, avg_price, realized_pnl, trip_pnl FROM positions WHERE instrument = ?",
+                      (instrument,)).fetchone()
+        return (Position(instrument, *map(Decimal, r[:3])), Decimal(r[3])) if r else (Position(instrument), ZERO)
+
+    def _order_fill(self, c: sqlite3.Connection, cid: str) -> tuple[str, str | None] | None:
+        """The order's (filled, avg_price) as stored."""
+        return c.execute("SELECT filled, avg_price FROM orders WHERE client_order_id = ?", (cid,)).fetchone()
+
+    def _set_order_fill(self, c: sqlite3.Connection, cid: str, filled: str, avg: str, now: float) -> None:
+        c.execute("UPDATE orders SET filled = ?, avg_price = ?, updated_at = ? WHERE client_order_id = ?",
+                  (filled, avg, now, cid))
+
+    def _loss_streak(self, c: sqlite3.Connection) -> int:
+        return json.loads((c.execute("SELECT value FROM meta WHERE key = ?", (LOSS_STREAK,)).fetchone() or ["0"])[0])
+
+    def _streak_written(self, streak: int) -> None:
+        """apply_fill wrote the loss streak (nothing to note for the live ledger)."""
+
+    def _fill_written(self, trade_id: str) -> None:
+        """apply_fill wrote the fill (nothing to note for the live ledger)."""
+
+    def _put_position(self, row: tuple, pos: Position, trip: Decimal) -> None:
+        """Upsert a position's row (`row`: its columns; `pos`, `trip`: the same values as numbers)."""
+        self._write_behind("INSERT INTO positions VALUES (?,?,?,?,?,?) ON CONFLICT(instrument) DO UPDATE SET"
+                           " qty=excluded.qty, avg_price=excluded.avg_price, realized_pnl=excluded.realized_pnl,"
+                           " trip_pnl=excluded.trip_pnl, updated_at=excluded.updated_at", row)
 
     def positions(self) -> dict[str, Position]:
         with self._lock:
@@ -514,13 +561,14 @@ class Store:
 
     # ---- stops -----------------------------------------------------------
     def set_stop(self, instrument: str, stop: Decimal | None, take_profit: Decimal | None = None) -> None:
-        with self.tx() as c:
+        with self.tx():
             if stop is None:
-                c.execute("DELETE FROM stops WHERE instrument = ?", (instrument,))
+                self._write_behind("DELETE FROM stops WHERE instrument = ?", (instrument,))
             else:
-                c.execute("INSERT INTO stops VALUES (?,?,?,?) ON CONFLICT(instrument) DO UPDATE SET"
-                          " stop_price=excluded.stop_price, take_profit=COALESCE(excluded.take_profit, stops.take_profit),"
-                          " updated_at=excluded.updated_at", (instrument, str(stop), _s(take_profit), self.clock()))
+                self._write_behind("INSERT INTO stops VALUES (?,?,?,?) ON CONFLICT(instrument) DO UPDATE SET"
+                                   " stop_price=excluded.stop_price, take_profit=COALESCE(excluded.take_profit,"
+                                   " stops.take_profit), updated_at=excluded.updated_at",
+                                   (instrument, str(stop), _s(take_profit), self.clock()))
             self.audit("stop", {"instrument": instrument, "stop": _s(stop), "take_profit": _s(take_profit)})
 
     def stops(self) -> dict[str, tuple[Decimal, Decimal | None]]:
@@ -542,11 +590,12 @@ class Store:
     def record_decision(self, intent: Intent, denial, cid: str | None = None) -> None:
         now = self.clock()
         ctx = dict(denial.context) if denial else {}
-        with self.tx() as c:
-            c.execute("INSERT INTO risk_decisions (ts, intent_key, instrument, side, qty, approved, code, context)"
-                      " VALUES (?,?,?,?,?,?,?,?)",
-                      (now, intent.key, intent.instrument, intent.side.value, str(intent.qty), int(denial is None),
-                       denial.code.value if denial else None, json.dumps(ctx)))
+        with self.tx():
+            self._write_behind("INSERT INTO risk_decisions (ts, intent_key, instrument, side, qty, approved, code,"
+                               " context) VALUES (?,?,?,?,?,?,?,?)",
+                               (now, intent.key, intent.instrument, intent.side.value, str(intent.qty),
+                                int(denial is None), denial.code.value if denial else None,
+                                json.dumps(ctx) if ctx else "{}"))   # (json.dumps({}): the same text)
             self.audit("risk_decision", {"key": intent.key, "approved": denial is None,
                                          "code": denial.code.value if denial else None, "context": ctx,
                                          "instrument": intent.instrument, "side": intent.side.value,
@@ -555,6 +604,18 @@ class Store:
     def decisions(self) -> list[sqlite3.Row]:
         with self._lock:
             return self.conn.execute("SELECT * FROM risk_decisions ORDER BY id").fetchall()
+
+
+#: The columns an intent's INSERT sets (the rest: the client id set after it, the defaults).
+_INTENT_COLS = ("intent_key, instrument, side, order_type, qty, ref_price, limit_price, stop_price, take_profit,"
+                " reduce_only, protective, reason, status, created_at, updated_at")
+
+
+def _client_id(prefix: str, row_id: int) -> str:
+    cid = f"{prefix}{row_id}"
+    if not CLIENT_ID_RE.match(cid):
+        raise ValueError(f"client order id {cid!r} does not fit the exchanges' id rules")
+    return cid
 
 
 def _s(v: Decimal | None) -> str | None:

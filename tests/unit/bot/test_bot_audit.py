@@ -1,4 +1,5 @@
 """The audit log is append-only and hash-chained; `hardkit-bot audit verify` finds tampering and says where."""
+import json
 import os
 import re
 import sqlite3
@@ -140,3 +141,17 @@ def test_the_running_bot_keys_its_chain_from_credentials_and_anchors_the_head_in
     assert r.returncode == 0, r.stderr
     assert f"{anchors[-1][0]} records, head {anchors[-1][1]}" in r.stdout   # the last anchor is the head
     assert "no audit key" not in bot.logs()
+
+
+@pytest.mark.parametrize("kind, payload", [
+    ("fill", {"qty": "0.01", "price": "30123.45", "note": None, "ok": True, "n": 3, "x": 1.5}),
+    ("reset", {"note": 'quote " backslash \\ tab \t newline \n nul \x00 é € 😀', "meta": {"b": [1, None], "a": "z"}}),
+    ("kïnd \"odd\"", {}),
+])
+def test_the_hashed_body_is_byte_for_byte_what_a_json_encoder_writes(kind, payload):
+    """audit._body writes the record's hashed text directly: existing chains verify only if it is the
+    same text a JSONEncoder(separators=(",", ":")) writes for [seq, repr(ts), kind, payload]."""
+    text = audit._PAYLOAD(payload)
+    for seq, ts in ((1, 1_800_000_000.123), (123456789, 0.1), (7, 1e-7)):
+        expected = json.JSONEncoder(separators=(",", ":")).encode([seq, repr(ts), kind, text])
+        assert audit._body(seq, ts, kind, text) == expected

@@ -70,6 +70,24 @@ def test_daily_anchor_and_halt_survive_restart_and_midnight(ledger, clock):
     assert dl2.day == "2026-03-11"
 
 
+def test_daily_loss_unchanged_only_when_an_update_would_answer_the_same(ledger, clock):
+    """The engine skips the equity breakers when `unchanged()` says so (engine.breakers): it must say
+    so only for the same equity on the same day with the same anchor."""
+    store = Store(ledger, clock)
+    dl = DailyLoss(store, BERLIN, 2.0, 3.0)
+    t = ts("2026-03-10T09:00:00")
+    assert not dl.unchanged(t, 10000.0)                          # never evaluated
+    dl.update(t, 10000.0)
+    dl.update(t + 1, 9750.0)
+    assert dl.unchanged(t + 2, 9750.0) and dl._last_seen == (t + 2, 9750.0)   # recorded as update would
+    assert not dl.unchanged(t + 3, 9749.0)                       # equity moved
+    assert not dl.unchanged(ts("2026-03-11T00:00:01"), 9750.0)   # a new day: a new anchor
+    dl.load()
+    assert not dl.unchanged(t + 4, 9750.0)                       # re-read (a reset): evaluate in full
+    dl.update(t + 4, 9750.0)
+    assert dl.unchanged(t + 5, 9750.0)
+
+
 def test_daily_loss_uses_local_midnight_not_utc(ledger, clock):
     store = Store(ledger, clock)
     dl = DailyLoss(store, BERLIN, 2.0, 3.0)

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import sqlite3
+import threading
 import time
 
 import pytest
@@ -89,6 +90,122 @@ def test_a_latch_written_by_another_process_is_obeyed_by_the_running_bot(bot):
     late = [r for r in Store(bot.state / "ledger.sqlite", readonly=True).orders()
             if r["side"] == "buy" and r["created_at"] > obeyed]
     assert late == [], "an entry left after the bot reported the latch"
+
+
+def control_records(bot, cmd):
+    """The control requests the bot has read, from its audit chain (a read-only look at the ledger)."""
+    c = sqlite3.connect(f"file:{bot.state / 'ledger.sqlite'}?mode=ro", uri=True)
+    try:
+        rows = [json.loads(p) for (p,) in c.execute("SELECT payload FROM audit WHERE kind = 'control'")]
+    finally:
+        c.close()
+    return [r for r in rows if r["cmd"] == cmd]
+
+
+def test_a_reset_its_client_gave_up_on_is_never_executed_later(bot):
+    """A stopped bot (SIGSTOP) queues a reset its operator was told got no answer; woken, it must not go ACTIVE."""
+    bot.write_config(config_text(loop=0.05, bar=0.02))
+    p = bot.start()
+    sock = bot.state / "control.sock"
+    bot.wait_for(sock.exists, what="control socket")
+    assert control.request(sock, "halt", reason="before the pause", timeout=10)["state"] == "HALTED"
+    os.kill(p.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(TimeoutError):
+            control.request(sock, "reset", note="the client gives up", timeout=1)
+    finally:
+        os.kill(p.pid, signal.SIGCONT)
+    [late] = bot.wait_for(lambda: control_records(bot, "reset"), what="the bot to read the late reset")
+    assert late.get("refused"), late
+    st = sock_status(sock)
+    assert st["state"] == "HALTED" and "before the pause" in st["reason"], st
+    # the command line's --wait is the deadline it sends (as `hardkit bot reset` runs it on a host)
+    os.kill(p.pid, signal.SIGSTOP)
+    try:
+        r = bot.cli("reset", "--note", "the cli gives up", "--wait", "1")
+    finally:
+        os.kill(p.pid, signal.SIGCONT)
+    assert r.returncode == 3 and "NOT changed" in r.stderr, r.stdout + r.stderr
+    bot.wait_for(lambda: len(control_records(bot, "reset")) == 2, what="the bot to read the second late reset")
+    assert control_records(bot, "reset")[1].get("refused") and sock_status(sock)["state"] == "HALTED"
+    # an answered reset still works
+    assert control.request(sock, "reset", note="answered", timeout=10)["state"] == "ACTIVE"
+
+
+def test_a_halt_read_while_the_bot_stops_is_latched_in_both_copies(bot):
+    """What `hardkit bot halt` meets on a wedged bot: the halt is queued, then the unit is stopped
+    (SIGTERM and SIGCONT, as systemd does). Whatever the bot did with the halt, the next start must
+    find the ledger and its state file agreeing, never a latch in doubt."""
+    bot.write_config(config_text(loop=0.05, bar=0.02))
+    p = bot.start()
+    sock = bot.state / "control.sock"
+    bot.wait_for(lambda: sock.exists() and sock_status(sock)["steps"] > 2, what="a few iterations")
+    os.kill(p.pid, signal.SIGSTOP)
+    with pytest.raises(TimeoutError):
+        control.request(sock, "halt", reason="wedged bot", timeout=1)
+    os.kill(p.pid, signal.SIGTERM)
+    os.kill(p.pid, signal.SIGCONT)
+    assert p.wait(30) == 0, bot.logs()[-3000:]
+    ledger = Store(bot.state / "ledger.sqlite", readonly=True)
+    try:
+        state, reason, _ = ledger.get_state()
+        assert ledger.latch_doubt is None, ledger.latch_doubt
+    finally:
+        ledger.close()
+    assert state is TradingState.ACTIVE or (state is TradingState.HALTED and "wedged bot" in reason), (state, reason)
+
+
+def test_closing_the_ledger_waits_for_a_latch_being_written(tmp_path, clock, monkeypatch):
+    """A bot shutting down closes its ledger while a control thread latches HALTED: the close waits for
+    the second copy (state file), or the next start would boot in doubt with the operator's reason lost."""
+    store = Store(tmp_path / "ledger.sqlite", clock)
+    entered, release = threading.Event(), threading.Event()
+    real_write = statefile.write
+
+    def slow_write(path, latch):
+        entered.set()
+        release.wait(10)
+        real_write(path, latch)
+
+    monkeypatch.setattr(statefile, "write", slow_write)
+    halting = threading.Thread(target=StateMachine(store, clock).escalate, args=(TradingState.HALTED, "at shutdown"))
+    halting.start()
+    assert entered.wait(10)
+    closing = threading.Thread(target=store.close)
+    closing.start()
+    closing.join(0.3)
+    still_closing = closing.is_alive()
+    release.set()
+    halting.join(10)
+    closing.join(10)
+    assert still_closing, "the ledger closed while the latch's state file was still being written"
+    again = Store(tmp_path / "ledger.sqlite", clock)
+    try:
+        assert again.latch_doubt is None and again.get_state()[:2] == (TradingState.HALTED, "at shutdown")
+    finally:
+        again.close()
+
+
+def test_an_offline_halt_over_a_latch_in_doubt_keeps_the_operators_reason(tmp_path, clock):
+    from hardkit_bot import offline
+
+    store = Store(tmp_path / "ledger.sqlite", clock)
+    StateMachine(store, clock).escalate(TradingState.HALTED, "a halt whose state file was lost")
+    store.close()
+    statefile.path_for(tmp_path / "ledger.sqlite").unlink()
+    store = Store(tmp_path / "ledger.sqlite", clock)
+    assert store.latch_doubt
+    try:
+        assert offline.halt(store, "operator: maintenance")["state"] == "HALTED"
+    finally:
+        store.close()
+    again = Store(tmp_path / "ledger.sqlite", clock, readonly=True)
+    try:
+        state, reason, _ = again.get_state()
+        assert again.latch_doubt is None and state is TradingState.HALTED
+        assert "operator: maintenance" in reason and "in doubt" in reason, reason
+    finally:
+        again.close()
 
 
 def test_the_next_iteration_adopts_a_latch_written_by_another_writer(tmp_path, clock):
@@ -199,6 +316,19 @@ def test_breakers_run_before_the_strategy_so_no_entry_leaves_before_a_re_trip(tm
     assert rp.eng.strats["BTC/USDT"].above, "the bar should have produced an entry signal"
     entries = [d for d in rp.store.decisions()[decided:] if d["intent_key"].endswith(":enter")]
     assert entries == [] and rp.eng.sm.latched is TradingState.HALTED
+
+
+def test_a_flat_book_whose_equity_breakers_are_skipped_still_anchors_each_new_day(tmp_path, clock):
+    """While flat the equity does not move and the engine skips the equity breakers (engine.breakers):
+    crossing midnight must still anchor the new day on the equity before midnight."""
+    rp = Replay(tmp_path, clock)
+    rp.bar()
+    first = rp.store.get_meta("daily_anchor")
+    for _ in range(int(86400 / rp.STEP) + 1):           # a day of flat bars crosses one midnight (UTC)
+        rp.bar()
+    now = rp.store.get_meta("daily_anchor")
+    assert now["day"] > first["day"] and now["equity"] == pytest.approx(rp.eng.equity_f)
+    assert rp.eng.daily.day == now["day"]
 
 
 # ---- 3. a damaged or lost -wal never un-latches ---------------------------------------------------

@@ -71,7 +71,12 @@ CREATE TABLE IF NOT EXISTS trades (
     fee_asset TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS faults (id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, arg REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS market_events (symbol TEXT NOT NULL, bar INTEGER NOT NULL, kind TEXT NOT NULL, arg REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS trades_client_id ON trades(client_id);
+CREATE INDEX IF NOT EXISTS trades_order_id ON trades(order_id);
+CREATE INDEX IF NOT EXISTS orders_status ON orders(status);
 """
+# The indexes: a fill counts its order's trades, the bot reads an order's trades and the open orders,
+# each on every order; without them each of those scanned the account's whole history.
 
 #: Columns added after an exchange file may have been created: (table, column, declaration).
 _ADDED_COLUMNS = (("orders", "trigger", "TEXT"), ("trades", "fee_asset", "TEXT NOT NULL DEFAULT ''"),
@@ -80,6 +85,24 @@ _ADDED_COLUMNS = (("orders", "trigger", "TEXT"), ("trades", "fee_asset", "TEXT N
 BPS = Decimal("0.0001")
 #: meta key of the dead-man's switch: the time it fires, or null when disarmed.
 _SWITCH = "dead_man_deadline"
+
+
+class _Tx:
+    """One committed transaction of the exchange's book, under its lock (rolled back on an exception)."""
+    __slots__ = ("ex",)
+
+    def __init__(self, ex: "PaperExchange"):
+        self.ex = ex
+
+    def __enter__(self) -> None:
+        self.ex._lock.acquire()
+        self.ex.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, et, ev, tb) -> None:
+        try:
+            self.ex.db.execute("ROLLBACK" if et else "COMMIT")
+        finally:
+            self.ex._lock.release()
 
 
 class SeriesSource:
@@ -123,6 +146,23 @@ class PaperExchange:
         self.clock = clock
         self.manual = manual
         self._lock = threading.RLock()
+        self._open_book(path)
+        with self._tx():
+            if self._meta("t0") is None:
+                self._set_meta("t0", clock())
+                self._seed_balance(quote, starting_balance)
+        self.t0 = float(self._meta("t0"))
+        csv_bars = None if series == "generated" else load_csv(series)
+        self.sources = {s: SeriesSource(seed + k, start_price, csv_bars) for k, s in enumerate(sorted(instruments))}
+        self._manual_bar: dict[str, tuple[int, Bar]] = {}
+        self._open = len(self._open_rows())
+        p = self._meta("processed")
+        self._processed: int | None = None if p is None else int(p)
+
+    # ---- the book's storage: every read and write of balances, orders, trades, faults, meta ----------
+    # (ReplayPaperExchange, paper_replay.py, keeps the same rows in memory for a replay; the logic
+    # above and below these methods is the one both run)
+    def _open_book(self, path: str | Path) -> None:
         self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=10)
         if str(path) != ":memory:":
             self.db.execute("PRAGMA journal_mode=WAL")
@@ -136,33 +176,9 @@ class PaperExchange:
         for table, column, decl in _ADDED_COLUMNS:
             if column not in {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}:
                 self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
-        with self._tx():
-            if self._meta("t0") is None:
-                self._set_meta("t0", clock())
-                self.db.execute("INSERT OR IGNORE INTO balances VALUES (?, ?, '0')", (quote, str(starting_balance)))
-        self.t0 = float(self._meta("t0"))
-        csv_bars = None if series == "generated" else load_csv(series)
-        self.sources = {s: SeriesSource(seed + k, start_price, csv_bars) for k, s in enumerate(sorted(instruments))}
-        self._manual_bar: dict[str, tuple[int, Bar]] = {}
-        self._open = self.db.execute("SELECT COUNT(*) FROM orders WHERE status IN ('OPEN','PARTIALLY_FILLED')").fetchone()[0]
-        p = self._meta("processed")
-        self._processed: int | None = None if p is None else int(p)
 
-    # ---- plumbing ---------------------------------------------------------
-    def _tx(self):
-        ex = self
-
-        class _Tx:
-            def __enter__(self):
-                ex._lock.acquire()
-                ex.db.execute("BEGIN IMMEDIATE")
-
-            def __exit__(self, et, ev, tb):
-                try:
-                    ex.db.execute("ROLLBACK" if et else "COMMIT")
-                finally:
-                    ex._lock.release()
-        return _Tx()
+    def _tx(self) -> "_Tx":
+        return _Tx(self)
 
     def _meta(self, key: str):
         r = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -171,6 +187,88 @@ class PaperExchange:
     def _set_meta(self, key: str, value) -> None:
         self.db.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                         (key, json.dumps(value)))
+
+    def _seed_balance(self, asset: str, free: Decimal) -> None:
+        self.db.execute("INSERT OR IGNORE INTO balances VALUES (?, ?, '0')", (asset, str(free)))
+
+    def _bal(self, asset: str) -> tuple[Decimal, Decimal]:
+        r = self.db.execute("SELECT free, locked FROM balances WHERE asset = ?", (asset,)).fetchone()
+        return (Decimal(r[0]), Decimal(r[1])) if r else (ZERO, ZERO)
+
+    def _put(self, asset: str, free: Decimal, locked: Decimal) -> None:
+        self.db.execute("INSERT INTO balances VALUES (?,?,?) ON CONFLICT(asset) DO UPDATE SET free=excluded.free,"
+                        " locked=excluded.locked", (asset, str(free), str(locked)))
+
+    def _balance_rows(self) -> list[tuple[str, str, str]]:
+        return self.db.execute("SELECT asset, free, locked FROM balances").fetchall()
+
+    def _add_fault(self, kind: str, arg: float) -> None:
+        self.db.execute("INSERT INTO faults (kind, arg) VALUES (?, ?)", (kind, arg))
+
+    def _has_fault(self, kinds: tuple[str, ...]) -> bool:
+        return self.db.execute(f"SELECT 1 FROM faults WHERE kind IN ({','.join('?' * len(kinds))}) LIMIT 1",
+                               kinds).fetchone() is not None
+
+    def _take_fault(self, kinds: tuple[str, ...]) -> tuple[str, float] | None:
+        r = self.db.execute(f"SELECT id, kind, arg FROM faults WHERE kind IN ({','.join('?' * len(kinds))})"
+                            " ORDER BY id LIMIT 1", kinds).fetchone()
+        if r is None:
+            return None
+        self.db.execute("DELETE FROM faults WHERE id = ?", (r[0],))
+        return r[1], r[2]
+
+    def _event_rows(self) -> list[tuple[str, int, str, float]]:
+        return self.db.execute("SELECT symbol, bar, kind, arg FROM market_events").fetchall()
+
+    def _add_event(self, symbol: str, bar: int, kind: str, arg: float) -> None:
+        self.db.execute("INSERT INTO market_events VALUES (?,?,?,?)", (symbol, bar, kind, arg))
+
+    def _insert_order(self, cid: str, symbol: str, side: str, typ: str, qty: str, price: str | None, locked: str,
+                      created: float, bar: int, trigger: str | None, hold_until: float | None) -> int:
+        """A new OPEN order (nothing filled); returns its id."""
+        return self.db.execute(
+            "INSERT INTO orders (client_id, symbol, side, type, qty, price, status, filled, avg_price, locked, created,"
+            " bar, trigger, hold_until) VALUES (?,?,?,?,?,?,'OPEN','0',NULL,?,?,?,?,?)",
+            (cid, symbol, side, typ, qty, price, locked, created, bar, trigger, hold_until)).lastrowid
+
+    def _order(self, oid: int) -> tuple:
+        return self.db.execute("SELECT * FROM orders WHERE id = ?", (oid,)).fetchone()
+
+    def _order_by_cid(self, cid: str) -> tuple | None:
+        return self.db.execute("SELECT * FROM orders WHERE client_id = ?", (cid,)).fetchone()
+
+    def _order_rows(self) -> list[tuple]:
+        return self.db.execute("SELECT * FROM orders ORDER BY id").fetchall()
+
+    def _open_rows(self, symbol: str | None = None, upto_bar: int | None = None) -> list[tuple]:
+        """OPEN and PARTIALLY_FILLED orders in id order, of `symbol` placed at bar `upto_bar` or before if given."""
+        if symbol is None:
+            return self.db.execute("SELECT * FROM orders WHERE status IN ('OPEN','PARTIALLY_FILLED') ORDER BY id").fetchall()
+        return self.db.execute("SELECT * FROM orders WHERE symbol = ? AND status IN ('OPEN','PARTIALLY_FILLED')"
+                               " AND bar <= ? ORDER BY id", (symbol, upto_bar)).fetchall()
+
+    def _set_order(self, oid: int, **cols: str) -> None:
+        """Set columns of order `oid` (status, filled, avg_price, locked)."""
+        self.db.execute(f"UPDATE orders SET {', '.join(f'{c} = ?' for c in cols)} WHERE id = ?", (*cols.values(), oid))
+
+    def _trade_count(self, oid: int) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM trades WHERE order_id = ?", (oid,)).fetchone()[0]
+
+    def _insert_trade(self, *row) -> None:
+        """(trade_id, order_id, client_id, symbol, side, qty, price, fee, ts, fee_asset)"""
+        self.db.execute("INSERT INTO trades (trade_id, order_id, client_id, symbol, side, qty, price, fee, ts, fee_asset)"
+                        " VALUES (?,?,?,?,?,?,?,?,?,?)", row)
+
+    def _trade_rows(self, client_id: str) -> list[tuple]:
+        return self.db.execute(f"SELECT {_TRADE_COLS} FROM trades WHERE client_id = ? ORDER BY rowid",
+                               (client_id,)).fetchall()
+
+    def _recent_trade_rows(self, symbol: str, since: float | None, limit: int) -> list[tuple]:
+        if since is None:
+            return self.db.execute(f"SELECT {_TRADE_COLS} FROM trades WHERE symbol = ?"
+                                   " ORDER BY ts DESC, rowid DESC LIMIT ?", (symbol, limit)).fetchall()[::-1]
+        return self.db.execute(f"SELECT {_TRADE_COLS} FROM trades WHERE symbol = ? AND ts >= ?"
+                               " ORDER BY ts, rowid LIMIT ?", (symbol, since, limit)).fetchall()
 
     def close(self) -> None:
         with self._lock:
@@ -181,15 +279,7 @@ class PaperExchange:
         """Queue `count` faults of `kind` (see module doc). Persisted; usable from another process."""
         with self._tx():
             for _ in range(count):
-                self.db.execute("INSERT INTO faults (kind, arg) VALUES (?, ?)", (kind, arg))
-
-    def _take_fault(self, kinds: tuple[str, ...]) -> tuple[str, float] | None:
-        r = self.db.execute(f"SELECT id, kind, arg FROM faults WHERE kind IN ({','.join('?' * len(kinds))})"
-                            " ORDER BY id LIMIT 1", kinds).fetchone()
-        if r is None:
-            return None
-        self.db.execute("DELETE FROM faults WHERE id = ?", (r[0],))
-        return r[1], r[2]
+                self._add_fault(kind, arg)
 
     # ---- market -----------------------------------------------------------
     def feed(self, symbol: str, bar: Bar) -> None:
@@ -224,7 +314,7 @@ class PaperExchange:
         ev = getattr(self, "_ev_cache", None)
         if ev is None:
             ev = self._ev_cache = {}
-            for s, b, k, a in self.db.execute("SELECT symbol, bar, kind, arg FROM market_events"):
+            for s, b, k, a in self._event_rows():
                 ev.setdefault(s, []).append((k, b, a))
         return ev.get(symbol, [])
 
@@ -236,7 +326,7 @@ class PaperExchange:
                 return
             nxt = self._index() + 1
             for s in self.instruments:
-                self.db.execute("INSERT INTO market_events VALUES (?,?,?,?)", (s, nxt, f[0], f[1]))
+                self._add_event(s, nxt, f[0], f[1])
             self._ev_cache = None
 
     def _last(self, symbol: str) -> tuple[Decimal, float, int]:
@@ -262,7 +352,7 @@ class PaperExchange:
             return
         upto = self._index() - 1
         with self._lock:
-            armed = self.db.execute("SELECT 1 FROM faults WHERE kind IN ('gap','vol_spike') LIMIT 1").fetchone()
+            armed = self._has_fault(("gap", "vol_spike"))
             deadline = self._meta(_SWITCH)
             expired = deadline is not None and self.clock() >= deadline
             if not armed and not expired and (not self._open or self._processed == upto):
@@ -286,14 +376,12 @@ class PaperExchange:
 
     def _expire_switch(self) -> None:
         """The dead-man's switch ran out: cancel every open order of the account, stops included."""
-        for r in self.db.execute("SELECT * FROM orders WHERE status IN ('OPEN','PARTIALLY_FILLED')").fetchall():
+        for r in self._open_rows():
             self._cancel_row(r)
         self._set_meta(_SWITCH, None)
 
     def _process_bar(self, symbol: str, i: int, bar: Bar) -> None:
-        rows = self.db.execute("SELECT * FROM orders WHERE symbol = ? AND status IN ('OPEN','PARTIALLY_FILLED')"
-                               " AND bar <= ? ORDER BY id", (symbol, i)).fetchall()
-        for r in rows:
+        for r in self._open_rows(symbol, i):
             oid, cid, _, side, typ, qty, price, _, filled, _, locked, _, obar, trigger, hold_until = r
             side, qty, filled = Side(side), Decimal(qty), Decimal(filled)
             remaining = qty - filled
@@ -317,14 +405,6 @@ class PaperExchange:
             self._execute(oid, cid, symbol, side, remaining, px, bar.ts + self.bar_seconds, Decimal(locked))
 
     # ---- accounting -------------------------------------------------------
-    def _bal(self, asset: str) -> tuple[Decimal, Decimal]:
-        r = self.db.execute("SELECT free, locked FROM balances WHERE asset = ?", (asset,)).fetchone()
-        return (Decimal(r[0]), Decimal(r[1])) if r else (ZERO, ZERO)
-
-    def _put(self, asset: str, free: Decimal, locked: Decimal) -> None:
-        self.db.execute("INSERT INTO balances VALUES (?,?,?) ON CONFLICT(asset) DO UPDATE SET free=excluded.free,"
-                        " locked=excluded.locked", (asset, str(free), str(locked)))
-
     def _slipped(self, last: Decimal, side: Side, qty: Decimal) -> Decimal:
         px = last * (1 + self.slippage) if side is Side.BUY else last * (1 - self.slippage)
         return px.quantize(Decimal("1e-8"))
@@ -336,8 +416,8 @@ class PaperExchange:
         notional = qty * px
         qf, ql = self._bal(inst.quote)
         bf, bl = self._bal(inst.base)
-        o = self.db.execute("SELECT qty, filled, avg_price FROM orders WHERE id = ?", (oid,)).fetchone()
-        total, filled = Decimal(o[0]), Decimal(o[1])
+        o = self._order(oid)
+        total, filled, prev_avg = Decimal(o[5]), Decimal(o[8]), o[9]
         share = locked * qty / (total - filled) if total > filled else locked
         if side is Side.BUY:       # the fee comes out of the coin received: base
             fee, fee_asset = (qty * self.fee_rate).quantize(Decimal("1e-8")), inst.base
@@ -347,15 +427,13 @@ class PaperExchange:
             fee, fee_asset = (notional * self.fee_rate).quantize(Decimal("1e-8")), inst.quote
             self._put(inst.base, bf + share - qty, bl - share)
             self._put(inst.quote, qf + notional - fee, ql)
-        n = self.db.execute("SELECT COUNT(*) FROM trades WHERE order_id = ?", (oid,)).fetchone()[0]
-        self.db.execute("INSERT INTO trades (trade_id, order_id, client_id, symbol, side, qty, price, fee, ts, fee_asset)"
-                        " VALUES (?,?,?,?,?,?,?,?,?,?)",
-                        (f"T{oid}-{n + 1}", oid, cid, symbol, side.value, str(qty), str(px), str(fee), ts, fee_asset))
+        n = self._trade_count(oid)
+        self._insert_trade(f"T{oid}-{n + 1}", oid, cid, symbol, side.value, str(qty), str(px), str(fee), ts, fee_asset)
         new_filled = filled + qty
-        avg = ((Decimal(o[2]) * filled if o[2] else ZERO) + notional) / new_filled
+        avg = ((Decimal(prev_avg) * filled if prev_avg else ZERO) + notional) / new_filled
         status = OrderStatus.FILLED if new_filled >= total else OrderStatus.PARTIALLY_FILLED
-        self.db.execute("UPDATE orders SET filled = ?, avg_price = ?, status = ?, locked = ? WHERE id = ?",
-                        (str(new_filled), str(avg.quantize(Decimal("1e-8"))), status.value, str(locked - share), oid))
+        self._set_order(oid, filled=str(new_filled), avg_price=str(avg.quantize(Decimal("1e-8"))), status=status.value,
+                        locked=str(locked - share))
         if status is OrderStatus.FILLED:
             self._open = max(0, self._open - 1)
 
@@ -386,7 +464,7 @@ class PaperExchange:
     def balances(self) -> AccountView:
         self._sync()
         with self._lock:
-            rows = self.db.execute("SELECT asset, free, locked FROM balances").fetchall()
+            rows = self._balance_rows()
         return AccountView({a: Balance(Decimal(f), Decimal(f) + Decimal(lk)) for a, f, lk in rows})
 
     def create_order(self, client_id: str, symbol: str, side: Side, order_type: OrderType,
@@ -397,7 +475,7 @@ class PaperExchange:
         if symbol not in self.instruments:
             raise OrderRejected(f"unknown symbol {symbol}")
         with self._tx():
-            if self.db.execute("SELECT 1 FROM orders WHERE client_id = ?", (client_id,)).fetchone():
+            if self._order_by_cid(client_id) is not None:
                 raise DuplicateClientOrderId(f"duplicate client order id {client_id}")
             fault = self._take_fault(("timeout_lost", "timeout_accepted", "reject", "duplicate_response", "partial")
                                      + (("hold",) if order_type is OrderType.MARKET else ()))
@@ -444,13 +522,9 @@ class PaperExchange:
             if need > free:
                 raise OrderRejected(f"insufficient {inst.base}: need {need}, free {free}")
             self._put(inst.base, free - need, locked + need)
-        cur = self.db.execute(
-            "INSERT INTO orders (client_id, symbol, side, type, qty, price, status, filled, avg_price, locked, created,"
-            " bar, trigger, hold_until) VALUES (?,?,?,?,?,?,'OPEN','0',NULL,?,?,?,?,?)",
-            (cid, symbol, side.value, typ.value, str(qty), None if price is None else str(price), str(need),
-             self.clock(), idx, None if trigger is None else str(trigger),
-             None if hold_s is None else self.clock() + hold_s))
-        oid = cur.lastrowid
+        oid = self._insert_order(cid, symbol, side.value, typ.value, str(qty), None if price is None else str(price),
+                                 str(need), self.clock(), idx, None if trigger is None else str(trigger),
+                                 None if hold_s is None else self.clock() + hold_s)
         self._open += 1
         if typ is OrderType.MARKET and hold_s is None:
             now_qty = qty
@@ -461,14 +535,13 @@ class PaperExchange:
         return self._order_row(oid)
 
     def _order_row(self, oid: int) -> ExchangeOrder:
-        r = self.db.execute("SELECT * FROM orders WHERE id = ?", (oid,)).fetchone()
-        return _to_order(r)
+        return _to_order(self._order(oid))
 
     def fetch_order(self, symbol: str, client_id: str) -> ExchangeOrder:
         self._sync()
         with self._lock:
-            r = self.db.execute("SELECT * FROM orders WHERE client_id = ?", (client_id,)).fetchone()
-            if self.db.execute("SELECT 1 FROM faults WHERE kind = 'lookup_miss' LIMIT 1").fetchone():
+            r = self._order_by_cid(client_id)
+            if self._has_fault(("lookup_miss",)):
                 with self._tx():
                     if self._take_fault(("lookup_miss",)):
                         r = None
@@ -479,7 +552,7 @@ class PaperExchange:
     def cancel_order(self, symbol: str, client_id: str) -> ExchangeOrder:
         self._sync()
         with self._tx():
-            r = self.db.execute("SELECT * FROM orders WHERE client_id = ?", (client_id,)).fetchone()
+            r = self._order_by_cid(client_id)
             if r is None:
                 raise OrderNotFound(client_id)
             self._cancel_row(r)
@@ -493,7 +566,7 @@ class PaperExchange:
             asset = inst.quote if r[3] == "buy" else inst.base
             free, lk = self._bal(asset)
             self._put(asset, free + locked, lk - locked)
-            self.db.execute("UPDATE orders SET status = 'CANCELED', locked = '0' WHERE id = ?", (r[0],))
+            self._set_order(r[0], status="CANCELED", locked="0")
             self._open = max(0, self._open - 1)
 
     def cancel_all_after(self, timeout_s: float) -> None:
@@ -519,14 +592,13 @@ class PaperExchange:
     def open_orders(self, symbol: str | None = None) -> list[ExchangeOrder]:
         self._sync()
         with self._lock:
-            rows = self.db.execute("SELECT * FROM orders WHERE status IN ('OPEN','PARTIALLY_FILLED') ORDER BY id").fetchall()
+            rows = self._open_rows()
         return [_to_order(r) for r in rows if symbol is None or r[2] == symbol]
 
     def order_trades(self, symbol: str, client_id: str, exchange_id: str = "") -> list[Fill]:
         self._sync()
         with self._lock:
-            rows = self.db.execute(f"SELECT {_TRADE_COLS} FROM trades WHERE client_id = ? ORDER BY rowid",
-                                   (client_id,)).fetchall()
+            rows = self._trade_rows(client_id)
         return [_to_fill(r) for r in rows]
 
     def recent_trades(self, symbol: str, since: float | None, limit: int = 500) -> list[Fill]:
@@ -534,12 +606,7 @@ class PaperExchange:
         or with no `since` the newest `limit` (Binance's myTrades with and without startTime)."""
         self._sync()
         with self._lock:
-            if since is None:
-                rows = self.db.execute(f"SELECT {_TRADE_COLS} FROM trades WHERE symbol = ?"
-                                       " ORDER BY ts DESC, rowid DESC LIMIT ?", (symbol, limit)).fetchall()[::-1]
-            else:
-                rows = self.db.execute(f"SELECT {_TRADE_COLS} FROM trades WHERE symbol = ? AND ts >= ?"
-                                       " ORDER BY ts, rowid LIMIT ?", (symbol, since, limit)).fetchall()
+            rows = self._recent_trade_rows(symbol, since, limit)
         return [_to_fill(r) for r in rows]
 
     @property
@@ -549,7 +616,7 @@ class PaperExchange:
     # ---- inspection (tests, status) ----------------------------------------
     def all_orders(self) -> list[ExchangeOrder]:
         with self._lock:
-            return [_to_order(r) for r in self.db.execute("SELECT * FROM orders ORDER BY id")]
+            return [_to_order(r) for r in self._order_rows()]
 
 
 _TRADE_COLS = "trade_id, client_id, symbol, side, qty, price, fee, ts, fee_asset, order_id"

@@ -90,6 +90,17 @@ class DailyLoss:
             return [(TradingState.REDUCING, f"daily loss: {self.loss_pct:.2f}% >= {self.reduce_pct}% since {self.day} 00:00 {self.tz.key}")]
         return []
 
+    def unchanged(self, now: float, equity: float) -> bool:
+        """True if `update(now, equity)` would return what the previous update returned: the same
+        day (anchor known) and the same equity. Records the observation as `update` does and
+        computes nothing else: the engine's cheap path when equity has not moved (a flat book)."""
+        last = self._last_seen
+        if last is not None and last[1] == equity and self._day_start <= now < self._day_end \
+                and self.anchor is not None:
+            self._last_seen = (now, equity)
+            return True
+        return False
+
     def _equity_before(self, midnight: float, now_equity: float) -> float:
         seen = self._last_seen if self._last_seen and self._last_seen[0] < midnight else None
         known = [x for x in (seen, self.store.last_equity_before(midnight)) if x]
@@ -225,7 +236,10 @@ class StaleData:
     def check(self, now: float, rejections: Mapping[str, str] | None = None) -> str | None:
         """The reason the feed is stale, or None. `rejections` (symbol -> why the latest data
         was refused) tells the operator whether data is missing or being rejected."""
-        if now - min(self.last.values(), default=now) <= self.stale_s:
+        for t in self.last.values():      # the oldest within the limit: every one is (as min() would tell)
+            if now - t > self.stale_s:
+                break
+        else:
             return None
         stale = []
         for s, t in self.last.items():
@@ -254,6 +268,7 @@ class Volatility:
         self.window, self.z_enter, self.z_exit, self.clear_bars = window, z_enter, z_exit, clear_bars
         self.gap = gap_pct / 100.0
         self.ranges: deque[float] = deque()
+        self._min_n = max(10, window // 2)   # bars of history before a z-score counts
         self.s1 = 0.0
         self.s2 = 0.0
         self.active = False
@@ -264,7 +279,11 @@ class Volatility:
         self.reason = ""
 
     def on_bar(self, high: float, low: float, close: float, open_: float | None = None) -> bool | None:
-        """Feed a bar; returns True when the breaker enters, False when it clears, else None."""
+        """Feed a bar; returns True when the breaker enters, False when it clears, else None.
+
+        Runs on every bar: written with plain comparisons where `max`/`abs` calls cost more than
+        the arithmetic (each replaced `max` keeps its exact semantics: the first value unless a
+        later one is greater)."""
         prev = self.prev_close
         self.prev_close = close
         hi, lo, move = high, low, 0.0
@@ -274,18 +293,27 @@ class Volatility:
             elif prev < lo:
                 lo = prev
             move = close / prev - 1.0
-            if open_ is not None and abs(open_ / prev - 1.0) > abs(move):
-                move = open_ / prev - 1.0
+            if open_ is not None:
+                at_open = open_ / prev - 1.0
+                if abs(at_open) > abs(move):
+                    move = at_open
         r = (hi - lo) / close if close > 0 else 0.0
         self.move_pct = 100.0 * move
-        n = len(self.ranges)
+        ranges = self.ranges
+        n = len(ranges)
         z = 0.0
-        if n >= max(10, self.window // 2):
+        if n >= self._min_n:
             mean = self.s1 / n
-            var = max(self.s2 / n - mean * mean, 0.0)
+            var = self.s2 / n - mean * mean
+            if 0.0 > var:
+                var = 0.0
             # floor the deviation at 10 % of the mean range: a flat, degenerate history must not
             # turn the first ordinary bar into a "spike"
-            sd = max(math.sqrt(var), 0.1 * mean, 1e-12)
+            sd = math.sqrt(var)
+            if 0.1 * mean > sd:
+                sd = 0.1 * mean
+            if 1e-12 > sd:
+                sd = 1e-12
             z = (r - mean) / sd
         self.z = z
         gapped = move >= self.gap or -move >= self.gap
@@ -300,11 +328,11 @@ class Volatility:
             if self.calm >= self.clear_bars:
                 self.active, change = False, False
         if not (self.active and spike):   # keep spikes out of the baseline
-            self.ranges.append(r)
+            ranges.append(r)
             self.s1 += r
             self.s2 += r * r
-            if len(self.ranges) > self.window:
-                old = self.ranges.popleft()
+            if n >= self.window:           # n + 1 > window after the append
+                old = ranges.popleft()
                 self.s1 -= old
                 self.s2 -= old * old
         return change

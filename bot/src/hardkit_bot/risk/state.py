@@ -89,6 +89,15 @@ class StateMachine:
             self._latched, self._reason, self._since = state, reason, now
             return True
 
+    def restate(self, reason: str) -> None:
+        """Keep the latched state and record `reason` for it (audited): an operator's halt that
+        found the state already latched by a doubt settled at this very start keeps their words."""
+        with self._lock:
+            self._refresh()
+            now = self.clock()
+            self.store.set_state(self._latched, reason, now, self._latched)
+            self._reason, self._since = reason, now
+
     def reset(self, operator_note: str, epoch: dict[str, Any] | None = None) -> TradingState:
         """Manual reset to ACTIVE (the only way down), starting a new risk epoch: `epoch`
         holds the meta changes (peak, streak, anchor, ...) written in the same transaction.
