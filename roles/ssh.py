@@ -15,6 +15,8 @@ confirms it.
 
 from __future__ import annotations
 
+import secrets
+
 from pyinfra.api import FactBase, StringCommand, deploy, operation
 from pyinfra.operations import apt
 
@@ -30,6 +32,10 @@ KEYS: list = []
 #: Host keys offered: no ECDSA (ssh-audit fails NIST curves); RSA only at >= RSA_HOST_KEY_BITS.
 HOST_KEYS = ["/etc/ssh/ssh_host_ed25519_key", "/etc/ssh/ssh_host_rsa_key"]
 RSA_HOST_KEY_BITS = 4096
+#: The RSA host key (its public half beside it, + ".pub").
+RSA_HOST_KEY = HOST_KEYS[1]
+#: A new RSA host key is made beside the old one, under its name + this + a run's random tag.
+RSA_ASIDE_SUFFIX = ".hardkit-new."
 #: Diffie-Hellman group-exchange moduli smaller than this are removed from /etc/ssh/moduli.
 MIN_MODULI_BITS = 3072
 
@@ -162,7 +168,7 @@ class RsaHostKeyBits(FactBase):
         return 0  # pyinfra skips process() when the command prints nothing: no key
 
     def command(self):
-        return "ssh-keygen -lf /etc/ssh/ssh_host_rsa_key.pub 2>/dev/null | cut -d' ' -f1 || true"
+        return f"ssh-keygen -lf {RSA_HOST_KEY}.pub 2>/dev/null | cut -d' ' -f1 || true"
 
     def process(self, output):
         return int(output[0]) if output and output[0].strip().isdigit() else 0
@@ -190,9 +196,14 @@ def strong_rsa_host_key():
         return
     # Made aside, then moved over the old pair, the public half (which the fact reads) last: a
     # deploy killed midway leaves a key in place, and a weak-looking one if the pair is not done.
-    key, new = "/etc/ssh/ssh_host_rsa_key", "/etc/ssh/ssh_host_rsa_key.hardkit-new"
-    yield StringCommand("rm", "-f", new, new + ".pub")
-    yield StringCommand("ssh-keygen", "-q", "-t", "rsa", "-b", str(RSA_HOST_KEY_BITS), "-N", "''", "-f", new)
+    # The aside name is this run's own: the ssh-keygen of a run killed midway may still be running
+    # on the host (nothing hangs it up) and write its file after this run removed the leftovers,
+    # where this run's ssh-keygen would stop at its "Overwrite (y/n)?".
+    key = RSA_HOST_KEY
+    new = f"{key}{RSA_ASIDE_SUFFIX}{secrets.token_hex(4)}"
+    yield StringCommand("rm", "-f", f"{key}{RSA_ASIDE_SUFFIX.rstrip('.')}*")
+    yield StringCommand("ssh-keygen", "-q", "-t", "rsa", "-b", str(RSA_HOST_KEY_BITS), "-N", "''", "-f", new,
+                        "</dev/null")
     yield StringCommand("mv", "-f", new, key)
     yield StringCommand("mv", "-f", new + ".pub", key + ".pub")
 
