@@ -193,10 +193,32 @@ def deploy(inv: Inventory, hosts: list[Host], *, dry: bool = False, extra_args: 
     elif returncode != 0:
         # When every host fails pyinfra prints no JSON: keep what it said about each host.
         for name in logins:
-            said = [line.split("] ", 1)[1] for line in tail if line.strip().startswith(f"[{name}]")]
-            results[name].failed.append("pyinfra stopped: " + (" / ".join(said[-6:]) or "see its output"))
+            results[name].failed.append(pyinfra_stopped(tail, name))
     rc = returncode if not refusals else (returncode or 1)
     return RunResult(results, raw, rc, intervals)
+
+
+#: pyinfra's per-host status lines, which say nothing about why a host failed.
+PYINFRA_STATUS_LINES = frozenset({"No changes", "Success", "Changed", "Connected"})
+
+
+def pyinfra_stopped(tail: list[str], name: str) -> str:
+    """Why pyinfra stopped for host `name`, from its last lines: the operation the host last said
+    something in, and what it said there besides pyinfra's status lines (the summary's first error)."""
+    op, said = None, []
+    for line in tail:
+        text = line.strip()
+        if text.startswith("--> Starting operation:"):
+            op = text.split(":", 1)[1].strip()
+        elif text.startswith(f"[{name}] "):
+            what = text.split("] ", 1)[1].strip()
+            if what and what not in PYINFRA_STATUS_LINES:
+                said.append((op, what))
+    if not said:
+        return "pyinfra stopped: see its output"
+    last_op = said[-1][0]
+    lines = [what for where, what in said if where == last_op][-6:]
+    return "pyinfra stopped" + (f" at {last_op!r}" if last_op else "") + ": " + " / ".join(lines)
 
 
 def _run_teeing_stderr(cmd: list[str], env: dict, stream) -> tuple[int, str, list[str]]:
