@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
         (("-k",), {"dest": "select", "default": None, "help": "only checks matching this pytest expression"}),
         (("--waivers",), {"default": None, "help": "waiver file (default tests/compliance/waivers.toml)"}),
         (("--parallel",), {"type": int, "default": None,
-                           "help": "check at most N hosts at once, one pytest each (default: all)"}),
+                           "help": "check at most N hosts at once, one pytest each (default: 2 per CPU, at least 4)"}),
         (("--compare",), {"default": None, "metavar": "PREVIOUS.json",
                           "help": "list the controls whose status changed since this earlier report"}),
     ]

@@ -79,6 +79,13 @@ def _read_report(report_dir: Path, started: float) -> dict | None:
     return json.loads(report.read_text())
 
 
+def default_parallel() -> int:
+    """Hosts checked at once when `--parallel` is not given: two per CPU of the controller, at least 4.
+    Each host's checks are a pytest process of their own (~80 MB, CPU-bound while it starts and
+    evaluates): a 50-host fleet all at once would only queue on the CPUs and hold 4 GB."""
+    return max(4, 2 * (os.cpu_count() or 1))
+
+
 def run(inventory: Path, label: str, report_dir: Path, *, limit: list[str] | None = None,
         select: str | None = None, waivers: str | None = None, quiet: bool = False,
         auditors: bool = False, keep_lynis: bool = False, hosts: list[str] | None = None,
@@ -86,7 +93,7 @@ def run(inventory: Path, label: str, report_dir: Path, *, limit: list[str] | Non
     """Run the suite; (the report document, pytest's exit code). The document is None if none was written.
 
     With more than one host (`hosts`, else `limit`), each host gets its own pytest process, at most
-    `parallel` at once (default: all), and their documents are merged into one (report_formats.merge):
+    `parallel` at once (default: default_parallel()), and their documents are merged into one (report_formats.merge):
     one pytest over every host checks them one after another, which made a 12-host verify cost
     about 14 times one host's. Without a host list the suite runs once over the inventory, as before."""
     names = hosts if hosts is not None else limit
@@ -117,7 +124,7 @@ def _run_per_host(inventory: Path, label: str, report_dir: Path, names: list[str
             return name, _read_report(folder, started), res.returncode, res.stdout
 
         docs, rcs, unchecked = [], [], {}
-        with ThreadPoolExecutor(max_workers=max(1, min(parallel or len(names), len(names)))) as pool:
+        with ThreadPoolExecutor(max_workers=max(1, min(parallel or default_parallel(), len(names)))) as pool:
             for done in as_completed([pool.submit(one, n) for n in names]):
                 name, doc, rc, output = done.result()
                 if not quiet:

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from deploy import verify_run
@@ -131,3 +132,34 @@ def test_verify_refuses_a_parallel_below_one(tmp_path):
     inv = _two_unreachable_hosts(tmp_path)
     res = _verify(str(inv), "--parallel", "0", cwd=tmp_path)
     assert res.returncode == 2 and "--parallel must be 1 or more, not 0" in res.stderr, res.stderr
+
+
+def test_without_parallel_at_most_the_default_number_of_hosts_run_at_once(tmp_path, monkeypatch):
+    """`--parallel` unset: a large fleet is checked default_parallel() hosts at a time, not all at once."""
+    import threading
+
+    inv = _two_unreachable_hosts(tmp_path)
+    running, peak, lock = [0], [0], threading.Lock()
+    real_run = subprocess.run
+
+    def one_hosts_pytest(cmd, **kwargs):
+        if "pytest" not in cmd:
+            return real_run(cmd, **kwargs)
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.3)
+        with lock:
+            running[0] -= 1
+        return subprocess.CompletedProcess(cmd, 1, stdout="")
+
+    monkeypatch.setattr(verify_run, "default_parallel", lambda: 3)
+    monkeypatch.setattr(verify_run.subprocess, "run", one_hosts_pytest)
+    verify_run.run(inv, "fleet", tmp_path / "r", hosts=[f"h{i}" for i in range(8)], quiet=True)
+    assert peak[0] == 3, peak
+
+
+def test_the_default_is_two_per_cpu_and_at_least_four(monkeypatch):
+    for cpus, expected in ((1, 4), (2, 4), (8, 16), (None, 4)):
+        monkeypatch.setattr(verify_run.os, "cpu_count", lambda c=cpus: c)
+        assert verify_run.default_parallel() == expected
