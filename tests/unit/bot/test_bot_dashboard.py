@@ -193,17 +193,28 @@ def test_tunnel_wait_returns_on_ctrl_c_and_closes_the_port():
     import signal
     import socket
     import sys
-    code = ("from deploy.tunnel import ProcessStream, Tunnel\n"
+    # The child says "waiting" from wait()'s first sleep: a Ctrl-C sent as soon as the port is printed
+    # can land before wait() is entered, where nothing catches it (a CI run and a loop here saw it).
+    code = ("import threading, time\n"
+            "from deploy.tunnel import ProcessStream, Tunnel\n"
+            "real_sleep = time.sleep\n"
+            "def sleep(s):\n"
+            "    if threading.current_thread() is threading.main_thread() and not getattr(sleep, 'said', 0):\n"
+            "        sleep.said = 1\n"
+            "        print('waiting', flush=True)\n"
+            "    real_sleep(s)\n"
+            "time.sleep = sleep\n"
             "t = Tunnel(lambda: ProcessStream(['cat'])).start()\n"
             "print(t.port, flush=True)\nt.wait()\nprint('stopped', flush=True)\n")
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         port = int(p.stdout.readline())
+        assert p.stdout.readline().strip() == "waiting"
         with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
             s.sendall(b"hi")
             assert s.recv(10) == b"hi"
             p.send_signal(signal.SIGINT)
-            out, _ = p.communicate(timeout=20)
+            out, _ = p.communicate(timeout=60)
             assert p.returncode == 0 and out.strip() == "stopped"
             assert s.recv(10) == b""                # the open connection was cut
         with pytest.raises(OSError):

@@ -83,7 +83,7 @@ def test_a_latch_written_by_another_process_is_obeyed_by_the_running_bot(bot):
     other = Store(bot.state / "ledger.sqlite")          # a second writer: another process's view of the ledger
     StateMachine(other, time.time).escalate(TradingState.HALTED, "written by another process")
     other.close()
-    st = bot.wait_for(lambda: (s := sock_status(sock))["state"] == "HALTED" and s, timeout=5, what="the bot to obey")
+    st = bot.wait_for(lambda: (s := sock_status(sock))["state"] == "HALTED" and s, timeout=30, what="the bot to obey")
     obeyed = time.time()
     assert st["reason"] == "written by another process"
     time.sleep(0.5)
