@@ -55,10 +55,11 @@ def deployed(lab):
 
 
 def start(lab, unit: str, timeout: float = 1800) -> tuple[int, list[str]]:
-    """Run a unit now; its exit and the journal lines of this run."""
-    since = root(lab, name(lab), "date '+%Y-%m-%d %H:%M:%S'").stdout.strip()
+    """Run a unit now; its exit and the journal lines of this run (by its invocation id: a `--since` of
+    whole seconds also took in the last line of a run that ended in the same second)."""
     res = root(lab, name(lab), f"systemctl start {unit}", timeout=timeout)
-    log = root(lab, name(lab), f"journalctl -u {unit} --since '{since}' -o cat --no-pager").stdout
+    log = root(lab, name(lab), f"journalctl _SYSTEMD_INVOCATION_ID=$(systemctl show -p InvocationID --value {unit}) "
+                               "-o cat --no-pager").stdout
     return res.returncode, [line for line in log.splitlines() if not line.startswith(("Starting ", "Finished ", unit))]
 
 
