@@ -75,6 +75,10 @@ KERNEL_SYSCTL_FILE = "/etc/sysctl.d/99-zz-hardkit-kernel.conf"
 MODPROBE_FILE = "/etc/modprobe.d/hardkit-blacklist.conf"
 LIMITS_FILE = "/etc/security/limits.d/60-hardkit-coredump.conf"
 SYSTEMD_MANAGER_FILE = "/etc/systemd/system.conf.d/60-hardkit-coredump.conf"
+#: systemd-coredump's own settings: should it ever be installed (a dependency may pull it in), it
+#: keeps no core on disk and extracts no backtrace (CIS Debian 12 core dump storage and backtraces).
+COREDUMP_FILE = "/etc/systemd/coredump.conf.d/60-hardkit.conf"
+COREDUMP_SETTINGS = {"Storage": "none", "ProcessSizeMax": "0"}
 LOCK_MODULES_UNIT = "hardkit-lock-modules.service"
 
 #: linux-baseline's network keys (sysctl-02..17, -20), the same on every host.
@@ -239,6 +243,9 @@ def kernel():
                            content="# hardkit: no core dumps from services\n[Manager]\nDefaultLimitCORE=0\n")
     server.shell(name="Re-execute systemd for the new manager defaults", _if=manager.did_change,
                  commands=["systemctl daemon-reexec"])
+    install_file(name="Core dumps: systemd-coredump stores none and extracts no backtrace", dest=COREDUMP_FILE,
+                 mode="0644", content="# hardkit: no core dumps kept by systemd-coredump\n[Coredump]\n"
+                                      + "".join(f"{k}={v}\n" for k, v in COREDUMP_SETTINGS.items()))
 
     _modules_lock(MODULES_LOCKED.value(data))
     images = kernel_images_to_remove(data, host.get_fact(Lines, command=KERNEL_IMAGES_COMMAND),
