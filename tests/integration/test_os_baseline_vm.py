@@ -39,7 +39,9 @@ NAME = f"{PREFIX}-1"
 REBOOT_TIMEOUT = 900
 #: Controls only a real kernel shows, each of which must PASS before and after the reboot.
 KERNEL_CONTROLS = ("sysctl-30", "sysctl-34", "sysctl-35", "os-10", "os-12", "hk-os-aud-01", "hk-os-aud-02",
-                   "hk-os-time-01", "package-08", "hk-os-kern-01", "os-14")
+                   "hk-os-time-01", "package-08", "hk-os-kern-01", "os-14",
+                   # process accounting (a container withholds CAP_SYS_PACCT) and /proc's hidepid remount
+                   "hk-os-pacct-01", "hk-os-fs-06")
 #: The watched path the second deploy adds (its rule can only load at the next boot).
 EXTRA_PATH = "/etc/hardkit-extra/"
 
