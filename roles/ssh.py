@@ -34,8 +34,8 @@ HOST_KEYS = ["/etc/ssh/ssh_host_ed25519_key", "/etc/ssh/ssh_host_rsa_key"]
 RSA_HOST_KEY_BITS = 4096
 #: The RSA host key (its public half beside it, + ".pub").
 RSA_HOST_KEY = HOST_KEYS[1]
-#: A new RSA host key is made beside the old one, under its name + this + a run's random tag.
-RSA_ASIDE_SUFFIX = ".hardkit-new."
+#: A new RSA host key is made beside the old one, under its name + this + "." + a run's random tag.
+RSA_ASIDE_SUFFIX = ".hardkit-new"
 #: Diffie-Hellman group-exchange moduli smaller than this are removed from /etc/ssh/moduli.
 MIN_MODULI_BITS = 3072
 
@@ -200,8 +200,8 @@ def strong_rsa_host_key():
     # on the host (nothing hangs it up) and write its file after this run removed the leftovers,
     # where this run's ssh-keygen would stop at its "Overwrite (y/n)?".
     key = RSA_HOST_KEY
-    new = f"{key}{RSA_ASIDE_SUFFIX}{secrets.token_hex(4)}"
-    yield StringCommand("rm", "-f", f"{key}{RSA_ASIDE_SUFFIX.rstrip('.')}*")
+    new = f"{key}{RSA_ASIDE_SUFFIX}.{secrets.token_hex(4)}"
+    yield StringCommand("rm", "-f", f"{key}{RSA_ASIDE_SUFFIX}*")
     yield StringCommand("ssh-keygen", "-q", "-t", "rsa", "-b", str(RSA_HOST_KEY_BITS), "-N", "''", "-f", new,
                         "</dev/null")
     yield StringCommand("mv", "-f", new, key)

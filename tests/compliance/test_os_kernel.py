@@ -144,11 +144,8 @@ def test_no_core_dumps(target):
     """No core dumps: services and logins have a core limit of 0, systemd-coredump keeps none, the kernel discards dumps"""
     manager = target.check_output("systemctl show -p DefaultLimitCORE --value").strip()
     assert manager == "0", f"systemd's DefaultLimitCORE is {manager}"
-    coredump = {}  # systemd-coredump's effective settings: the last value of each key across its files wins
-    for line in target.check_output("systemd-analyze cat-config systemd/coredump.conf").splitlines():
-        key, eq, value = line.strip().partition("=")
-        if eq and not key.startswith("#"):
-            coredump[key.strip()] = value.strip()
+    # systemd-coredump's effective settings: the last value of each key across its files wins
+    coredump = os_state.key_values(target.check_output("systemd-analyze cat-config systemd/coredump.conf"), sep="=")
     wrong = {k: coredump.get(k) for k, v in role.COREDUMP_SETTINGS.items() if coredump.get(k) != v}
     assert not wrong, f"systemd-coredump would keep core dumps: {wrong} (want {role.COREDUMP_SETTINGS})"
     login = target.check_output("sh -c 'ulimit -Hc'").strip()

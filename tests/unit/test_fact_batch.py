@@ -13,6 +13,7 @@ import time
 import pytest
 
 from deploy import fact_batch
+from tests.unit.pyinfra_local import local_state
 
 TRICKY = [
     "echo first",
@@ -61,18 +62,13 @@ def test_a_batch_too_long_for_one_argument_is_split_and_loses_no_question():
 @pytest.fixture
 def local_run(tmp_path, monkeypatch):
     """A pyinfra state on @local with the batch installed; `new()` starts another run."""
-    from pyinfra.api import Config, Inventory, State
-    from pyinfra.api.connect import connect_all
-
     monkeypatch.setattr(fact_batch, "CACHE", tmp_path / "facts")
     fact_batch.install()
 
     def new():
         fact_batch._save_all()
         fact_batch.reset()
-        state = State(Inventory((["@local"], {})), Config())
-        connect_all(state)
-        return state, state.inventory.get_host("@local")
+        return local_state()
 
     yield new
     fact_batch.reset()

@@ -14,26 +14,21 @@ import stat
 import pytest
 
 from roles import ops
+from tests.unit.pyinfra_local import local_state, run_all
 
 
 @pytest.fixture
 def local(tmp_path, monkeypatch):
-    from pyinfra.api import Config, Inventory, State
-    from pyinfra.api.connect import connect_all
-
     monkeypatch.setattr(ops, "STAGING_DIR", str(tmp_path / "staging"))
     if os.geteuid() != 0:  # `install -d -o root` needs root; the rest is the same for any user
         pytest.skip("install_file's staging folder is root's")
-    state = State(Inventory((["@local"], {})), Config())
-    connect_all(state)
-    return state
+    return local_state()[0]
 
 
 def _run(state, monkeypatch, **kwargs):
     """Run one install_file; return the round-trips it took (commands and uploads, in order)."""
     from pyinfra.api.host import Host
     from pyinfra.api.operation import add_op
-    from pyinfra.api.operations import run_ops
 
     me, group = pwd.getpwuid(os.geteuid()).pw_name, grp.getgrgid(os.getegid()).gr_name
     add_op(state, ops.install_file, user=me, group=group, **kwargs)
@@ -41,10 +36,7 @@ def _run(state, monkeypatch, **kwargs):
     run, put = Host.run_shell_command, Host.put_file
     monkeypatch.setattr(Host, "run_shell_command", lambda self, *a, **k: trips.append("command") or run(self, *a, **k))
     monkeypatch.setattr(Host, "put_file", lambda self, *a, **k: trips.append("upload") or put(self, *a, **k))
-    try:
-        run_ops(state)
-    except Exception:  # pyinfra raises when every host failed; the state says which
-        pass
+    run_all(state)
     monkeypatch.setattr(Host, "run_shell_command", run)
     monkeypatch.setattr(Host, "put_file", put)
     return trips
