@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     from deploy.inventory import InventoryError
     from deploy.secrets_store import SecretsError
+    from roles.bot_release import ReleaseError
     from sandbox.errors import LabError
 
     try:
@@ -55,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except LabError as e:
         print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except ReleaseError as e:  # the controller could not build the bot's release: no host was touched
+        print(f"error: the bot's release could not be built, no host was touched: {e}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -23,6 +23,7 @@ from deploy import alert_key, connect, credentials, host_times, provenance, totp
 from deploy.inventory import Host, Inventory
 from roles.access_data import CONNECTED_SSHD_PORT_KEY, FIXED_PORT_KEY, SSH_ALLOW_FROM
 from roles.alerts_data import KEY_CHANGED_KEY
+from roles.bot_config import BOT_ENABLED
 from roles.record import RUN_KEY
 from roles.second_factor_data import automation_networks, enabled as second_factor_enabled
 from roles.secrets_data import CREDENTIALS_CHANGED_KEY
@@ -136,12 +137,16 @@ def write_resolved_inventory(inv: Inventory, hosts: list[Host], logins: dict[str
 
 def deploy(inv: Inventory, hosts: list[Host], *, dry: bool = False, extra_args: list[str] | None = None,
            stream=sys.stderr, site: Path = SITE, identity: str | None = None) -> RunResult:
-    """Decrypt and check every host's credentials (SecretsError before any host is touched), probe the
-    logins, deliver the credentials, then run pyinfra on the hosts that passed."""
+    """Decrypt and check every host's credentials (SecretsError) and build the bot's release
+    (ReleaseError), both before any host is touched, probe the logins, deliver the credentials, then
+    run pyinfra on the hosts that passed."""
     values = credentials.wanted_values(hosts, identity)
     wanted, seeds = credentials.bot_credentials(values), totp_seeds.wanted_seeds(hosts, values)
     alert_keys = alert_key.wanted_keys(hosts, values)
     del values
+    if any(BOT_ENABLED.value(h.data) for h in hosts):
+        from roles import bot_release
+        bot_release.current()  # built here, before any host is touched (ReleaseError); pyinfra finds it cached
     logins, refusals = preflight(hosts)
     try:  # over the pre-flight's own connection to each host: one login per host before pyinfra's
         deliveries, failures = credentials.sync_all(hosts, logins, wanted, dry=dry)
@@ -204,7 +209,8 @@ PYINFRA_STATUS_LINES = frozenset({"No changes", "Success", "Changed", "Connected
 
 def pyinfra_stopped(tail: list[str], name: str) -> str:
     """Why pyinfra stopped for host `name`, from its last lines: the operation the host last said
-    something in, and what it said there besides pyinfra's status lines (the summary's first error)."""
+    something in, and what it said there besides pyinfra's status lines (the summary's first error);
+    when the host said nothing, the run's own error (an exception in the deploy code stops every host)."""
     op, said = None, []
     for line in tail:
         text = line.strip()
@@ -215,10 +221,38 @@ def pyinfra_stopped(tail: list[str], name: str) -> str:
             if what and what not in PYINFRA_STATUS_LINES:
                 said.append((op, what))
     if not said:
-        return "pyinfra stopped: see its output"
+        return run_error(tail) or "pyinfra stopped and said nothing about this host (-v shows its output)"
     last_op = said[-1][0]
     lines = [what for where, what in said if where == last_op][-6:]
     return "pyinfra stopped" + (f" at {last_op!r}" if last_op else "") + ": " + " / ".join(lines)
+
+
+#: What pyinfra says when it gives up on the whole run because every host already failed: a
+#: consequence, not a cause.
+PYINFRA_NO_HOSTS = "No hosts remaining!"
+
+
+def run_error(tail: list[str]) -> str | None:
+    """The error that stopped the whole pyinfra run, if its output has one: an exception raised while
+    it prepared the deploy (its type and message, and the message's last line when it runs on), or
+    a `pyinfra error:` line."""
+    for i, line in enumerate(tail):
+        if line.startswith("--> An exception occurred in:"):
+            rest = tail[i + 1:]
+            where = line.split(":", 1)[1].strip().rstrip(":")
+            ends = [j for j, t in enumerate(rest) if t and not t[0].isspace() and not t.startswith(("Traceback", "-->"))]
+            if not ends:
+                return f"pyinfra stopped on an exception in {where}"
+            first = rest[ends[0]].strip()
+            after = [t.strip() for t in rest[ends[0] + 1:] if t.strip() and not t.startswith("-->")
+                     and not t.startswith("hardkit ")]
+            last = f" ... {after[-1]}" if after and after[-1] != first else ""
+            return f"pyinfra stopped on an exception in {where}: {first}{last}"
+        if line.startswith("--> pyinfra error:"):
+            what = line.split(":", 1)[1].strip()
+            if what and what != PYINFRA_NO_HOSTS:
+                return f"pyinfra stopped: {what}"
+    return None
 
 
 def _run_teeing_stderr(cmd: list[str], env: dict, stream) -> tuple[int, str, list[str]]:
@@ -226,7 +260,7 @@ def _run_teeing_stderr(cmd: list[str], env: dict, stream) -> tuple[int, str, lis
     from collections import deque
     from threading import Thread
 
-    tail: deque[str] = deque(maxlen=60)
+    tail: deque[str] = deque(maxlen=400)  # an exception's traceback and the output it quotes
     proc = subprocess.Popen(cmd, cwd=str(REPO_ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
                             text=True)
 

@@ -10,16 +10,25 @@ The wheelhouse holds the bot's own wheel and every wheel of the lock, downloaded
 and `release.lock`, the lock plus the bot wheel's own hash, which the host installs with
 `pip --no-index --require-hashes`: nothing on the VPS comes from anywhere but this tarball, and
 nothing in it is unhashed. Wheelhouses are cached per release under ~/.cache/hardkit/releases.
+
+One build at a time: pyinfra prepares its hosts in concurrent greenlets and several `hardkit` runs
+may share a controller and its cache, so a build holds a lock in the process and a lock file in the
+cache, and the wheel is built from a private copy of the sources (setuptools builds in the source
+tree, where two builds of one checkout removed each other's files).
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
+import time
 import tomllib
 from dataclasses import dataclass
 from functools import lru_cache
@@ -38,6 +47,9 @@ TARGET_MACHINE = "x86_64"
 #: What the release digest covers: the package's sources, its metadata and the lock.
 _SOURCE_SUFFIXES = (".py", ".toml", ".lock", ".md", ".typed", ".cfg")
 _SKIP_DIRS = {"__pycache__", "build", "dist", ".pytest_cache"}
+#: How long a run waits for another run's build of a release before it gives up (a build from an empty
+#: pip cache downloads every locked wheel: about a minute here).
+BUILD_WAIT_S = 900
 
 
 class ReleaseError(Exception):
@@ -51,7 +63,10 @@ class Release:
 
 
 def version() -> str:
-    return tomllib.loads((BOT_SRC / "pyproject.toml").read_text())["project"]["version"]
+    try:
+        return tomllib.loads((BOT_SRC / "pyproject.toml").read_text())["project"]["version"]
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, KeyError, TypeError) as e:
+        raise ReleaseError(f"{BOT_SRC / 'pyproject.toml'} gives no project version ({type(e).__name__}: {e})") from None
 
 
 def source_files() -> list[Path]:
@@ -83,8 +98,11 @@ def _run(cmd: list[str], what: str) -> None:
 def build_wheelhouse(folder: Path) -> None:
     """Fill `folder` with the bot wheel, the lock's wheels and release.lock."""
     pip = [sys.executable, "-m", "pip"]
-    _run(pip + ["wheel", "-q", "--no-deps", "-w", str(folder), str(BOT_SRC)],
-         "building the bot's wheel")
+    with tempfile.TemporaryDirectory(prefix="hardkit-bot-src-") as tmp:
+        src = Path(tmp) / "bot"
+        shutil.copytree(BOT_SRC, src, ignore=lambda _dir, names: [
+            n for n in names if n in _SKIP_DIRS or n.endswith(".egg-info")])
+        _run(pip + ["wheel", "-q", "--no-deps", "-w", str(folder), str(src)], "building the bot's wheel")
     _run(pip + ["download", "-q", "--require-hashes", "--no-deps", "--only-binary=:all:",
                 "--python-version", TARGET_PYTHON, "--implementation", "cp", *[a for p in TARGET_PLATFORMS for a in ("--platform", p)],
                 "-d", str(folder), "-r", str(BOT_SRC / "requirements.lock")],
@@ -97,20 +115,56 @@ def build_wheelhouse(folder: Path) -> None:
         (BOT_SRC / "requirements.lock").read_text() + f"\nhardkit-bot=={version()} \\\n    --hash=sha256:{wheel_hash}\n")
 
 
-@lru_cache(maxsize=1)
+_BUILDING = threading.Lock()  # pyinfra's gevent makes this a greenlet lock: its hosts wait for one build
+
+
 def current() -> Release:
     """This controller's release of the bot, built (once per process) or taken from the cache."""
+    with _BUILDING:
+        return _current()
+
+
+@lru_cache(maxsize=1)
+def _current() -> Release:
     rel = name()
     tarball = CACHE / f"{rel}.tar"
     if not tarball.is_file():
         CACHE.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
-            house = Path(tmp) / "wheelhouse"
-            house.mkdir()
-            build_wheelhouse(house)
-            partial = Path(tmp) / "wheelhouse.tar"
-            with tarfile.open(partial, "w") as tar:
-                for f in sorted(house.iterdir()):
-                    tar.add(f, arcname=f.name)
-            partial.replace(tarball)
+        with _cache_lock():
+            if not tarball.is_file():  # another run may have built it while this one waited
+                _build(tarball)
     return Release(rel, tarball)
+
+
+def _build(tarball: Path) -> None:
+    with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+        house = Path(tmp) / "wheelhouse"
+        house.mkdir()
+        build_wheelhouse(house)
+        partial = Path(tmp) / "wheelhouse.tar"
+        with tarfile.open(partial, "w") as tar:
+            for f in sorted(house.iterdir()):
+                tar.add(f, arcname=f.name)
+        partial.replace(tarball)
+
+
+class _cache_lock:
+    """The cache's build lock, shared by every hardkit run on this controller. Polled (not a blocking
+    flock) so that a gevent process keeps serving its other greenlets while it waits."""
+
+    def __enter__(self):
+        self.fd = os.open(CACHE / ".build.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        deadline = time.monotonic() + BUILD_WAIT_S
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return self
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(self.fd)
+                    raise ReleaseError(f"another hardkit run has been building the bot's release for over "
+                                       f"{BUILD_WAIT_S} s (lock {CACHE / '.build.lock'})") from None
+                time.sleep(0.2)
+
+    def __exit__(self, *exc):
+        os.close(self.fd)  # closing the descriptor releases the lock
