@@ -152,7 +152,7 @@ def test_a_non_utf8_config_is_a_clear_error_for_run_and_check_config(bot):
     for cmd in ("run", "check-config"):
         r = bot.cli(cmd, "--config", str(bot.config), state=cmd == "run")
         one_line_exit_2(r)
-        assert "not UTF-8" in r.stderr
+        assert "not UTF-8" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (bot.state / "ledger.sqlite").exists()             # nothing was started
 
 
