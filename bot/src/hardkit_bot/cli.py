@@ -64,6 +64,9 @@ def _load_config(path: str):
     try:
         return load(path)
     except ConfigError as e:
+        if len(e.problems) == 1:   # e.g. a file that is not UTF-8 or not TOML at all: one line, like every exit 2
+            print(f"hardkit-bot: configuration {path}: {e.problems[0]}; nothing was traded", file=sys.stderr)
+            raise SystemExit(2) from None
         print(f"hardkit-bot: configuration {path} has {len(e.problems)} problem(s); nothing was traded:", file=sys.stderr)
         for p in e.problems:
             print(f"  - {p}", file=sys.stderr)

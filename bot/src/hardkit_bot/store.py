@@ -132,6 +132,7 @@ class Store:
             self.conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False, timeout=10)
             self.conn.row_factory = sqlite3.Row
             try:
+                self._refuse_foreign_database()
                 self.get_state()
                 self.latch_doubt, self.file_latch = self._cross_check(False)
             except BaseException:
@@ -141,6 +142,7 @@ class Store:
         self.conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10)
         self.conn.row_factory = sqlite3.Row
         try:
+            self._refuse_foreign_database()
             if self.state_file is not None:
                 self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=FULL")
@@ -161,6 +163,18 @@ class Store:
         except BaseException:
             self.conn.close()
             raise
+
+    def _refuse_foreign_database(self) -> None:
+        """Raise sqlite3.DatabaseError, before anything is written, for another program's SQLite
+        database (e.g. the paper exchange's book copied over the ledger): opening it as a ledger
+        added the ledger's tables to it, then failed on its own tables of the same names (a
+        traceback from `run`), or let an offline `halt` report success on it. A ledger has
+        `trading_state` from its first open (created with every other table); an empty file or
+        database becomes a new ledger."""
+        tables = sorted(r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'"))
+        if tables and "trading_state" not in tables:
+            raise sqlite3.DatabaseError(f"an SQLite database, but not a hardkit-bot ledger (tables "
+                                        f"{', '.join(tables[:6])}{', ...' if len(tables) > 6 else ''}; no trading_state)")
 
     def _check_audit_key(self, fresh: bool) -> None:
         kid = audit.stored_key_id(self.conn)

@@ -116,10 +116,11 @@ def test_paper_garbage_fault_is_bad_data_not_a_crash(tmp_path, clock):
     ("1,1,2,0.5,-1\n", "inconsistent"),
     ("1,abc,2,0.5,1\n", "could not convert"),
     ("", "no candles"),
+    (b"ts,open,high,low,close\n1,1,2,0.5,1.5\n\xff\xfe,1,1,1,1\n", "not UTF-8"),
 ])
 def test_bad_price_series_files_give_a_clear_error(tmp_path, body, msg, bot):
     p = tmp_path / "s.csv"
-    p.write_text(body)
+    p.write_bytes(body if isinstance(body, bytes) else body.encode())
     with pytest.raises(BadExchangeData, match=msg):
         load_csv(p)
     bot.write_config(config_text())
@@ -151,7 +152,7 @@ def test_a_non_utf8_config_is_a_clear_error_for_run_and_check_config(bot):
     for cmd in ("run", "check-config"):
         r = bot.cli(cmd, "--config", str(bot.config), state=cmd == "run")
         one_line_exit_2(r)
-        assert "not UTF-8" in r.stderr
+        assert "not UTF-8" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (bot.state / "ledger.sqlite").exists()             # nothing was started
 
 
@@ -165,6 +166,22 @@ def test_a_ledger_that_is_not_a_database_is_a_clear_error(bot, cmd):
     one_line_exit_2(r)
     assert "not a usable SQLite ledger" in r.stderr
     assert not (bot.state / "paper-exchange.sqlite").exists()    # no exchange was touched
+
+
+@pytest.mark.parametrize("cmd", [("run", "--config", "{config}", "--max-steps", "2"), ("status",), ("halt",)])
+def test_an_sqlite_file_that_is_not_a_ledger_is_a_clear_error_and_left_as_it_was(bot, cmd):
+    """Another program's SQLite database at the ledger's path (e.g. the paper exchange's book copied
+    over it) is no ledger: `run` must not add the ledger's tables to it and trip over its own."""
+    bot.write_config(config_text())
+    bot.state.mkdir(parents=True)
+    ledger = bot.state / "ledger.sqlite"
+    cfg = parse(config_text())
+    PaperExchange(ledger, {i.symbol: i for i in cfg.instruments}).close()
+    before = ledger.read_bytes()
+    r = bot.cli(*[a.format(config=bot.config) for a in cmd])
+    one_line_exit_2(r)
+    assert "not a hardkit-bot ledger" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert ledger.read_bytes() == before and not (bot.state / "paper-exchange.sqlite").exists()
 
 
 def test_check_config_reads_the_files_the_config_points_to(bot, tmp_path):

@@ -38,17 +38,20 @@ def generate(n: int, seed: int = 42, start_price: float = 30000.0, bar_seconds: 
 
 def load_csv(path: str | Path) -> list[Bar]:
     bars: list[Bar] = []
-    with open(path, newline="") as f:
-        for lineno, row in enumerate(csv.reader(f), 1):
-            if not row or row[0].strip().lower() in ("ts", "timestamp", "time") or row[0].startswith("#"):
-                continue
-            try:
-                bar = sane_bar(*row[:6])
-            except (BadExchangeData, ValueError, TypeError) as e:
-                raise BadExchangeData(f"{path}:{lineno}: {e}") from None
-            if bars and bar.ts <= bars[-1].ts:
-                raise BadExchangeData(f"{path}:{lineno}: candle at {bar.ts} is not after the previous one ({bars[-1].ts})")
-            bars.append(bar)
+    with open(path, newline="", encoding="utf-8") as f:
+        try:
+            for lineno, row in enumerate(csv.reader(f), 1):
+                if not row or row[0].strip().lower() in ("ts", "timestamp", "time") or row[0].startswith("#"):
+                    continue
+                try:
+                    bar = sane_bar(*row[:6])
+                except (BadExchangeData, ValueError, TypeError) as e:
+                    raise BadExchangeData(f"{path}:{lineno}: {e}") from None
+                if bars and bar.ts <= bars[-1].ts:
+                    raise BadExchangeData(f"{path}:{lineno}: candle at {bar.ts} is not after the previous one ({bars[-1].ts})")
+                bars.append(bar)
+        except UnicodeDecodeError as e:   # raised while reading, not parsing: every caller expects BadExchangeData
+            raise BadExchangeData(f"{path}: not UTF-8 text (byte {e.start} of a read block: {e.reason})") from None
     if not bars:
         raise BadExchangeData(f"{path}: no candles")
     return bars
