@@ -97,8 +97,11 @@ def cmd_run(args) -> int:
     if sd is None:
         raise UsageError("no state directory ($STATE_DIRECTORY or --state-dir)")
     key = _audit_key(args)
-    sd.mkdir(parents=True, exist_ok=True, mode=0o700)
-    lock = runlock.try_lock(sd)
+    try:
+        sd.mkdir(parents=True, exist_ok=True, mode=0o700)
+        lock = runlock.try_lock(sd)
+    except OSError as e:  # e.g. a regular file at that path, or no permission
+        raise UsageError(f"state directory {sd} is not usable ({e.strerror}); nothing was traded") from None
     if lock is None:
         raise UsageError(f"another bot already runs on {sd}")
     from .control import ControlServer

@@ -193,3 +193,14 @@ def test_check_config_reads_the_files_the_config_points_to(bot, tmp_path):
     csv.write_text("ts,open,high,low,close\n1,1,2,0.5,1.5\n2,1.5,2,1,1.8\n")
     r = bot.cli("check-config", "--config", str(bot.config), state=False)
     assert r.returncode == 0, r.stderr
+
+
+def test_a_state_dir_that_is_a_file_is_a_clear_error(bot):
+    """`--state-dir` naming a regular file was a FileExistsError traceback from `run`."""
+    bot.write_config(config_text())
+    bot.state.parent.mkdir(parents=True, exist_ok=True)
+    bot.state.write_text("not a folder\n")
+    r = bot.cli("run", "--config", str(bot.config), "--max-steps", "2")
+    one_line_exit_2(r)
+    assert f"state directory {bot.state} is not usable" in r.stderr, r.stderr
+    assert bot.state.read_text() == "not a folder\n"
