@@ -86,6 +86,10 @@ UNIT_KINDS = (
 )
 #: The bot's state-change line (hardkit_bot.risk.state, written to its journal): from -> to: reason.
 BOT_STATE_RE = re.compile(r"hardkit_bot\.risk\.state: trading state (\w+) -> (REDUCING|HALTED|KILLED): (.*)")
+#: The bot's loss-overrun line (hardkit_bot.engine, once per position): a position lost more than its
+#: planned risk by the margin and is being closed. It alerts on its own: when the bot is already
+#: REDUCING or worse (a price gap trips the volatility breaker first), no state-change line follows it.
+BOT_OVERRUN_RE = re.compile(r"hardkit_bot\.engine: risk overrun: loss on (\S+) (.*); closing the position")
 UNIT_RE = re.compile(r"^hardkit-[A-Za-z0-9:_.@-]+\.service$")
 
 
@@ -163,17 +167,36 @@ def ban_event(jail: str, ip: str, failures: str = "") -> dict:
     return make_event("ban", ip, f"fail2ban [{jail}] banned {ip}{after}")
 
 
-def bot_state_event(entry: dict) -> dict | None:
-    """The event of one journal entry (journalctl -o json) of the bot, if it is a state change up."""
+def _message_and_time(entry: dict) -> tuple[str, float | None]:
     message = entry.get("MESSAGE")
     if isinstance(message, list):  # journalctl's form of a message that is not UTF-8
         message = bytes(message).decode(errors="replace")
-    m = BOT_STATE_RE.search(message or "")
+    at = int(entry["__REALTIME_TIMESTAMP"]) / 1e6 if str(entry.get("__REALTIME_TIMESTAMP", "")).isdigit() else None
+    return message or "", at
+
+
+def bot_state_event(entry: dict) -> dict | None:
+    """The event of one journal entry (journalctl -o json) of the bot, if it is a state change up."""
+    message, at = _message_and_time(entry)
+    m = BOT_STATE_RE.search(message)
     if not m:
         return None
-    at = int(entry["__REALTIME_TIMESTAMP"]) / 1e6 if str(entry.get("__REALTIME_TIMESTAMP", "")).isdigit() else None
     return make_event("bot-state", m.group(2), f"bot entered {m.group(2)} (from {m.group(1)}): {m.group(3)}",
                       at=at)
+
+
+def bot_overrun_event(entry: dict) -> dict | None:
+    """The event of one journal entry of the bot, if it says a position's loss outran its planned risk."""
+    message, at = _message_and_time(entry)
+    m = BOT_OVERRUN_RE.search(message)
+    if not m:
+        return None
+    return make_event("bot-overrun", m.group(1), f"bot closing {m.group(1)}: loss {m.group(2)}", at=at)
+
+
+def bot_event(entry: dict) -> dict | None:
+    """The alert one journal entry of the bot makes, if any."""
+    return bot_state_event(entry) or bot_overrun_event(entry)
 
 
 def reboot_event(required_file: str, days: int, now: float) -> dict | None:
@@ -480,7 +503,7 @@ def read_journal(unit: str, cursor: str | None, since: float) -> tuple[list[dict
             entry = json.loads(line)
         except ValueError:
             continue
-        event = bot_state_event(entry)
+        event = bot_event(entry)
         if event:
             events.append(event)
         cursor = entry.get("__CURSOR", cursor)
