@@ -244,8 +244,7 @@ def run_error(tail: list[str]) -> str | None:
             if not ends:
                 return f"pyinfra stopped on an exception in {where}"
             first = rest[ends[0]].strip()
-            after = [t.strip() for t in rest[ends[0] + 1:] if t.strip() and not t.startswith("-->")
-                     and not t.startswith("hardkit ")]
+            after = [t.strip() for t in rest[ends[0] + 1:] if t.strip() and not t.startswith("-->")]
             last = f" ... {after[-1]}" if after and after[-1] != first else ""
             return f"pyinfra stopped on an exception in {where}: {first}{last}"
         if line.startswith("--> pyinfra error:"):

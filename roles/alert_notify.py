@@ -88,7 +88,7 @@ UNIT_KINDS = (
 BOT_STATE_RE = re.compile(r"hardkit_bot\.risk\.state: trading state (\w+) -> (REDUCING|HALTED|KILLED): (.*)")
 #: The bot's loss-overrun line (hardkit_bot.engine, once per position): a position lost more than its
 #: planned risk by the margin and is being closed. It alerts on its own: when the bot is already
-#: REDUCING or worse (a price gap trips the volatility breaker first), no state-change line follows it.
+#: latched REDUCING or worse (by the operator or a breaker), no state-change line follows it.
 BOT_OVERRUN_RE = re.compile(r"hardkit_bot\.engine: risk overrun: loss on (\S+) (.*); closing the position")
 UNIT_RE = re.compile(r"^hardkit-[A-Za-z0-9:_.@-]+\.service$")
 

@@ -30,6 +30,7 @@ import tempfile
 import threading
 import time
 import tomllib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -148,23 +149,22 @@ def _build(tarball: Path) -> None:
         partial.replace(tarball)
 
 
-class _cache_lock:
+@contextmanager
+def _cache_lock():
     """The cache's build lock, shared by every hardkit run on this controller. Polled (not a blocking
     flock) so that a gevent process keeps serving its other greenlets while it waits."""
-
-    def __enter__(self):
-        self.fd = os.open(CACHE / ".build.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(CACHE / ".build.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
         deadline = time.monotonic() + BUILD_WAIT_S
         while True:
             try:
-                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return self
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    os.close(self.fd)
                     raise ReleaseError(f"another hardkit run has been building the bot's release for over "
                                        f"{BUILD_WAIT_S} s (lock {CACHE / '.build.lock'})") from None
                 time.sleep(0.2)
-
-    def __exit__(self, *exc):
-        os.close(self.fd)  # closing the descriptor releases the lock
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock

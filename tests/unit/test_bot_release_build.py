@@ -5,6 +5,7 @@ fresh cache once made 12 hosts start 12 builds in the same source tree, which re
 files ("could not create build/bdist.../cli.py") and failed the whole deploy.
 """
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -16,6 +17,13 @@ import pytest
 from roles import bot_release
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def _source_copy(tmp_path) -> Path:
+    """A copy of the bot's sources without build leftovers, to build from or break."""
+    src = tmp_path / "bot"
+    shutil.copytree(bot_release.BOT_SRC, src, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "build", "dist"))
+    return src
 
 
 @pytest.fixture
@@ -80,11 +88,7 @@ def test_a_second_run_waits_for_the_first_runs_build_and_does_not_build_again(co
 
 def test_the_wheel_is_built_outside_the_source_tree(tmp_path, monkeypatch):
     """Two builds of one checkout (two runs with different caches) must not share setuptools' build/."""
-    import shutil
-
-    src = tmp_path / "bot"
-    shutil.copytree(bot_release.BOT_SRC, src, ignore=shutil.ignore_patterns(
-        "__pycache__", "*.egg-info", "build", "dist"))
+    src = _source_copy(tmp_path)
     monkeypatch.setattr(bot_release, "BOT_SRC", src)
     before = sorted(p.relative_to(src) for p in src.rglob("*"))
     seen = []
@@ -122,11 +126,7 @@ def _deploy(tmp_path, bot_src: Path) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("breakage", ["backend", "pyproject"])
 def test_a_release_that_cannot_be_built_stops_the_deploy_before_any_host(tmp_path, breakage):
     """One clear line, exit 1, and no login tried (the host at port 9 would have said unreachable)."""
-    import shutil
-
-    src = tmp_path / "bot"
-    shutil.copytree(bot_release.BOT_SRC, src, ignore=shutil.ignore_patterns(
-        "__pycache__", "*.egg-info", "build", "dist"))
+    src = _source_copy(tmp_path)
     pyproject = src / "pyproject.toml"
     if breakage == "backend":
         pyproject.write_text(pyproject.read_text().replace('build-backend = "setuptools.build_meta"',
