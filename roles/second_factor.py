@@ -1,8 +1,10 @@
 """Two factors for people, the key alone for automation (see roles/second_factor_data.py).
 
-Comes after the admin role and before the SSH role: the people's accounts, their keys and sshd's
-PAM stack (key, then a TOTP code from pam_oath; never a password) are in place before the guarded
-sshd change asks for them. The TOTP seeds themselves never pass through pyinfra: the runner
+Comes after the admin role and before the SSH role: the people's accounts, their keys and pam_oath
+are in place before the guarded sshd change asks for them. sshd's PAM stack (key, then a TOTP code
+from pam_oath; never a password) is part of that guarded change (guarded_files): every login, the
+automation account's too, runs its account and session stacks, so a stack that broke them would
+lock the deploy out as surely as a bad sshd_config, and is reverted the same way. The TOTP seeds themselves never pass through pyinfra: the runner
 streams them over SSH stdin into USERS_FILE (deploy/totp_seeds.py).
 
 sshd cannot tell one key of an account from another in a Match block, so the automation account
@@ -40,6 +42,24 @@ KEYS: list = []
 
 def pam_sshd_text() -> str:
     return render("ssh/pam-sshd-2fa.j2", users_file=USERS_FILE, window=TOTP_WINDOW, digits=TOTP_DIGITS)
+
+
+def guarded_files(data) -> dict[str, str]:
+    """Files that go live with sshd's configuration, under the guard: the PAM stack, when 2FA is on."""
+    return {PAM_SSHD: pam_sshd_text()} if enabled(data) else {}
+
+
+def pam_validate_command() -> str:
+    """The guard's check of the PAM stack staged under `{staged}` before it goes live: every module it
+    loads is installed and every file it includes exists (PAM has no validator of its own, and a missing
+    module fails every login that reaches it). No other braces: the guard fills `{staged}` with format."""
+    return ("f={staged}" + PAM_SSHD + "; [ -e $f ] || exit 0; "
+            "for m in $(grep -v '^[[:space:]]*#' $f | grep -o 'pam_[a-z0-9_]*[.]so' | sort -u); do "
+            "ok=; for p in /usr/lib/*/security/$m /lib/*/security/$m; do if [ -e \"$p\" ]; then ok=1; fi; done; "
+            "if [ -z \"$ok\" ]; then "
+            "echo \"" + PAM_SSHD + ": PAM module $m is not installed\" >&2; exit 1; fi; done; "
+            "for i in $(sed -n 's/^@include[[:space:]]*//p' $f); do if [ ! -e /etc/pam.d/$i ]; then "
+            "echo \"" + PAM_SSHD + ": it includes /etc/pam.d/$i, which does not exist\" >&2; exit 1; fi; done")
 
 
 def person_keys_text(entry: dict) -> str:
@@ -122,10 +142,9 @@ def second_factor():
         return
     install_file(name="sudoers rule for the people (checked with visudo)", content=people_sudoers_text(sorted(everyone)),
                  dest=PEOPLE_SUDOERS, mode="0440", validate="visudo -cf {path}")
-    # Even with FIDO2 people only: keyboard-interactive must never fall through to a password prompt.
+    # Even with FIDO2 people only: keyboard-interactive must never fall through to a password prompt. The
+    # PAM stack that asks for the code goes live with sshd's configuration (roles/ssh.py, guarded_files).
     apt.packages(name="Install pam_oath", packages=PACKAGES)
-    install_file(name="sshd PAM: key first, then a TOTP code (never a password)", content=pam_sshd_text(),
-                 dest=PAM_SSHD, mode="0644")
 
 
 apply = second_factor

@@ -10,7 +10,7 @@ The crypto policy passes ssh-audit's "Hardened Debian 12 (version 3)" and keeps 
 4.0 speaks (pyinfra and our checks would otherwise be locked out). Every list is filtered by what
 the installed OpenSSH offers (`ssh -Q`), so a distro update dropping an algorithm cannot stop sshd
 (dev-sec #672). Applied through the guard: validated with `sshd -t`, reverted unless a fresh login
-confirms it.
+confirms it; with 2FA on, sshd's PAM stack goes live in the same guarded change.
 """
 
 from __future__ import annotations
@@ -232,11 +232,23 @@ class SshdPorts(FactBase):
         return sorted(int(line) for line in output if line.strip().isdigit())
 
 
+def change_contents(data, supported, ports: list[int]) -> dict[str, str]:
+    """What the guarded sshd change puts live: sshd_config and, with 2FA on, sshd's PAM stack (every login
+    runs through it, so it is as able to lock the deploy out as sshd_config is)."""
+    return {SSHD_CONFIG: render_config(data, supported, ports), **second_factor.guarded_files(data)}
+
+
+def change_validators(data) -> list[str]:
+    """Checks run on the staged files before they go live (`{staged}`: the staging folder)."""
+    checks = ["mkdir -p /run/sshd", "sshd -t -f {staged}" + SSHD_CONFIG]
+    return checks + ([second_factor.pam_validate_command()] if second_factor.guarded_files(data) else [])
+
+
 def _sshd_change(data, supported, ports: list[int], confirm_port: int, label: str):
     guard.guarded_change(
         name=f"sshd configuration{label} (validated, auto-revert unless a fresh login confirms)",
-        change_id="ssh", contents={SSHD_CONFIG: render_config(data, supported, ports)}, modes={SSHD_CONFIG: "600"},
-        validate=["mkdir -p /run/sshd", "sshd -t -f {staged}" + SSHD_CONFIG],
+        change_id="ssh", contents=change_contents(data, supported, ports),
+        modes={SSHD_CONFIG: "600", second_factor.PAM_SSHD: "644"}, validate=change_validators(data),
         reload="systemctl reload ssh.service", revert_seconds=guard.REVERT_SECONDS.value(data),
         confirm_user=ADMIN_USER.value(data), confirm_sshd_port=confirm_port)
 

@@ -52,7 +52,7 @@ apply() {
     revert "$id"
     exit 1
   fi
-  log notice "change $id applied; reverts in ${seconds}s unless a fresh login confirms it"
+  log notice "change $id applied ($*); reverts in ${seconds}s unless a fresh login confirms it"
 }
 
 confirm() {

@@ -26,7 +26,8 @@ from cryptography.hazmat.primitives.twofactor.totp import TOTP
 
 from deploy import connect, credentials, totp_seeds
 from deploy.inventory import load
-from roles.second_factor import USERS_FILE
+from roles.guard import FAULT_ENV, GUARD_BIN
+from roles.second_factor import PAM_SSHD, USERS_FILE, pam_sshd_text
 from roles.ssh import SSHD_CONFIG
 from roles.second_factor_data import TOTP_DIGITS, TOTP_STEP_SECONDS
 from sandbox import keys, lab as sandbox_lab, network
@@ -278,6 +279,30 @@ def test_deploy_is_refused_from_a_controller_outside_automation_from(lab, tmp_pa
     why = out["hosts"][lab["name"]]["refused"]
     assert "not in automation_from" in why and network.CONTROLLER_V4 in why, why
     assert root(lab, "sha256sum /etc/ssh/sshd_config /home/ops/.ssh/authorized_keys").stdout == before
+
+
+def test_the_pam_stack_is_part_of_the_guarded_sshd_change(lab, tmp_path, monkeypatch):
+    """sshd's PAM stack goes live with sshd_config under the guard: a change no fresh login confirms is put
+    back by the host, PAM stack included, and the next deploy converges."""
+    applied = root(lab, "journalctl -t hardkit-guard --no-pager -g 'change ssh applied'").stdout
+    assert PAM_SSHD in applied and SSHD_CONFIG in applied, applied
+    drifted = root(lab, f"echo '# edited by hand' >> {PAM_SSHD} && sha256sum {PAM_SSHD} {SSHD_CONFIG}").stdout
+    inv = tmp_path / "inventory.py"
+    inv.write_text(lab["inv"].read_text() + "\nfor _name, _d in sandbox:\n    _d['guard_revert_seconds'] = 15\n")
+    started = time.monotonic()
+    monkeypatch.setenv(FAULT_ENV, "confirm-fails:ssh")
+    res = hardkit("deploy", str(inv), "--json")
+    monkeypatch.delenv(FAULT_ENV)
+    assert res.returncode != 0 and "fresh SSH login" in res.stdout + res.stderr, res.stderr[-2000:]
+    while time.monotonic() < started + 90:
+        if root(lab, f"{GUARD_BIN} pending").stdout.strip() == "":
+            break
+        time.sleep(2)
+    assert root(lab, f"sha256sum {PAM_SSHD} {SSHD_CONFIG}").stdout == drifted, "the host must put the old stack back"
+    assert "change ssh reverted" in root(lab, "journalctl -t hardkit-guard --no-pager -n 20").stdout
+    again = hardkit("deploy", str(lab["inv"]), "--json")
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert root(lab, f"cat {PAM_SSHD}").stdout == pam_sshd_text()
 
 
 def test_lost_phone_reenrolment_runs_unattended_with_the_admin_locked_by_faillock(lab):

@@ -124,6 +124,37 @@ def test_pam_asks_for_the_code_and_never_a_password():
     assert f"usersfile={second_factor.USERS_FILE}" in second_factor.pam_sshd_text()
 
 
+def test_the_pam_stack_goes_live_with_sshd_config_under_the_guard():
+    plain = {k: v for k, v in DATA.items() if k not in ("second_factor_admins", "automation_from")}
+    on = ssh.change_contents(DATA, controller_algorithms(), [22])
+    assert on[second_factor.PAM_SSHD] == second_factor.pam_sshd_text() and ssh.SSHD_CONFIG in on
+    assert second_factor.pam_validate_command() in ssh.change_validators(DATA)
+    # 2FA off: the guarded change is sshd_config alone (Debian's PAM stack is not ours to change).
+    assert list(ssh.change_contents(plain, controller_algorithms(), [22])) == [ssh.SSHD_CONFIG]
+    assert second_factor.pam_validate_command() not in ssh.change_validators(plain)
+
+
+def run_pam_check(staged: Path, text: str) -> subprocess.CompletedProcess:
+    """The guard's PAM validator on a stack staged under `staged`, against this Debian's installed modules."""
+    path = staged / second_factor.PAM_SSHD.lstrip("/")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return subprocess.run(["sh", "-c", second_factor.pam_validate_command().format(staged=staged)],
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_the_pam_validator_refuses_a_missing_module_or_include(tmp_path):
+    # Our stack with pam_oath (which libpam-oath installs first on the host) swapped for a module this
+    # machine has: every other module and include of it exists on Debian 12, so it passes.
+    ours = second_factor.pam_sshd_text().replace("pam_oath.so", "pam_permit.so")
+    assert run_pam_check(tmp_path / "a", ours).returncode == 0
+    assert run_pam_check(tmp_path / "b", ours + "# auth required pam_commented_out.so\n").returncode == 0
+    missing = run_pam_check(tmp_path / "c", second_factor.pam_sshd_text().replace("pam_oath.so", "pam_hk_nosuch.so"))
+    assert missing.returncode == 1 and "PAM module pam_hk_nosuch.so is not installed" in missing.stderr
+    include = run_pam_check(tmp_path / "d", ours + "@include hk-no-such-stack\n")
+    assert include.returncode == 1 and "/etc/pam.d/hk-no-such-stack, which does not exist" in include.stderr
+
+
 def test_inventory_problems_are_all_listed():
     check = next(k for k in KEYS if k.name == "second_factor_admins").check
     why = check({"Alice": {"second_factor": "sms", "keys": []},
