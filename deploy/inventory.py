@@ -171,8 +171,8 @@ def validate(inv: Inventory) -> list[str]:
                 problems.append(f"{h.name}: unknown key {key_name!r}" + (f" (did you mean {hint!r}?)" if hint else ""))
                 continue
             err = key.check(value)
-            if err:
-                problems.append(f"{h.name}: {key_name} {err}")
+            if err:  # a check may name several problems, one a line
+                problems += [f"{h.name}: {key_name} {line}" for line in err.splitlines()]
         for key in keys.values():
             if key.required and h.data.get(key.name) is None:
                 problems.append(f"{h.name}: missing required key {key.name!r} ({key.doc})")

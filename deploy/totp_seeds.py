@@ -68,17 +68,36 @@ def _user(name: str) -> str:
     return name[len(SEED_PREFIX):]  # a validated user name (roles.second_factor_data), safe in a shell word
 
 
-def _write(name: str) -> str:
-    """Replace the user's line of USERS_FILE with one holding the hex seed read from stdin."""
-    return (f"umask 077; f={USERS_FILE}; IFS= read -r seed; [ -n \"$seed\" ] || exit 1; "
-            f"{{ if [ -f $f ]; then awk -v u={_user(name)} '$2 != u' $f; fi; "
-            f"printf '%s\\t%s\\t-\\t%s\\n' {USERS_FILE_TOKEN} {_user(name)} \"$seed\"; }} > $f.tmp "
-            f"&& chmod 600 $f.tmp && mv -f $f.tmp $f")
+#: pam_oath rewrites USERS_FILE at every login from the copy it opened *before* it takes its lock
+#: (liboath's usersfile.c: parse, then lock, write `.new`, rename), so a login in flight while we
+#: replace the file can put the old line back a moment later. Each write is therefore checked again
+#: after this pause and redone, at most REWRITE_TRIES times; pam_oath's window is milliseconds.
+REWRITE_PAUSE_SECONDS = 1
+REWRITE_TRIES = 5
 
 
-def _remove(name: str) -> str:
-    return (f"f={USERS_FILE}; if [ -f $f ]; then awk -v u={_user(name)} '$2 != u' $f > $f.tmp "
-            f"&& chmod 600 $f.tmp && mv -f $f.tmp $f; fi")
+def _rewrite(name: str, path: str, emit: str, holds: str) -> str:
+    """Replace `path` with its lines but the user's, then `emit` (shell printing the user's new line, if
+    any); done again until `holds` (a test of `$got`, the seed field of the user's line now) is true."""
+    user = _user(name)
+    return (f"umask 077; f={path}; "
+            f"for try in $(seq {REWRITE_TRIES}); do "
+            f"{{ if [ -f $f ]; then awk -v u={user} '$2 != u' $f; fi; {emit} }} > $f.tmp "
+            f"&& chmod 600 $f.tmp && mv -f $f.tmp $f || exit 1; sleep {REWRITE_PAUSE_SECONDS}; "
+            f"got=$(awk -v u={user} '$2 == u {{print $4}}' $f); if {holds}; then exit 0; fi; done; "
+            f"echo \"{path}: {user}'s line was put back by concurrent logins {REWRITE_TRIES} times\" >&2; exit 1")
+
+
+def _write(name: str, path: str = USERS_FILE) -> str:
+    """Replace the user's line of `path` with one holding the hex seed read from stdin (the seed stays in
+    the shell: `read`, `printf` and `[` are builtins, so it is on no command line)."""
+    return ("IFS= read -r seed; [ -n \"$seed\" ] || exit 1; " +
+            _rewrite(name, path, f"printf '%s\\t%s\\t-\\t%s\\n' {USERS_FILE_TOKEN} {_user(name)} \"$seed\";",
+                     '[ "$got" = "$seed" ]'))
+
+
+def _remove(name: str, path: str = USERS_FILE) -> str:
+    return f"[ -f {path} ] || exit 0; " + _rewrite(name, path, "true;", '[ -z "$got" ]')
 
 
 #: The TOTP seeds: lines of pam_oath's users file (the value sent is the seed in hex, with a newline).

@@ -12,11 +12,12 @@ ROLE_MODULES = [
     "roles.baseline",
     "roles.guard",
     "roles.admin",
-    "roles.second_factor_data",  # issue 13: people's accounts and PAM before sshd asks for a second factor
+    "roles.second_factor_data",  # issue 13: people's accounts and pam_oath before sshd asks for a second factor
     "roles.second_factor",
     "roles.backup_data",  # issue 12: backups; the backup server's account exists before sshd admits it
     "roles.backup_server",
     "roles.ssh",
+    "roles.people_access",  # issue 13: people's SSH group and sudo only once sshd asks them for two factors
     "roles.firewall",
     "roles.fail2ban",
     # issue 4, the OS baseline

@@ -6,7 +6,8 @@ Why the admin can never be locked out by this role:
 - pam_faillock counts *password* failures in the PAM auth stack. A public-key SSH login never runs
   that stack (sshd authenticates the key itself and runs only PAM account/session), and neither does
   `sudo -n` with NOPASSWD; the account-stack pam_faillock only resets the counter. root is never
-  locked (no `even_deny_root`).
+  locked (no `even_deny_root`). With second_factor_admins, a person's wrong TOTP codes do count (sshd's
+  auth stack asks for the code after the key): that person, not the automation account, can be locked.
 - Password aging (PASS_MAX_DAYS 60) would expire the *password* of a key-only account after 60 days,
   and pam_unix's account check then demands a password change that a non-interactive SSH session
   cannot do ("Password change required but no TTY available"). So every login account without a
@@ -50,7 +51,8 @@ SU_USERS = DataKey(
 FAILLOCK_DENY = DataKey(
     "faillock_deny", 5,
     "Password failures (within faillock_interval_seconds) that lock an account's *password* logins. Key-based "
-    "SSH and NOPASSWD sudo are not affected; root is never locked.",
+    "SSH and NOPASSWD sudo are not affected; root is never locked. A person's wrong TOTP codes "
+    "(second_factor_admins) count too and lock that person's logins.",
     _is_int_between(3, 20))
 FAILLOCK_UNLOCK_SECONDS = DataKey(
     "faillock_unlock_seconds", 900,

@@ -18,13 +18,14 @@ import ipaddress
 from dataclasses import dataclass
 from io import StringIO
 
-from pyinfra.api import deploy
+import shlex
+
+from pyinfra.api import StringCommand, deploy, operation
 from pyinfra.operations import apt, files, server
 
-from roles import accounts
 from roles.access_data import ADMIN_USER
-from roles.admin import SSH_GROUP, authorized_keys_text, lock_password
-from roles.ops import install_file, render
+from roles.admin import NO_SHELL, authorized_keys_text, lock_password
+from roles.ops import Lines, render
 from roles.second_factor_data import (FIDO2, FIDO2_ALGORITHMS, TOTP_DIGITS, TOTP_WINDOW, automation_networks,
                                       enabled, people, users_with)
 
@@ -33,7 +34,6 @@ USERS_FILE = "/etc/users.oath"
 #: pam_oath's line for a TOTP user: 30-second steps, 6 digits, no PIN ("-"), the seed in hex.
 USERS_FILE_TOKEN = f"HOTP/T30/{TOTP_DIGITS}"
 PAM_SSHD = "/etc/pam.d/sshd"
-PEOPLE_SUDOERS = "/etc/sudoers.d/hardkit-people"
 #: Debian 12 packages: the PAM module and `oathtool` (an operator can compute a code on the host to test).
 PACKAGES = ["libpam-oath", "oathtool"]
 
@@ -65,12 +65,6 @@ def pam_validate_command() -> str:
 def person_keys_text(entry: dict) -> str:
     """A person's authorized_keys; a FIDO2 key is only accepted with the user verified (PIN or fingerprint)."""
     return authorized_keys_text(entry["keys"], "verify-required" if entry.get("second_factor") == FIDO2 else "")
-
-
-def people_sudoers_text(names: list[str]) -> str:
-    lines = ["# Managed by hardkit: people who logged in with two factors may use sudo without a password."]
-    lines += [f"{n} ALL=(ALL:ALL) NOPASSWD: ALL" for n in names]
-    return "\n".join(lines) + "\n"
 
 
 @dataclass(frozen=True)
@@ -122,29 +116,89 @@ def login_overrides(data, user: str, addr: str) -> dict[str, str]:
     return out
 
 
+#: The comment (GECOS) of every person's account: the account database is how a later deploy finds the
+#: people it must close once they are no longer listed; nothing else on the host records them.
+PERSON_COMMENT = "hardkit person"
+#: shadow's expiry field of a closed account: day 1 of 1970, long past.
+EXPIRED = "1"
+
+
+class PersonAccounts(Lines):
+    """`name shell expiry` of every account hardkit made for a person (PERSON_COMMENT)."""
+
+    def command(self):
+        return ("getent passwd | awk -F: -v c=" + shlex.quote(PERSON_COMMENT) + " '$5 == c {print $1, $7}' | "
+                "while read -r name shell; do echo \"$name $shell $(getent shadow \"$name\" | cut -d: -f8)\"; done")
+
+
+def person_accounts(rows: list[str]) -> dict[str, tuple[str, str]]:
+    """{name: (shell, expiry)} from PersonAccounts."""
+    out = {}
+    for row in rows:
+        name, shell, *expiry = row.split()
+        out[name] = (shell, expiry[0] if expiry else "")
+    return out
+
+
+@operation()
+def open_account(user: str):
+    """
+    Lift the expiry of a person's account closed earlier (listed again); nothing when it has none.
+
+    + user: the person
+    """
+    from pyinfra import host
+
+    _, expiry = person_accounts(host.get_fact(PersonAccounts)).get(user, ("", ""))
+    if not expiry:
+        host.noop(f"{user}'s account does not expire")
+        return
+    yield StringCommand("usermod", "-e", "''", user)
+
+
+@operation()
+def close_account(user: str):
+    """
+    A person no longer listed: no shell, account expired, keys removed, running sessions ended. The
+    home stays, for the record.
+
+    + user: the person
+    """
+    from pyinfra import host
+
+    shell, expiry = person_accounts(host.get_fact(PersonAccounts)).get(user, (NO_SHELL, EXPIRED))
+    keys = f"/home/{user}/.ssh/authorized_keys"
+    if shell == NO_SHELL and expiry == EXPIRED and host.get_fact(Lines, command=f"ls {keys} 2>/dev/null || true") == []:
+        host.noop(f"{user}'s account is closed")
+        return
+    yield StringCommand("usermod", "-s", NO_SHELL, "-e", EXPIRED, user)
+    yield StringCommand("rm", "-f", keys)
+    yield StringCommand("sh", "-c", shlex.quote(f"loginctl terminate-user {user} 2>/dev/null; pkill -KILL -u {user}; "
+                                                 "true"))
+
+
 @deploy("Second factor for people")
 def second_factor():
+    """The people's accounts and keys, not yet able to log in: the SSH group and sudo come after the
+    guarded sshd change asks them for two factors (roles/people_access.py)."""
     from pyinfra import host
 
     data = host.data
     everyone = people(data)
     for name, entry in sorted(everyone.items()):
         server.user(name=f"Account of {name}", user=name, shell="/bin/bash", home=f"/home/{name}",
-                    create_home=True, groups=[SSH_GROUP], append=True)
+                    create_home=True, comment=PERSON_COMMENT)
+        open_account(name=f"{name}'s account does not expire", user=name)
         lock_password(name=f"Keep {name}'s password locked (no password login, ever)", user=name)
         files.directory(name=f"{name}'s .ssh", path=f"/home/{name}/.ssh", user=name, group=name, mode="700")
         files.put(name=f"{name}'s authorized keys ({entry['second_factor']})", src=StringIO(person_keys_text(entry)),
                   dest=f"/home/{name}/.ssh/authorized_keys", user=name, group=name, mode="600")
-    accounts.group_members(name="SSH group: the admin and the people", group=SSH_GROUP,
-                           members=[ADMIN_USER.value(data), *sorted(everyone)])
-    if not everyone:
-        files.file(name="No sudo rule for people", path=PEOPLE_SUDOERS, present=False)
-        return
-    install_file(name="sudoers rule for the people (checked with visudo)", content=people_sudoers_text(sorted(everyone)),
-                 dest=PEOPLE_SUDOERS, mode="0440", validate="visudo -cf {path}")
-    # Even with FIDO2 people only: keyboard-interactive must never fall through to a password prompt. The
-    # PAM stack that asks for the code goes live with sshd's configuration (roles/ssh.py, guarded_files).
-    apt.packages(name="Install pam_oath", packages=PACKAGES)
+    for name in sorted(set(person_accounts(host.get_fact(PersonAccounts))) - set(everyone)):
+        close_account(name=f"Close the account of {name} (no longer in second_factor_admins)", user=name)
+    if everyone:
+        # Even with FIDO2 people only: keyboard-interactive must never fall through to a password prompt. The
+        # PAM stack that asks for the code goes live with sshd's configuration (roles/ssh.py, guarded_files).
+        apt.packages(name="Install pam_oath", packages=PACKAGES)
 
 
 apply = second_factor

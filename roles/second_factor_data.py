@@ -34,6 +34,19 @@ FIDO2_ALGORITHMS = ["sk-ssh-ed25519@openssh.com", "sk-ssh-ed25519-cert-v01@opens
 SEED_PREFIX = "totp-"
 
 
+#: Accounts a person must never be given (their shell, the SSH group, sudo): Debian's base system accounts
+#: (base-passwd) and sshd's; hardkit's own all start with "hardkit", systemd's with "systemd-", and
+#: Debian's newer system accounts with "_".
+SYSTEM_ACCOUNTS = frozenset({"root", "daemon", "bin", "sys", "sync", "games", "man", "lp", "mail", "news", "uucp",
+                             "proxy", "www-data", "backup", "list", "irc", "gnats", "nobody", "sshd", "messagebus",
+                             "polkitd", "tss", "ntp", "systemd"})
+RESERVED_PREFIXES = ("hardkit", "systemd-", "_")
+
+
+def reserved(name: str) -> bool:
+    return name in SYSTEM_ACCOUNTS or name.startswith(RESERVED_PREFIXES)
+
+
 def seed_name(user: str) -> str:
     return SEED_PREFIX + user
 
@@ -43,8 +56,12 @@ def _check_admins(v) -> str | None:
         return f"must be a dict {{name: {{'second_factor': 'totp'|'fido2', 'keys': [...]}}}}, not {v!r}"
     problems = []
     for name, entry in v.items():
-        if not isinstance(name, str) or not USERNAME_RE.match(name) or name == "root":
+        if not isinstance(name, str) or not USERNAME_RE.match(name):
             problems.append(f"{name!r} is not a valid user name for a person")
+            continue
+        if reserved(name):
+            problems.append(f"{name!r} is a system or hardkit account, not a person's: give the person an account "
+                            "of their own")
             continue
         if not isinstance(entry, dict):
             problems.append(f"{name}: must be a dict with 'second_factor' and 'keys', not {entry!r}")
@@ -68,7 +85,7 @@ def _check_admins(v) -> str | None:
             if method == FIDO2 and line.split()[0] != FIDO2_ALGORITHMS[0]:
                 problems.append(f"{name}: a fido2 admin's keys must be {FIDO2_ALGORITHMS[0]} "
                                 f"(`ssh-keygen -t ed25519-sk -O verify-required`), not {line.split()[0]}")
-    return "; ".join(problems) or None
+    return "\n".join(problems) or None
 
 
 SECOND_FACTOR_ADMINS = DataKey(

@@ -3,8 +3,9 @@
 The whole of `/etc/ssh/sshd_config` is ours. Its `Include /etc/ssh/sshd_config.d/*.conf` comes
 *last*: sshd keeps the first value it reads, so a provider's drop-in (cloud-init's
 `50-cloud-init.conf` with `PasswordAuthentication yes`, hetzneronline/community-content #1177)
-can add settings we do not make but can never weaken ours. The checks read `sshd -T` (what is in
-force), not this file.
+can add settings we do not make but cannot weaken ours with a global setting. A `Match` block in a
+drop-in can (it comes before ours): the checks read `sshd -T -C` (what is in force for each login
+context), not this file, and report it.
 
 The crypto policy passes ssh-audit's "Hardened Debian 12 (version 3)" and keeps a KEX paramiko
 4.0 speaks (pyinfra and our checks would otherwise be locked out). Every list is filtered by what
@@ -73,6 +74,12 @@ def settings(data, ports: list[int] | None = None) -> list[tuple[str, str]]:
         ("MaxSessions", "10"),
         ("MaxStartups", "10:30:60"),
         ("PubkeyAuthentication", "yes"),
+        # Keys come from the one file hardkit writes: not authorized_keys2 (unmanaged), no lookup command, no
+        # certificate authority, so a drop-in cannot add a way in that the `from=` and `keys` lists do not show.
+        ("AuthorizedKeysFile", ".ssh/authorized_keys"),
+        ("AuthorizedKeysCommand", "none"),
+        ("AuthorizedPrincipalsFile", "none"),
+        ("TrustedUserCAKeys", "none"),
         # With second_factor_admins: every login needs key + TOTP, but for the Match blocks at the end.
         ("AuthenticationMethods", "publickey,keyboard-interactive" if twofa else "publickey"),
         ("PasswordAuthentication", "no"),
@@ -129,8 +136,9 @@ def crypto_lists(supported: dict[str, list[str]]) -> dict[str, list[str]]:
 
 def render_config(data, supported: dict[str, list[str]], ports: list[int] | None = None) -> str:
     lines = ["# Managed by hardkit (roles/ssh.py): edits here are replaced on the next deploy.",
-             "# Local additions go in /etc/ssh/sshd_config.d/*.conf, read at the end of this file:",
-             "# sshd keeps the first value it reads, so they cannot override what is set here.", ""]
+             "# Local additions go in /etc/ssh/sshd_config.d/*.conf, read after the settings below: sshd keeps",
+             "# the first value it reads, so a setting there cannot override one here; a Match block there can,",
+             "# and the compliance checks of every login context report it.", ""]
     lines += [f"HostKey {path}" for path in HOST_KEYS]
     for key, algs in crypto_lists(supported).items():
         if not algs:

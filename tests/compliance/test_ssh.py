@@ -31,7 +31,9 @@ DEVSEC_IDS = {
     "permitrootlogin": "sshd-06",
 }
 HK_IDS = {"authenticationmethods": "hk-ssh-01", "allowgroups": "hk-ssh-02", "usepam": "hk-ssh-03",
-          "allowstreamlocalforwarding": "hk-ssh-04", "compression": "hk-ssh-05", "usedns": "hk-ssh-06"}
+          "allowstreamlocalforwarding": "hk-ssh-04", "compression": "hk-ssh-05", "usedns": "hk-ssh-06",
+          "authorizedkeysfile": "hk-ssh-13", "authorizedkeyscommand": "hk-ssh-14",
+          "authorizedprincipalsfile": "hk-ssh-15", "trustedusercakeys": "hk-ssh-16"}
 CRYPTO_IDS = {"ciphers": "sshd-01", "kexalgorithms": "sshd-02", "macs": "sshd-03", "hostkeyalgorithms": "hk-ssh-07"}
 
 
@@ -162,7 +164,7 @@ def test_strong_dh_moduli(target):
 
 @pytest.mark.control("hk-ssh-09")
 def test_provider_drop_ins_cannot_weaken(target):
-    """Drop-ins in sshd_config.d are read after hardkit's settings, so they cannot override them"""
+    """Drop-ins in sshd_config.d are read after hardkit's global settings, so their own cannot override them"""
     text = target.check_output(f"cat {SSHD_CONFIG}")
     lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
     includes = [i for i, line in enumerate(lines) if line.lower().startswith("include")]

@@ -27,6 +27,8 @@ from cryptography.hazmat.primitives.twofactor.totp import TOTP
 from deploy import connect, credentials, totp_seeds
 from deploy.inventory import load
 from roles.guard import FAULT_ENV, GUARD_BIN
+from roles.admin import SSH_GROUP
+from roles.people_access import PEOPLE_SUDOERS
 from roles.second_factor import PAM_SSHD, USERS_FILE, pam_sshd_text
 from roles.ssh import SSHD_CONFIG
 from roles.second_factor_data import TOTP_DIGITS, TOTP_STEP_SECONDS
@@ -84,11 +86,19 @@ def lab(tmp_path_factory):
             automation_from=data["ssh_allow_from"],
             second_factor_admins={PERSON: {"second_factor": "totp", "keys": [str(person_key) + ".pub"]},
                                   FIDO_PERSON: {"second_factor": "fido2", "keys": [str(sk_pub), str(no_touch_pub)]}})
+        # A first deploy whose sshd change (the one that turns 2FA on) no fresh login confirms: it fails there.
+        os.environ[FAULT_ENV] = "confirm-fails:ssh"
+        try:
+            unconfirmed = hardkit("deploy", str(inv), "--json")
+        finally:
+            os.environ.pop(FAULT_ENV, None)
+        assert unconfirmed.returncode != 0 and "fresh SSH login" in unconfirmed.stdout, unconfirmed.stdout[-2000:]
+        left = handle.ssh(handle.names[0], f"id -nG {PERSON}; getent group {SSH_GROUP}; ls /etc/sudoers.d").stdout
         first = hardkit("deploy", str(inv), "--json")
         assert first.returncode == 0, first.stderr[-4000:]
         yield {"lab": handle, "name": handle.names[0], "inv": inv, "seed": seed, "key": str(person_key),
-               "first": first, "tmp": tmp, "sk_lib": sk_lib, "sk_key": str(tmp / "bob_ed25519_sk"),
-               "sk_notouch": str(tmp / "bob_ed25519_sk_notouch")}
+               "unconfirmed": unconfirmed, "left": left, "first": first, "tmp": tmp, "sk_lib": sk_lib,
+               "sk_key": str(tmp / "bob_ed25519_sk"), "sk_notouch": str(tmp / "bob_ed25519_sk_notouch")}
     finally:
         if handle:
             handle.down()
@@ -99,10 +109,10 @@ def lab(tmp_path_factory):
                 os.environ[k] = v
 
 
-def login(lab, client: str, user: str, **how) -> dict:
-    """One login attempt from a client namespace (tests/integration/ssh_2fa_client.py)."""
+def login(lab, client: str, user: str, family: int = 4, **how) -> dict:
+    """One login attempt from a client namespace (tests/integration/ssh_2fa_client.py), over IPv4 or IPv6."""
     h = lab["lab"]
-    args = [sys.executable, "-m", "tests.integration.ssh_2fa_client", h.lab_address(lab["name"]), user]
+    args = [sys.executable, "-m", "tests.integration.ssh_2fa_client", h.lab_address(lab["name"], family), user]
     for option, value in how.items():
         args += [f"--{option.replace('_', '-')}"] + ([] if value is True else [str(value)])
     res = h.from_client(client, args, timeout=60)
@@ -114,12 +124,25 @@ def root(lab, command: str, timeout: float = 120, stdin: str | None = None) -> s
     return lab["lab"].ssh(lab["name"], command, timeout=timeout, stdin=stdin)
 
 
+def test_people_get_no_ssh_login_or_sudo_before_sshd_asks_them_for_two_factors(lab):
+    """The deploy that failed at the 2FA sshd change had made alice's account and keys, not more."""
+    groups, ssh_group, sudoers = lab["left"].splitlines()[0], lab["left"].splitlines()[1], lab["left"].splitlines()[2:]
+    assert groups.split() == [PERSON] and PERSON not in ssh_group.split(":")[3].split(","), lab["left"]
+    assert PEOPLE_SUDOERS.rsplit("/", 1)[1] not in sudoers, lab["left"]
+    # Once it is in force, they are in.
+    held = root(lab, f"id -nG {PERSON}; test -f {PEOPLE_SUDOERS} && echo sudoers").stdout.split()
+    assert SSH_GROUP in held and "sudoers" in held, held
+
+
 def test_seed_reaches_the_root_only_file_and_no_output(lab):
-    first = lab["first"]
-    assert json.loads(first.stdout)["hosts"][lab["name"]]["totp_seeds"] == {"sent": ["totp-alice"], "removed": []}
+    unconfirmed, first = lab["unconfirmed"], lab["first"]
+    # Sent by the first deploy, before pyinfra ran; the next found it unchanged.
+    assert json.loads(unconfirmed.stdout)["hosts"][lab["name"]]["totp_seeds"] == {"sent": ["totp-alice"],
+                                                                                  "removed": []}
+    assert json.loads(first.stdout)["hosts"][lab["name"]]["totp_seeds"] == {"sent": [], "removed": []}
     hexseed = totp_seeds.seed_bytes(lab["seed"]).hex()
     for secret in (lab["seed"], hexseed):
-        assert secret not in first.stdout + first.stderr
+        assert secret not in unconfirmed.stdout + unconfirmed.stderr + first.stdout + first.stderr
     listing = root(lab, f"stat -c '%U %G %a' {USERS_FILE}; awk '{{print $1, $2, $3}}' {USERS_FILE}").stdout
     assert listing.splitlines() == ["root root 600", "HOTP/T30/6 alice -"], listing
     # Unchanged: the keyed digest on the host says so, and nothing is sent again.
@@ -261,11 +284,14 @@ def test_verify_required_alone_refuses_the_key_that_only_saw_a_touch(lab):
 def test_automation_key_is_refused_from_the_attacker_even_with_the_right_key(lab):
     key = str(keys.operator_key())
     assert login(lab, "allowed", "ops", key=key)["authenticated"], "control: the allowed client is a controller"
-    got = login(lab, "attacker", "ops", key=key)
-    assert not got["authenticated"] and got["refused"], got
-    got = login(lab, "attacker", "ops", key=key, code="123456")
-    assert not got["authenticated"], got
-    assert network.ATTACKER_V4 in root(lab, "journalctl -u ssh --no-pager -n 200").stdout
+    assert login(lab, "allowed", "ops", family=6, key=key)["authenticated"], "control: and over IPv6"
+    for family in (4, 6):
+        got = login(lab, "attacker", "ops", family=family, key=key)
+        assert not got["authenticated"] and got["refused"], (family, got)
+        got = login(lab, "attacker", "ops", family=family, key=key, code="123456")
+        assert not got["authenticated"], (family, got)
+    log = root(lab, "journalctl -u ssh --no-pager -n 200").stdout
+    assert network.ATTACKER_V4 in log and network.ATTACKER_V6 in log, log
 
 
 def test_deploy_is_refused_from_a_controller_outside_automation_from(lab, tmp_path):
@@ -303,6 +329,33 @@ def test_the_pam_stack_is_part_of_the_guarded_sshd_change(lab, tmp_path, monkeyp
     again = hardkit("deploy", str(lab["inv"]), "--json")
     assert again.returncode == 0, again.stderr[-4000:]
     assert root(lab, f"cat {PAM_SSHD}").stdout == pam_sshd_text()
+
+
+def test_a_person_taken_off_the_list_is_locked_out_and_back_when_listed_again(lab, tmp_path):
+    """bob leaves: his account is closed (no shell, expired, no keys, his processes ended, no SSH group or
+    sudo) and his security key no longer opens the host; listed again, it does."""
+    session = root(lab, f"runuser -u {FIDO_PERSON} -- setsid sleep 900 >/dev/null 2>&1 < /dev/null & "
+                        f"sleep 1; pgrep -u {FIDO_PERSON} -x sleep")
+    assert session.stdout.split(), session.stderr
+    inv = tmp_path / "inventory.py"
+    inv.write_text(lab["inv"].read_text() + "\nfor _name, _d in sandbox:\n    _d['second_factor_admins'] = "
+                   f"{{k: v for k, v in _d['second_factor_admins'].items() if k != '{FIDO_PERSON}'}}\n")
+    res = hardkit("deploy", str(inv), "--json")
+    assert res.returncode == 0, res.stderr[-4000:]
+    state = root(lab, f"getent passwd {FIDO_PERSON} | cut -d: -f7; getent shadow {FIDO_PERSON} | cut -d: -f8; "
+                      f"id -nG {FIDO_PERSON}; ls -A /home/{FIDO_PERSON}/.ssh | wc -l; grep -c '^{FIDO_PERSON} ' {PEOPLE_SUDOERS}; "
+                      f"pgrep -u {FIDO_PERSON} | wc -l").stdout.splitlines()
+    assert state[:3] == ["/usr/sbin/nologin", "1", FIDO_PERSON], state
+    assert state[3:] == ["0", "0", "0"], state
+    got = fido_login(lab, device_pin=FIDO_PIN)
+    assert got.returncode == 255 and "Permission denied" in got.stderr, (got.stdout, got.stderr)
+    # Closed is closed: the next deploy changes nothing.
+    again = hardkit("deploy", str(inv), "--json")
+    assert again.returncode == 0 and json.loads(again.stdout)["hosts"][lab["name"]]["changed"] == [], again.stdout
+    back = hardkit("deploy", str(lab["inv"]), "--json")
+    assert back.returncode == 0, back.stderr[-4000:]
+    got = fido_login(lab, device_pin=FIDO_PIN)
+    assert got.returncode == 0 and got.stdout.split() == [FIDO_PERSON], got.stderr
 
 
 def test_lost_phone_reenrolment_runs_unattended_with_the_admin_locked_by_faillock(lab):

@@ -103,7 +103,8 @@ def test_fido2_admin_needs_a_verified_security_key(public_dir, rendered):
 def test_without_people_sshd_stays_key_only_and_unchanged(public_dir):
     plain = {k: v for k, v in DATA.items() if k not in ("second_factor_admins", "automation_from")}
     text = ssh.render_config(plain, controller_algorithms())
-    assert "Match" not in text and text.rstrip().endswith("Include /etc/ssh/sshd_config.d/*.conf")
+    assert not any(line.startswith("Match") for line in text.splitlines())
+    assert text.rstrip().endswith("Include /etc/ssh/sshd_config.d/*.conf")
     got = sshd_T(public_dir, text, "user=ops,host=c,addr=198.51.100.7")
     assert (got["authenticationmethods"], got["kbdinteractiveauthentication"]) == ("publickey", "no")
     assert admin.admin_authorized_keys_text(plain) == ED25519 + "\n"
@@ -158,10 +159,16 @@ def test_the_pam_validator_refuses_a_missing_module_or_include(tmp_path):
 def test_inventory_problems_are_all_listed():
     check = next(k for k in KEYS if k.name == "second_factor_admins").check
     why = check({"Alice": {"second_factor": "sms", "keys": []},
-                 "carol": {"second_factor": "fido2", "keys": [ED25519], "phone": "x"}})
+                 "carol": {"second_factor": "fido2", "keys": [ED25519], "phone": "x"},
+                 "dave": {"second_factor": "sms", "keys": [ED25519]},
+                 "hardkit-bot": {"second_factor": "totp", "keys": [ED25519]},
+                 "www-data": {"second_factor": "totp", "keys": [ED25519]}})
+    lines = why.splitlines()
     for part in ("'Alice' is not a valid user name", "unknown field(s) phone",
-                 "a fido2 admin's keys must be sk-ssh-ed25519@openssh.com"):
-        assert part in why, why
+                 "a fido2 admin's keys must be sk-ssh-ed25519@openssh.com", "dave: second_factor must be",
+                 "'hardkit-bot' is a system or hardkit account", "'www-data' is a system or hardkit account"):
+        assert sum(part in line for line in lines) == 1, why
+    assert len(lines) == 6, why
     fit = host_problems({**DATA, "second_factor_admins": {"ops": {"second_factor": "totp", "keys": [ED25519]}},
                          "secrets_env": None, "automation_from": ["203.0.113.1/32"]})
     assert len(fit) == 3, fit
@@ -247,3 +254,52 @@ def test_deploy_without_a_seed_stops_before_any_host_is_touched(tmp_path, listen
     res = preflight_deploy(kit, preflight_inventory(tmp_path, port, secrets_env="prod", second_factor_admins=person))
     refused(res, 1, "no TOTP seed for alice", "hardkit users add-totp alice --env prod")
     assert seen == [], "no host may be contacted"
+
+
+OTHER_LINE = "HOTP/T30/6\tcarol\t-\t" + "ab" * 20 + "\t4\t2026-12-05T04:00:00L\n"
+
+
+def _login_rewrites_from_a_stale_copy(path: Path, stale: str, seconds: float) -> subprocess.Popen:
+    """What pam_oath does at a login: it read the file before we replaced it, then renames its rewrite of
+    that old copy over ours (liboath usersfile.c). Here: again and again for `seconds`."""
+    loop = (f"end=$(( $(date +%s%N) + {int(seconds * 1e9)} )); while [ $(date +%s%N) -lt $end ]; do "
+            f"printf '%s' {shlex.quote(stale)} > {path}.new && mv -f {path}.new {path}; sleep 0.05; done")
+    return subprocess.Popen(["sh", "-c", loop])
+
+
+def test_a_seed_written_while_logins_rewrite_the_file_is_written_again(tmp_path):
+    users = tmp_path / "users.oath"
+    stale = OTHER_LINE + "HOTP/T30/6\talice\t-\t" + "00" * 20 + "\n"
+    users.write_text(stale)
+    new_seed = "cd" * 20
+    login = _login_rewrites_from_a_stale_copy(users, stale, 1.5)
+    try:
+        res = subprocess.run(["sh", "-c", totp_seeds._write("totp-alice", str(users))], input=new_seed + "\n",
+                             capture_output=True, text=True, timeout=60)
+    finally:
+        login.wait(timeout=30)
+    assert res.returncode == 0, res.stderr
+    lines = users.read_text().splitlines()
+    assert lines[0] + "\n" == OTHER_LINE and lines[1].split("\t") == ["HOTP/T30/6", "alice", "-", new_seed]
+    assert oct(users.stat().st_mode & 0o777) == "0o600"
+    # Removing alice is checked the same way; carol's line and its record of her last code stay.
+    login = _login_rewrites_from_a_stale_copy(users, stale, 1.5)
+    try:
+        gone = subprocess.run(["sh", "-c", totp_seeds._remove("totp-alice", str(users))], capture_output=True,
+                              text=True, timeout=60)
+    finally:
+        login.wait(timeout=30)
+    assert gone.returncode == 0 and users.read_text() == OTHER_LINE, (gone.stderr, users.read_text())
+
+
+def test_a_write_that_logins_keep_undoing_fails_and_says_so(tmp_path):
+    users = tmp_path / "users.oath"
+    stale = "HOTP/T30/6\talice\t-\t" + "00" * 20 + "\n"
+    users.write_text(stale)
+    login = _login_rewrites_from_a_stale_copy(users, stale, 1 + totp_seeds.REWRITE_TRIES * 1.5)
+    try:
+        res = subprocess.run(["sh", "-c", totp_seeds._write("totp-alice", str(users))], input="cd" * 20 + "\n",
+                             capture_output=True, text=True, timeout=60)
+    finally:
+        login.wait(timeout=60)
+    assert res.returncode == 1 and "alice's line was put back by concurrent logins" in res.stderr, res.stderr
