@@ -12,6 +12,7 @@ import pytest
 from roles.admin import SSH_GROUP
 from roles.ssh import (CRYPTO_DIRECTIVES, HOST_KEYS, MIN_MODULI_BITS, RSA_HOST_KEY_BITS, SSHD_CONFIG, crypto_lists,
                        settings, settings_for_login)
+from roles.second_factor_data import people
 from tests.compliance.sshd_contexts import disagreements
 from tests.compliance.sshd_state import effective, in_every_login_context, one, supported
 
@@ -192,7 +193,11 @@ def test_no_change_left_unconfirmed(target):
 
 @pytest.mark.control("hk-ssh-12")
 def test_only_the_ssh_group_may_log_in(target):
-    """Only members of the SSH group may log in, and root is not one"""
+    """Only the SSH group may log in, and its members are exactly the admin and the listed people"""
     assert effective(target)["allowgroups"] == [SSH_GROUP]
-    members = target.check_output(f"getent group {SSH_GROUP}").strip().split(":")[3].split(",")
-    assert target.data["admin_user"] in members and "root" not in members
+    _, _, gid, listed = target.check_output(f"getent group {SSH_GROUP}").strip().split(":")
+    members = set(filter(None, listed.split(",")))
+    assert members == {target.data["admin_user"], *people(target.data)}, sorted(members)
+    # An account whose primary group it is would be a member too, without being listed.
+    primary = target.check_output(f"getent passwd | awk -F: -v g={gid} '$4 == g {{print $1}}'").split()
+    assert primary == [], primary
