@@ -15,10 +15,9 @@ name *and* the controllers' addresses is the only place where a key alone is eno
 from __future__ import annotations
 
 import ipaddress
+import shlex
 from dataclasses import dataclass
 from io import StringIO
-
-import shlex
 
 from pyinfra.api import StringCommand, deploy, operation
 from pyinfra.operations import apt, files, server

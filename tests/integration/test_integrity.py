@@ -58,9 +58,16 @@ def start(lab, unit: str, timeout: float = 1800) -> tuple[int, list[str]]:
     """Run a unit now; its exit and the journal lines of this run (by its invocation id: a `--since` of
     whole seconds also took in the last line of a run that ended in the same second)."""
     res = root(lab, name(lab), f"systemctl start {unit}", timeout=timeout)
-    log = root(lab, name(lab), f"journalctl _SYSTEMD_INVOCATION_ID=$(systemctl show -p InvocationID --value {unit}) "
-                               "-o cat --no-pager").stdout
-    return res.returncode, [line for line in log.splitlines() if not line.startswith(("Starting ", "Finished ", unit))]
+    # journald may not have written the run's lines yet when `systemctl start` returns on a loaded host
+    # (a CI run read none once): wait a little for the first.
+    deadline = time.monotonic() + 20
+    while True:
+        log = root(lab, name(lab), "journalctl _SYSTEMD_INVOCATION_ID=$(systemctl show -p InvocationID --value "
+                                   f"{unit}) -o cat --no-pager").stdout
+        lines = [line for line in log.splitlines() if not line.startswith(("Starting ", "Finished ", unit))]
+        if lines or time.monotonic() > deadline:
+            return res.returncode, lines
+        time.sleep(1)
 
 
 def test_fresh_host_checks_clean(lab, deployed):
