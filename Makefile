@@ -10,7 +10,8 @@ DEMO := demo
 #: Parallel test workers: each test module runs whole on one worker (its lab stays its own); the
 #: slowest modules are handed out first (tests/conftest.py). Four, on this kind of 2-CPU machine: the
 #: lab modules spend much of their time waiting on their targets (2026-12-05, `.ci/run` from a clean
-#: clone, alone: 770 passed in 2075 s with 3 workers, 1761 s with 4, the CPUs 89% busy).
+#: clone, alone: 770 passed in 2075 s with 3 workers, 1761 s with 4, the CPUs 89% busy). The run
+#: ends with its 15 slowest tests (--durations), to see where the time goes as tests grow.
 TEST_JOBS ?= 4
 PARALLEL := -n $(TEST_JOBS) --dist loadfile --no-loadscope-reorder
 
@@ -35,7 +36,7 @@ demo-down: setup
 	@$(HARDKIT) sandbox down --name $(DEMO)
 
 test: image
-	@$(PYTEST) -q $(PARALLEL) tests/unit tests/integration
+	@$(PYTEST) -q $(PARALLEL) --durations=15 tests/unit tests/integration
 
 test-fast: image
 	@$(PYTEST) -q $(PARALLEL) -m "not vm" tests/unit tests/integration
