@@ -123,19 +123,28 @@ EXPIRED = "1"
 
 
 class PersonAccounts(Lines):
-    """`name shell expiry` of every account hardkit made for a person (PERSON_COMMENT)."""
+    """`name shell expiry keys` of every account hardkit made for a person (PERSON_COMMENT): expiry "-"
+    when it has none, keys "yes" while /home/<name>/.ssh/authorized_keys exists."""
 
     def command(self):
         return ("getent passwd | awk -F: -v c=" + shlex.quote(PERSON_COMMENT) + " '$5 == c {print $1, $7}' | "
-                "while read -r name shell; do echo \"$name $shell $(getent shadow \"$name\" | cut -d: -f8)\"; done")
+                "while read -r name shell; do e=$(getent shadow \"$name\" | cut -d: -f8); k=no; "
+                "[ -e \"/home/$name/.ssh/authorized_keys\" ] && k=yes; echo \"$name $shell ${e:--} $k\"; done")
 
 
-def person_accounts(rows: list[str]) -> dict[str, tuple[str, str]]:
-    """{name: (shell, expiry)} from PersonAccounts."""
+@dataclass(frozen=True)
+class PersonAccount:
+    shell: str
+    expiry: str  # "" when the account never expires
+    has_keys: bool
+
+
+def person_accounts(rows: list[str]) -> dict[str, PersonAccount]:
+    """{name: PersonAccount} from PersonAccounts."""
     out = {}
     for row in rows:
-        name, shell, *expiry = row.split()
-        out[name] = (shell, expiry[0] if expiry else "")
+        name, shell, expiry, keys = row.split()
+        out[name] = PersonAccount(shell, "" if expiry == "-" else expiry, keys == "yes")
     return out
 
 
@@ -148,8 +157,8 @@ def open_account(user: str):
     """
     from pyinfra import host
 
-    _, expiry = person_accounts(host.get_fact(PersonAccounts)).get(user, ("", ""))
-    if not expiry:
+    account = person_accounts(host.get_fact(PersonAccounts)).get(user)
+    if not (account and account.expiry):
         host.noop(f"{user}'s account does not expire")
         return
     yield StringCommand("usermod", "-e", "''", user)
@@ -165,13 +174,12 @@ def close_account(user: str):
     """
     from pyinfra import host
 
-    shell, expiry = person_accounts(host.get_fact(PersonAccounts)).get(user, (NO_SHELL, EXPIRED))
-    keys = f"/home/{user}/.ssh/authorized_keys"
-    if shell == NO_SHELL and expiry == EXPIRED and host.get_fact(Lines, command=f"ls {keys} 2>/dev/null || true") == []:
+    account = person_accounts(host.get_fact(PersonAccounts))[user]
+    if account.shell == NO_SHELL and account.expiry == EXPIRED and not account.has_keys:
         host.noop(f"{user}'s account is closed")
         return
     yield StringCommand("usermod", "-s", NO_SHELL, "-e", EXPIRED, user)
-    yield StringCommand("rm", "-f", keys)
+    yield StringCommand("rm", "-f", f"/home/{user}/.ssh/authorized_keys")
     yield StringCommand("sh", "-c", shlex.quote(f"loginctl terminate-user {user} 2>/dev/null; pkill -KILL -u {user}; "
                                                  "true"))
 

@@ -120,6 +120,13 @@ def login(lab, client: str, user: str, family: int = 4, **how) -> dict:
     return json.loads(res.stdout)
 
 
+def variant(lab, folder, change: str):
+    """The lab's inventory with one Python statement about each host's data `_d` added at its end."""
+    inv = folder / "inventory.py"
+    inv.write_text(lab["inv"].read_text() + f"\nfor _name, _d in sandbox:\n    {change}\n")
+    return inv
+
+
 def root(lab, command: str, timeout: float = 120, stdin: str | None = None) -> subprocess.CompletedProcess:
     return lab["lab"].ssh(lab["name"], command, timeout=timeout, stdin=stdin)
 
@@ -295,9 +302,7 @@ def test_automation_key_is_refused_from_the_attacker_even_with_the_right_key(lab
 
 
 def test_deploy_is_refused_from_a_controller_outside_automation_from(lab, tmp_path):
-    inv = tmp_path / "inventory.py"
-    inv.write_text(lab["inv"].read_text() + "\nfor _name, _d in sandbox:\n"
-                   f"    _d['automation_from'] = ['{network.ALLOWED_V4}/32']\n")
+    inv = variant(lab, tmp_path, f"_d['automation_from'] = ['{network.ALLOWED_V4}/32']")
     before = root(lab, "sha256sum /etc/ssh/sshd_config /home/ops/.ssh/authorized_keys").stdout
     res = hardkit("deploy", str(inv), "--json")
     out = json.loads(res.stdout)
@@ -313,8 +318,7 @@ def test_the_pam_stack_is_part_of_the_guarded_sshd_change(lab, tmp_path, monkeyp
     applied = root(lab, "journalctl -t hardkit-guard --no-pager -g 'change ssh applied'").stdout
     assert PAM_SSHD in applied and SSHD_CONFIG in applied, applied
     drifted = root(lab, f"echo '# edited by hand' >> {PAM_SSHD} && sha256sum {PAM_SSHD} {SSHD_CONFIG}").stdout
-    inv = tmp_path / "inventory.py"
-    inv.write_text(lab["inv"].read_text() + "\nfor _name, _d in sandbox:\n    _d['guard_revert_seconds'] = 15\n")
+    inv = variant(lab, tmp_path, "_d['guard_revert_seconds'] = 15")
     started = time.monotonic()
     monkeypatch.setenv(FAULT_ENV, "confirm-fails:ssh")
     res = hardkit("deploy", str(inv), "--json")
@@ -337,9 +341,8 @@ def test_a_person_taken_off_the_list_is_locked_out_and_back_when_listed_again(la
     session = root(lab, f"runuser -u {FIDO_PERSON} -- setsid sleep 900 >/dev/null 2>&1 < /dev/null & "
                         f"sleep 1; pgrep -u {FIDO_PERSON} -x sleep")
     assert session.stdout.split(), session.stderr
-    inv = tmp_path / "inventory.py"
-    inv.write_text(lab["inv"].read_text() + "\nfor _name, _d in sandbox:\n    _d['second_factor_admins'] = "
-                   f"{{k: v for k, v in _d['second_factor_admins'].items() if k != '{FIDO_PERSON}'}}\n")
+    inv = variant(lab, tmp_path, "_d['second_factor_admins'] = "
+                  f"{{k: v for k, v in _d['second_factor_admins'].items() if k != '{FIDO_PERSON}'}}")
     res = hardkit("deploy", str(inv), "--json")
     assert res.returncode == 0, res.stderr[-4000:]
     state = root(lab, f"getent passwd {FIDO_PERSON} | cut -d: -f7; getent shadow {FIDO_PERSON} | cut -d: -f8; "
