@@ -130,7 +130,7 @@ def test_the_pam_stack_goes_live_with_sshd_config_under_the_guard():
     on = ssh.change_contents(DATA, controller_algorithms(), [22])
     assert on[second_factor.PAM_SSHD] == second_factor.pam_sshd_text() and ssh.SSHD_CONFIG in on
     assert second_factor.pam_validate_command() in ssh.change_validators(DATA)
-    # 2FA off: the guarded change is sshd_config alone (Debian's PAM stack is not ours to change).
+    # 2FA off: the guarded change is sshd_config alone (the PAM stack is left as it is).
     assert list(ssh.change_contents(plain, controller_algorithms(), [22])) == [ssh.SSHD_CONFIG]
     assert second_factor.pam_validate_command() not in ssh.change_validators(plain)
 
